@@ -1,0 +1,35 @@
+# The two commands of README.md: `make run` (the main job) and `make test` (what CI runs).
+# Both create .venv and install the project into it on first use; re-running is a no-op
+# until settings.ini or setup.py change.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.kdbus-installed
+DATA   ?= synth
+
+.PHONY: setup run test clean
+setup: $(STAMP)
+
+$(STAMP): settings.ini setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# Main job (until the experiment notebook lands): build the embedded synthetic set and check it.
+run: $(STAMP)
+	$(BIN)/kdbus check-data $(DATA)
+
+# The test command: notebooks clean and exported (nothing may change), pytest, then every notebook.
+test: $(STAMP)
+	@before="$$(git status --porcelain; git diff)"; \
+	$(BIN)/nbdev_clean && $(BIN)/nbdev_export || exit 1; \
+	after="$$(git status --porcelain; git diff)"; \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "nbdev_clean/nbdev_export changed files: run them and commit the result."; \
+	  git status --short; exit 1; fi
+	$(BIN)/python -m pytest tests
+	$(BIN)/nbdev_test --n_workers 2
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info

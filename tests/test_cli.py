@@ -1,0 +1,61 @@
+"""The `kdbus` command as a user runs it: a separate process, exit codes, messages."""
+import os, subprocess, sys
+from pathlib import Path
+import numpy as np, pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+BUSI_SAMPLE = ROOT.parent / "shared" / "data" / "busi-sample"
+
+def kdbus(*args, cwd=None, env=None):
+    "Run the console command; return the completed process."
+    exe = Path(sys.executable).with_name("kdbus")  # the console script installed beside this Python
+    assert exe.exists(), f"no kdbus command at {exe}: install the project (make setup)"
+    return subprocess.run([str(exe)] + [str(a) for a in args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+def test_help_lists_the_commands():
+    r = kdbus("--help")
+    assert r.returncode == 0
+    for c in ("synth", "check-data"): assert c in r.stdout
+
+def test_synth_then_check_data(tmp_path):
+    r = kdbus("synth", tmp_path / "s", "--n", 6, "--seed", 3)
+    assert r.returncode == 0, r.stderr
+    assert len(list((tmp_path / "s" / "original").glob("*.png"))) == 6
+    r = kdbus("check-data", f"udiat:{tmp_path / 's'}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cases     6" in r.stdout and "problems  0" in r.stdout
+
+def test_synth_spec_uses_the_cache(tmp_path):
+    r = kdbus("check-data", "synth:n=5,seed=2", env={"KDBUS_CACHE": str(tmp_path)})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(list(tmp_path.glob("synth-*n5-seed2/original/*.png"))) == 5
+
+@pytest.mark.skipif(not BUSI_SAMPLE.exists(), reason=f"the BUSI sample is not at {BUSI_SAMPLE}")
+def test_check_data_on_the_busi_sample():
+    r = kdbus("check-data", f"busi:{BUSI_SAMPLE}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "cases     60  (benign 40, malignant 20)" in r.stdout
+
+def test_check_data_reports_every_problem_and_fails(tmp_path):
+    "A set with three different faults: all three are named, and the exit code is 1."
+    root = tmp_path / "broken"
+    (root / "original").mkdir(parents=True); (root / "GT").mkdir()
+    img = np.full((40, 50), 100, np.uint8); msk = np.zeros((40, 50), np.uint8); msk[10:20, 10:20] = 255
+    Image.fromarray(img).save(root / "original" / "000001.png"); Image.fromarray(msk).save(root / "GT" / "000001.png")
+    Image.fromarray(img).save(root / "original" / "000002.png")                       # image without a mask
+    Image.fromarray(msk).save(root / "GT" / "000003.png")                             # mask without an image
+    Image.fromarray(img).save(root / "original" / "000004.png")
+    Image.fromarray(np.zeros((30, 50), np.uint8)).save(root / "GT" / "000004.png")    # mask of another size
+    r = kdbus("check-data", f"udiat:{root}")
+    assert r.returncode == 1, r.stdout + r.stderr
+    for name in ("000002", "000003", "000004"): assert name in r.stdout, r.stdout
+
+def test_bad_input_is_named_and_exit_code_is_2(tmp_path):
+    r = kdbus("check-data", f"udiat:{tmp_path / 'missing'}")
+    assert r.returncode == 2 and "missing" in r.stderr
+    r = kdbus("check-data", "dicom:/x")
+    assert r.returncode == 2 and "udiat" in r.stderr          # lists the valid kinds
+    r = kdbus("synth", tmp_path / "s", "--n", 0)
+    assert r.returncode == 2 and "n" in r.stderr

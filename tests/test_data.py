@@ -1,0 +1,419 @@
+"""kdbus.data on files written here: specs, layouts, every kind of bad file, folds, loading, and the real BUSI sample."""
+import sys, types, warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import kdbus
+from kdbus.data import (Case, DataError, DataSpec, DataWarning, Problem, check_data, find_problems, format_summary,
+                        list_cases, load_data, make_folds, parse_spec, read_image, read_labels, read_mask,
+                        resolve_spec, scan_cases)
+
+BUSI_SAMPLE = Path(__file__).resolve().parents[1].parent / 'shared/data/busi-sample'
+
+# ---------------------------------------------------------------- helpers
+H, W = 30, 40
+YY, XX = np.mgrid[:H, :W]
+DISC = (((YY - 15) / 8) ** 2 + ((XX - 20) / 12) ** 2 <= 1).astype(np.uint8)
+GREY = np.linspace(0, 255, H * W).reshape(H, W).astype(np.uint8)
+
+def png(path, a, mode=None):
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    (Image.fromarray(a, mode) if mode else Image.fromarray(a)).save(path)
+    return path
+
+def truncate(path):
+    b = Path(path).read_bytes(); Path(path).write_bytes(b[:len(b) // 2])
+
+def udiat(root, n=4, labels='csv'):
+    "A UDIAT-layout set of n images, alternating benign/malignant."
+    root = Path(root)
+    for i in range(1, n + 1):
+        png(root / 'original' / f'{i:06d}.png', np.roll(GREY, i, axis=1))
+        png(root / 'GT' / f'{i:06d}.png', np.roll(DISC, i, axis=1) * 255)
+    types_ = ['benign' if i % 2 else 'malignant' for i in range(1, n + 1)]
+    if labels == 'csv':
+        pd.DataFrame({'image': [f'{i:06d}' for i in range(1, n + 1)], 'type': types_}).to_csv(root / 'labels.csv', index=False)
+    return root
+
+def busi(root, normal=True):
+    "A BUSI-like tree: benign (1), benign (2) with an extra mask, malignant (1), [normal (1)]."
+    root = Path(root)
+    for cls, k in [('benign', 1), ('benign', 2), ('malignant', 1)] + ([('normal', 1)] if normal else []):
+        png(root / cls / f'{cls} ({k}).png', GREY)
+        png(root / cls / f'{cls} ({k})_mask.png', (DISC if cls != 'normal' else 0 * DISC) * 255)
+    extra = np.zeros_like(DISC); extra[2:6, 2:6] = 1
+    png(root / 'benign' / 'benign (2)_mask_1.png', extra * 255)
+    return root
+
+def names(problems): return sorted(p.file.name for p in problems)
+
+# ---------------------------------------------------------------- specs
+def test_spec_round_trip_and_fields():
+    for s in ['synth', 'synth:n=60,seed=1', 'udiat:/d/U', 'busi:/d/B', 'busi:/d/B:normal',
+              'pairs:/a:/b', 'pairs:/a:/b:suffix=_mask']:
+        assert str(parse_spec(s)) == s
+    assert parse_spec('SYNTH:seed=2') == DataSpec('synth', n=163, seed=2)
+    assert parse_spec('busi:~/B').root == Path.home() / 'B'
+    assert parse_spec(parse_spec('busi:/B'), include_normal=True).include_normal
+
+@pytest.mark.parametrize('spec, words', [
+    ('kaggle:/x', ['unknown data set kind', "'kaggle'", 'synth', 'udiat', 'busi', 'pairs']),
+    ('', ['non-empty']),
+    ('udiat', ['needs 1']),
+    ('pairs:/a', ['needs 2']),
+    ('synth:n=lots', ["'n'", 'integer']),
+    ('synth:colour=1', ['unknown option', 'n, seed']),
+    ('busi:/b:normal=perhaps', ['flag']),
+    ('synth:n=0', ['n >= 1']),
+])
+def test_spec_errors_say_what_was_expected(spec, words):
+    with pytest.raises(DataError) as e: parse_spec(spec)
+    for w in words: assert w in str(e.value), (w, str(e.value))
+
+def test_include_normal_only_for_busi():
+    with pytest.raises(DataError, match='busi'): parse_spec('udiat:/x', include_normal=True)
+
+# ---------------------------------------------------------------- synth: cached generation (with a stand-in generator)
+@pytest.fixture
+def fake_synth(monkeypatch, tmp_path):
+    "Replace kdbus.synth by a stand-in that writes a small UDIAT-layout set and counts its calls."
+    calls = []
+    def write_synth(out_dir, n=163, seed=0):
+        calls.append((Path(out_dir), n, seed))
+        udiat(out_dir, n=n)
+        return Path(out_dir)
+    fake = types.SimpleNamespace(write_synth=write_synth, SYNTH_VERSION='7')
+    monkeypatch.setitem(sys.modules, 'kdbus.synth', fake)
+    monkeypatch.setattr(kdbus, 'synth', fake, raising=False)
+    monkeypatch.setenv('KDBUS_CACHE', str(tmp_path / 'cache'))
+    return calls
+
+def test_synth_generated_once_into_the_cache(fake_synth, tmp_path):
+    r = resolve_spec('synth:n=6,seed=3')
+    assert r.kind == 'udiat' and r.root == tmp_path / 'cache' / 'synth-v7-n6-seed3'
+    cases = list_cases('synth:n=6,seed=3')
+    assert [c.id for c in cases] == [f'{i:06d}' for i in range(1, 7)]
+    assert [c.label for c in cases][:2] == ['benign', 'malignant']
+    load_data('synth:n=6,seed=3', size=16)
+    assert len(fake_synth) == 1                       # generated once, then read from the cache
+    resolve_spec('synth:n=6,seed=4')
+    assert len(fake_synth) == 2                       # another seed is another set
+
+def test_synth_cache_defaults_to_home(fake_synth, monkeypatch, tmp_path):
+    monkeypatch.delenv('KDBUS_CACHE')
+    monkeypatch.setenv('HOME', str(tmp_path / 'home'))
+    assert resolve_spec('synth:n=2').root == tmp_path / 'home' / '.cache' / 'kdbus' / 'synth-v7-n2-seed0'
+
+def test_real_synth_generator_loads_cleanly(monkeypatch, tmp_path):
+    synth = pytest.importorskip('kdbus.synth', reason='kdbus.synth (nbs/00_synth.ipynb) not exported yet')
+    assert hasattr(synth, 'write_synth')
+    monkeypatch.setenv('KDBUS_CACHE', str(tmp_path))
+    summary, problems = check_data('synth:n=8,seed=1')
+    assert problems == [] and summary.n_cases == 8
+    assert set(summary.classes) <= {'benign', 'malignant'}
+    d = load_data('synth:n=8,seed=1', size=32)
+    assert d.images.shape == (8, 32, 32, 3) and d.masks.any()
+
+# ---------------------------------------------------------------- UDIAT layout and labels
+def test_udiat_labels_from_xlsx(tmp_path):
+    root = udiat(tmp_path / 'U', n=3, labels=None)
+    pd.DataFrame([['Breast US, UDIAT', None, None], ['IMAGE', 'Histology', 'type'],
+                  [1, 'FA', 'Benign'], ['000002.png', 'IDC', 'MALIGNANT'], ['3', 'x', 'B']]
+                ).to_excel(root / 'DatasetB.xlsx', header=False, index=False)
+    assert [(c.id, c.label) for c in list_cases(f'udiat:{root}')] == \
+        [('000001', 'benign'), ('000002', 'malignant'), ('000003', 'benign')]
+
+def test_udiat_without_labels_is_unlabelled(tmp_path):
+    root = udiat(tmp_path / 'U', n=2, labels=None)
+    assert [c.label for c in list_cases(f'udiat:{root}')] == [None, None]
+
+def test_label_missing_for_an_image_is_a_problem(tmp_path):
+    root = udiat(tmp_path / 'U', n=3)
+    pd.read_csv(root / 'labels.csv', dtype=str).iloc[:2].to_csv(root / 'labels.csv', index=False)
+    probs = find_problems(f'udiat:{root}')
+    assert names(probs) == ['000003.png'] and 'no label' in probs[0].message
+
+def test_label_table_without_columns(tmp_path):
+    pd.DataFrame({'x': [1], 'y': [2]}).to_csv(tmp_path / 'labels.csv', index=False)
+    with pytest.raises(DataError, match="labels.csv.*'Image' and 'Type'"): read_labels(tmp_path / 'labels.csv')
+
+def test_missing_folders(tmp_path):
+    with pytest.raises(DataError, match='nowhere: data set folder not found'): list_cases(f'udiat:{tmp_path}/nowhere')
+    with pytest.raises(DataError, match='nowhere'): check_data(f'udiat:{tmp_path}/nowhere')  # the CLI's exit code 2
+    assert 'not found' in find_problems(f'udiat:{tmp_path}/nowhere')[0].message
+    root = udiat(tmp_path / 'U', n=2)
+    import shutil; shutil.rmtree(root / 'GT')
+    probs = find_problems(f'udiat:{root}')
+    assert any(p.file == root / 'GT' and 'folder missing' in p.message for p in probs)
+    with pytest.raises(DataError, match='GT: folder missing'): load_data(f'udiat:{root}')
+
+def test_empty_set(tmp_path):
+    (tmp_path / 'E' / 'original').mkdir(parents=True); (tmp_path / 'E' / 'GT').mkdir()
+    probs = find_problems(f'udiat:{tmp_path}/E')
+    assert len(probs) == 1 and 'empty data set' in probs[0].message
+    with pytest.raises(DataError, match='empty data set'): list_cases(f'udiat:{tmp_path}/E')
+
+def test_cases_sorted_naturally_and_hidden_files_ignored(tmp_path):
+    for k in [10, 2, 1]:
+        png(tmp_path / 'im' / f'case {k}.png', GREY); png(tmp_path / 'gt' / f'case {k}.png', DISC)
+    (tmp_path / 'im' / '.DS_Store').write_bytes(b'\0'); (tmp_path / 'gt' / '._case 1.png').write_bytes(b'\0')
+    (tmp_path / 'im' / 'notes.txt').write_text('x')
+    assert [c.id for c in list_cases(f'pairs:{tmp_path}/im:{tmp_path}/gt')] == ['case 1', 'case 2', 'case 10']
+
+# ---------------------------------------------------------------- bad files, one at a time
+@pytest.fixture
+def u(tmp_path): return udiat(tmp_path / 'U', n=4)
+
+def only_problem(root):
+    probs = find_problems(f'udiat:{root}')
+    assert len(probs) == 1, [str(p) for p in probs]
+    with pytest.raises(DataError) as e: load_data(f'udiat:{root}', size=16)
+    assert str(probs[0].file) in str(e.value)      # the strict loader raises the same problem
+    return probs[0]
+
+def test_truncated_image(u):
+    truncate(u / 'original' / '000002.png')
+    p = only_problem(u)
+    assert p.file.name == '000002.png' and 'truncated' in p.message
+
+def test_unreadable_mask(u):
+    (u / 'GT' / '000003.png').write_bytes(b'GIF89a nonsense')
+    p = only_problem(u)
+    assert p.file == u / 'GT' / '000003.png' and 'not a readable image' in p.message
+
+def test_mask_without_image(u):
+    png(u / 'GT' / '000009.png', DISC * 255)
+    p = only_problem(u)
+    assert p.file.name == '000009.png' and 'mask without image' in p.message
+
+def test_image_without_mask(u):
+    (u / 'GT' / '000004.png').unlink()
+    p = only_problem(u)
+    assert p.file == u / 'original' / '000004.png' and 'image without mask' in p.message
+
+def test_mask_size_differs(u):
+    png(u / 'GT' / '000001.png', np.zeros((W, H), np.uint8))          # transposed
+    p = only_problem(u)
+    assert p.file == u / 'GT' / '000001.png' and 'same size' in p.message and '30 x 40' in p.message
+
+def test_ambiguous_label_map_mask(u):
+    png(u / 'GT' / '000001.png', DISC + (XX > 30).astype(np.uint8))   # {0, 1, 2}
+    p = only_problem(u)
+    assert 'ambiguous mask values {0, 1, 2}' in p.message
+
+def test_float_image_is_refused(u):
+    Image.fromarray(GREY.astype(np.float32)).save(u / 'original' / '000001.tif'); (u / 'original' / '000001.png').unlink()
+    p = only_problem(u)
+    assert '32-bit float' in p.message
+
+def test_duplicate_ids(u):
+    Image.fromarray(GREY).save(u / 'original' / '000001.jpg')
+    p = only_problem(u)
+    assert 'duplicate image id' in p.message
+
+def test_all_problems_at_once(u):
+    truncate(u / 'original' / '000001.png')
+    (u / 'GT' / '000002.png').unlink()
+    png(u / 'GT' / '000003.png', np.zeros((5, 5), np.uint8))
+    png(u / 'GT' / '000099.png', DISC)
+    assert names(find_problems(f'udiat:{u}')) == ['000001.png', '000002.png', '000003.png', '000099.png']
+    summary, probs = check_data(f'udiat:{u}')
+    assert summary.n_problems == len(probs) == 4
+    text = format_summary(summary, probs, max_listed=2)
+    assert 'problems  4' in text and '... and 2 more' in text
+
+# ---------------------------------------------------------------- documented conversions
+def test_noisy_mask_binarised_with_warning(u):
+    rng = np.random.default_rng(0)
+    noisy = np.clip(DISC * 255 + rng.integers(-40, 41, DISC.shape), 0, 255).astype(np.uint8)
+    png(u / 'GT' / '000001.png', noisy)
+    with pytest.warns(DataWarning, match='binarised at > 127'): m = read_mask(u / 'GT' / '000001.png')
+    assert (m == DISC).all()
+    summary, probs = check_data(f'udiat:{u}')
+    assert probs == [] and len(summary.warnings) == 1           # a warning, not a problem
+    with pytest.warns(DataWarning): load_data(f'udiat:{u}', size=16)
+
+def test_two_level_masks(tmp_path):
+    for levels in [(0, 1), (0, 255), (0, 38)]:
+        assert (read_mask(png(tmp_path / f'm{levels[1]}.png', (DISC * levels[1]).astype(np.uint8))) == DISC).all()
+    assert read_mask(png(tmp_path / 'zero.png', 0 * DISC)).sum() == 0
+
+def test_16_bit_images(tmp_path):
+    full = GREY.astype(np.uint16) * 257
+    p = png(tmp_path / 'full.png', full)
+    assert Image.open(p).mode.startswith('I')
+    with pytest.warns(DataWarning, match='16-bit'): a = read_image(p)
+    assert a.dtype == np.uint8 and (a[..., 0] == GREY).all()
+    small = png(tmp_path / 'small.png', GREY.astype(np.uint16))          # 8-bit data in a 16-bit file
+    with warnings.catch_warnings(): warnings.simplefilter('error'); a = read_image(small)
+    assert (a[..., 0] == GREY).all()
+    m = png(tmp_path / 'm16.png', DISC.astype(np.uint16) * 65535)
+    with pytest.warns(DataWarning): assert (read_mask(m) == DISC).all()
+
+def test_palette_and_alpha(tmp_path):
+    pal = tmp_path / 'pal.png'; Image.fromarray(GREY).convert('P').save(pal)
+    assert Image.open(pal).mode == 'P'
+    assert np.abs(read_image(pal)[..., 0].astype(int) - GREY).max() <= 8     # palette quantisation only
+    # a VOC-style label mask: index 1 drawn in dark red
+    voc = Image.fromarray(DISC, 'L').convert('P'); voc.putpalette([0, 0, 0, 128, 0, 0] + [0] * 762); voc.save(tmp_path / 'voc.png')
+    assert Image.open(tmp_path / 'voc.png').mode == 'P'
+    assert (read_mask(tmp_path / 'voc.png') == DISC).all()
+    rgba = np.dstack([GREY] * 3 + [np.full_like(GREY, 255)])
+    assert (read_image(png(tmp_path / 'rgba.png', rgba)) == np.dstack([GREY] * 3)).all()
+    assert (read_mask(png(tmp_path / 'red.png', np.dstack([DISC * 200, 0 * DISC, 0 * DISC]))) == DISC).all()
+    assert (read_mask(png(tmp_path / 'bit.png', DISC.astype(bool))) == DISC).all()   # 1-bit
+
+# ---------------------------------------------------------------- BUSI layout
+def test_busi_tree_merges_extra_masks_and_excludes_normal(tmp_path):
+    root = busi(tmp_path / 'B')
+    cases = list_cases(f'busi:{root}')
+    assert [(c.id, c.label, [m.name for m in c.masks]) for c in cases] == [
+        ('benign (1)', 'benign', ['benign (1)_mask.png']),
+        ('benign (2)', 'benign', ['benign (2)_mask.png', 'benign (2)_mask_1.png']),
+        ('malignant (1)', 'malignant', ['malignant (1)_mask.png'])]
+    d = load_data(cases, size=W)       # no shrinking along the width; compare at a known pixel
+    extra_only = load_data([Case('x', cases[1].image, cases[1].masks[1:], 'benign')], size=W).masks[0]
+    assert extra_only.sum() > 0 and (d.masks[1] >= extra_only).all() and (d.masks[1] >= d.masks[0]).all()
+    assert d.masks[1].sum() > d.masks[0].sum()
+
+def test_busi_normal_on_request(tmp_path):
+    root = busi(tmp_path / 'B')
+    for spec, kw in [(f'busi:{root}:normal', {}), (f'busi:{root}', {'include_normal': True})]:
+        cases = list_cases(spec, **kw)
+        assert [c.label for c in cases].count('normal') == 1 and len(cases) == 4
+    summary, probs = check_data(f'busi:{root}', include_normal=True)
+    assert probs == [] and summary.warnings == [] and summary.classes['normal'] == 1   # empty masks expected there
+    assert len(load_data(f'busi:{root}', size=16, include_normal=True)) == 4
+
+def test_busi_empty_lesion_mask_warns(tmp_path):
+    root = busi(tmp_path / 'B', normal=False)
+    png(root / 'malignant' / 'malignant (1)_mask.png', 0 * DISC)
+    summary, probs = check_data(f'busi:{root}')
+    assert probs == [] and len(summary.warnings) == 1 and 'empty' in summary.warnings[0].message
+
+def test_busi_wrong_root_hints_the_subfolder(tmp_path):
+    busi(tmp_path / 'Dataset_BUSI_with_GT')
+    probs = find_problems(f'busi:{tmp_path}')
+    assert any('Dataset_BUSI_with_GT' in p.message for p in probs)
+
+def test_busi_mask_without_image(tmp_path):
+    root = busi(tmp_path / 'B', normal=False)
+    png(root / 'benign' / 'benign (7)_mask.png', DISC)
+    assert names(find_problems(f'busi:{root}')) == ['benign (7)_mask.png']
+
+# ---------------------------------------------------------------- generic pairs
+def test_pairs_suffix_detected_given_and_same_folder(tmp_path):
+    for k in (1, 2):
+        png(tmp_path / 'im' / f'{k}.png', GREY); png(tmp_path / 'gt' / f'{k}_mask.png', DISC * 255)
+    assert [c.id for c in list_cases(f'pairs:{tmp_path}/im:{tmp_path}/gt')] == ['1', '2']
+    assert [c.id for c in list_cases(f'pairs:{tmp_path}/im:{tmp_path}/gt:suffix=_mask')] == ['1', '2']
+    assert len(find_problems(f'pairs:{tmp_path}/im:{tmp_path}/gt:suffix=')) == 5   # 2 orphan images, 2 orphan masks, empty
+    png(tmp_path / 'flat' / '1.png', GREY); png(tmp_path / 'flat' / '1_mask.png', DISC)   # one folder, suffix detected
+    assert [(c.id, c.masks[0].name) for c in list_cases(f'pairs:{tmp_path}/flat:{tmp_path}/flat')] == [('1', '1_mask.png')]
+    png(tmp_path / 'same' / 'a.png', GREY)
+    with pytest.raises(DataError, match='suffix'): scan_cases(f'pairs:{tmp_path}/same:{tmp_path}/same:suffix=')
+
+def test_pairs_jpeg_masks(tmp_path):
+    png(tmp_path / 'im' / 'a.png', GREY)
+    (tmp_path / 'gt').mkdir()
+    Image.fromarray(DISC * 255).save(tmp_path / 'gt' / 'a.jpg', quality=70)      # JPEG noise around the edge
+    with pytest.warns(DataWarning):
+        d = load_data(f'pairs:{tmp_path}/im:{tmp_path}/gt', size=H)
+    assert abs(d.masks.mean() - DISC.mean()) < 0.03                        # the lesion survives the noise
+
+# ---------------------------------------------------------------- folds
+PAPER = ['benign'] * 109 + ['malignant'] * 54
+
+def check_partition(folds, n):
+    tested = np.concatenate([f.test for f in folds])
+    assert sorted(tested.tolist()) == list(range(n))                       # every image tested exactly once
+    for f in folds:
+        parts = [set(f.train.tolist()), set(f.val.tolist()), set(f.test.tolist())]
+        assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+        assert set().union(*parts) == set(range(n))
+
+def test_paper_protocol_folds():
+    folds = make_folds(PAPER)
+    check_partition(folds, 163)
+    assert [len(f.test) for f in folds] == [33, 33, 33, 32, 32]
+    assert [len(f.train) + len(f.val) for f in folds] == [130, 130, 130, 131, 131]
+    assert all(len(f.val) == 20 for f in folds[:3])
+    y = np.array(PAPER)
+    for f in folds:                                                         # 54/163 = 33 % malignant everywhere
+        for part in (f.train, f.val, f.test):
+            assert abs((y[part] == 'malignant').mean() - 54 / 163) < 0.05
+    three = make_folds(PAPER, n_folds=3)
+    assert len(three) == 3 and all((a.test == b.test).all() for a, b in zip(three, folds))
+
+@pytest.mark.parametrize('n, k, seed', [(10, 2, 0), (37, 3, 5), (163, 5, 1), (12, 12, 0)])
+def test_folds_partition_any_size(n, k, seed):
+    check_partition(make_folds(n, k=k, seed=seed, val_frac=0.2), n)
+
+def test_folds_deterministic_by_seed():
+    a, b, c = make_folds(PAPER, seed=3), make_folds(PAPER, seed=3), make_folds(PAPER, seed=4)
+    assert all((x.test == y.test).all() and (x.val == y.val).all() for x, y in zip(a, b))
+    assert any((x.test != y.test).any() for x, y in zip(a, c))
+
+def test_folds_unlabelled_and_rare_classes():
+    check_partition(make_folds([None] * 20, k=4), 20)
+    check_partition(make_folds(['benign'] * 18 + ['malignant'] * 2, k=5), 20)   # too rare to stratify: plain folds
+    assert all(len(f.val) == 0 for f in make_folds(20, k=4, val_frac=0))
+
+@pytest.mark.parametrize('kw, word', [(dict(k=1), 'k=1'), (dict(k=200), 'k=200'), (dict(val_frac=1.0), 'val_frac'),
+                                      (dict(n_folds=6), 'n_folds')])
+def test_folds_bad_parameters(kw, word):
+    with pytest.raises(ValueError, match=word): make_folds(PAPER, **kw)
+
+# ---------------------------------------------------------------- loading
+def test_load_data_contract(u):
+    d = load_data(f'udiat:{u}', size=24)
+    assert d.images.shape == (4, 24, 24, 3) and d.images.dtype == np.float32
+    assert d.masks.shape == (4, 24, 24) and d.masks.dtype == np.uint8 and set(np.unique(d.masks)) == {0, 1}
+    assert 0 <= d.images.min() and d.images.max() <= 1 and d.images.max() > 0.9
+    assert (d.images[..., 0] == d.images[..., 1]).all()
+    assert d.ids == ['000001', '000002', '000003', '000004'] and d.labels == ['benign', 'malignant'] * 2
+    assert d.sizes == [(H, W)] * 4
+    assert abs(d.masks.mean() - DISC.mean()) < 0.03                       # the lesion keeps its share
+    sub = d.subset(np.array([3, 0]))
+    assert sub.ids == ['000004', '000001'] and (sub.images[1] == d.images[0]).all()
+
+def test_load_data_enlarges_and_keeps_colour(tmp_path):
+    rgb = np.dstack([GREY, 255 - GREY, 0 * GREY])
+    png(tmp_path / 'im' / 'a.png', rgb); png(tmp_path / 'gt' / 'a.png', DISC)
+    d = load_data(f'pairs:{tmp_path}/im:{tmp_path}/gt', size=64)
+    assert d.images.shape == (1, 64, 64, 3) and not (d.images[..., 0] == d.images[..., 1]).all()
+    assert abs(d.masks.mean() - DISC.mean()) < 0.03
+
+def test_load_data_bad_arguments(u):
+    with pytest.raises(ValueError, match='size'): load_data(f'udiat:{u}', size=0)
+    with pytest.raises(DataError, match='nothing to load'): load_data([])
+
+def test_segdata_checks_its_contract():
+    from kdbus.data import SegData
+    with pytest.raises(ValueError, match='float32'): SegData(np.zeros((1, 4, 4, 3)), np.zeros((1, 4, 4), np.uint8), ['a'], [None])
+    with pytest.raises(ValueError, match='masks'): SegData(np.zeros((1, 4, 4, 3), np.float32), np.zeros((1, 4, 5), np.uint8), ['a'], [None])
+
+# ---------------------------------------------------------------- the real BUSI sample
+@pytest.fixture(scope='module')
+def busi_sample():
+    if not BUSI_SAMPLE.exists(): pytest.skip(f'BUSI sample not found at {BUSI_SAMPLE} (it lives beside the project, in ../shared)')
+    return BUSI_SAMPLE
+
+def test_busi_sample_has_no_problems(busi_sample):
+    summary, problems = check_data(f'busi:{busi_sample}')
+    assert problems == [], [str(p) for p in problems]
+    assert summary.n_cases == 60 and summary.classes == {'benign': 40, 'malignant': 20}
+    assert summary.warnings == []
+    assert 0 < summary.lesion_fraction['min'] < summary.lesion_fraction['mean'] < summary.lesion_fraction['max'] < 1
+
+def test_busi_sample_loads(busi_sample):
+    d = load_data(f'busi:{busi_sample}', size=64)
+    assert d.images.shape == (60, 64, 64, 3) and d.labels.count('malignant') == 20
+    assert d.ids[:2] == ['benign (1)', 'benign (12)'] and all(m.any() for m in d.masks)
+    folds = make_folds(d.labels, k=5, seed=0)
+    check_partition(folds, 60)
+    assert [(np.array(d.labels)[f.test] == 'malignant').sum() for f in folds] == [4] * 5

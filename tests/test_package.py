@@ -1,0 +1,39 @@
+"""The package as a user gets it: a built wheel installed outside the checkout, and its `kdbus` command."""
+import os, subprocess, sys, sysconfig
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    "Build the wheel once (no build isolation: the build needs only setuptools, already here)."
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(out), str(ROOT)], check=True, cwd=out)
+    wheels = list(out.glob("kdbus-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+def test_wheel_holds_the_package(wheel):
+    import zipfile
+    names = zipfile.ZipFile(wheel).namelist()
+    for mod in ("kdbus/__init__.py", "kdbus/cli.py", "kdbus/data.py", "kdbus/synth.py", "kdbus/_modidx.py"):
+        assert mod in names, f"{mod} missing from {wheel.name}"
+    assert not any(n.startswith(("nbs/", "tests/")) for n in names)
+
+def test_installed_wheel_runs_outside_checkout(wheel, tmp_path):
+    "Install the wheel into a folder of its own (dependencies from this environment), run `kdbus --help` elsewhere."
+    target, work = tmp_path / "site", tmp_path / "elsewhere"
+    work.mkdir()
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True)
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    exe = target / "bin" / "kdbus"
+    assert exe.exists(), "the wheel installs no `kdbus` console script"
+    r = subprocess.run([str(exe), "--help"], cwd=work, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "check-data" in r.stdout and "synth" in r.stdout
+    # the command must have run the installed copy, not the checkout's
+    r = subprocess.run([sys.executable, "-c", "import kdbus; print(kdbus.__file__)"], cwd=work, env=env,
+                       capture_output=True, text=True, check=True)
+    assert Path(r.stdout.strip()).is_relative_to(target), r.stdout
