@@ -5,7 +5,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kdbus-installed
-DATA   ?= synth
+DATA    ?= synth
+PROFILE ?= quick
+LOSS    ?= kld
 
 .PHONY: setup run test clean
 setup: $(STAMP)
@@ -16,9 +18,12 @@ $(STAMP): settings.ini setup.py
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# Main job (until the experiment notebook lands): build the embedded synthetic set and check it.
+# Main job: one experiment of the paper through papermill (default: the paper's best student,
+# L_KLD_WAug, fold 0, quick profile, synthetic data; its teacher is trained first). The run's
+# files land in runs/L_KLD_WAug/fold0/, the executed notebook in runs/run.ipynb.
 run: $(STAMP)
-	$(BIN)/kdbus check-data $(DATA)
+	mkdir -p runs
+	$(BIN)/papermill nbs/run.ipynb runs/run.ipynb -p loss $(LOSS) -p profile $(PROFILE) -p data $(DATA) -p out_dir runs
 
 # The test command: notebooks clean and exported (nothing may change), pytest, then every notebook.
 test: $(STAMP)

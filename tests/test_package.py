@@ -18,7 +18,8 @@ def wheel(tmp_path_factory):
 def test_wheel_holds_the_package(wheel):
     import zipfile
     names = zipfile.ZipFile(wheel).namelist()
-    for mod in ("kdbus/__init__.py", "kdbus/cli.py", "kdbus/data.py", "kdbus/synth.py", "kdbus/_modidx.py"):
+    for mod in ("kdbus/__init__.py", "kdbus/cli.py", "kdbus/data.py", "kdbus/synth.py", "kdbus/_modidx.py",
+                "kdbus/run.ipynb"):  # the experiment notebook travels with the package, for `kdbus grid`
         assert mod in names, f"{mod} missing from {wheel.name}"
     assert not any(n.startswith(("nbs/", "tests/")) for n in names)
 
@@ -37,3 +38,8 @@ def test_installed_wheel_runs_outside_checkout(wheel, tmp_path):
     r = subprocess.run([sys.executable, "-c", "import kdbus; print(kdbus.__file__)"], cwd=work, env=env,
                        capture_output=True, text=True, check=True)
     assert Path(r.stdout.strip()).is_relative_to(target), r.stdout
+    # the grid finds its notebook inside the installed package, a real file with the parameters cell
+    r = subprocess.run([sys.executable, "-c", "from kdbus.grid import run_notebook; print(run_notebook())"], cwd=work,
+                       env=env, capture_output=True, text=True, check=True)
+    nb = Path(r.stdout.strip())
+    assert nb.is_relative_to(target) and not nb.is_symlink() and '"parameters"' in nb.read_text()

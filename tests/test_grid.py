@@ -1,0 +1,82 @@
+"""The experiment notebook through papermill, and the grid through the `kdbus` command: files, resume, failures."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pandas as pd, pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DATA = "synth:n=30"   # a small synthetic set keeps the 14-run grid short
+LABELS = ['Teacher', 'Student', 'L_MSE', 'L_MSE_WAug', 'L_KLD', 'L_KLD_WAug', 'H_MSE', 'H_MSE_WAug', 'H_KLD',
+          'H_KLD_WAug', 'HReg_MSE', 'HReg_MSE_WAug', 'HReg_KLD', 'HReg_KLD_WAug']
+
+def sh(*args, cwd=None, timeout=1200):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+def test_papermill_bad_parameter_fails_fast(tmp_path):
+    t = time.time()
+    r = sh(BIN / "papermill", ROOT / "nbs" / "run.ipynb", tmp_path / "out.ipynb", "-p", "loss", "kl",
+           "-p", "profile", "smoke", "-p", "out_dir", tmp_path / "runs")
+    assert r.returncode != 0
+    assert "loss='kl'" in r.stdout + r.stderr and "'mse', 'kld'" in r.stdout + r.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("history.csv"))
+
+def test_papermill_fold_out_of_range_fails_fast(tmp_path):
+    r = sh(BIN / "papermill", ROOT / "nbs" / "run.ipynb", tmp_path / "out.ipynb", "-p", "fold", 7,
+           "-p", "profile", "smoke", "-p", "out_dir", tmp_path / "runs")
+    assert r.returncode != 0 and "fold" in r.stdout + r.stderr
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grid") / "smoke"
+    r = sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--out", out)
+    return out, r
+
+def test_smoke_grid_completes_with_every_file(grid):
+    out, r = grid
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for label in LABELS:
+        d = out / label / "fold0"
+        for f in ("config.json", "env.json", "history.csv", "per_image.csv", "metrics.json", "run.ipynb"):
+            assert (d / f).is_file(), f"{d / f} missing"
+        per = pd.read_csv(d / "per_image.csv")
+        assert per["dice"].between(0, 1).all() and per["iou"].between(0, 1).all()
+        assert not per["id"].astype(str).str.contains("/").any(), "ids must not be paths"
+    for f in ("table4.csv", "table4.md", "figure2.png", "figure2.pdf"):
+        assert (out / f).is_file(), f"{f} missing"
+
+def test_table4_has_the_14_rows_in_range(grid):
+    out, _ = grid
+    t = pd.read_csv(out / "table4.csv")
+    first = t.columns[0]
+    assert list(t[first]) == LABELS
+    assert t["dsc_mean"].between(0, 100).all() and t["dsc_std"].between(0, 100).all()
+
+def test_second_grid_does_no_work(grid):
+    out, _ = grid
+    r = sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--out", out)
+    assert r.returncode == 0
+    assert "0 run, 14 already complete, 0 failed" in r.stdout
+
+def test_grid_refuses_a_folder_of_another_profile(grid):
+    out, _ = grid
+    r = sh(BIN / "kdbus", "grid", "--profile", "quick", "--data", DATA, "--folds", "0", "--out", out)
+    assert r.returncode == 2 and "profile" in r.stderr
+
+def test_killed_grid_resumes(tmp_path):
+    "Kill a grid once its first run is complete; started again, it skips that run and finishes the rest."
+    out = tmp_path / "g"
+    code = ("from kdbus.grid import run_grid; "
+            f"run_grid('smoke', {DATA!r}, folds=(0, 1), out={str(out)!r}, labels=('Teacher', 'L_KLD_WAug'), report=False)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    done = out / "Teacher" / "fold0" / "metrics.json"
+    t0 = time.time()
+    while not done.exists() and p.poll() is None and time.time() - t0 < 600: time.sleep(0.5)
+    assert done.exists(), "the first run never completed"
+    os.killpg(p.pid, signal.SIGKILL); p.wait()
+    assert not (out / "Teacher" / "fold1" / "metrics.json").exists(), "the grid finished before it was killed"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Teacher/fold0: complete, skipped" in r.stdout
+    for label in ("Teacher", "L_KLD_WAug"):
+        for f in (0, 1): assert (out / label / f"fold{f}" / "metrics.json").is_file()

@@ -1,0 +1,171 @@
+"Tests of kdbus.train: one loop for all runs, reproducibility, resumption, early stopping, failure injection."
+import math, warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import kdbus.distill
+import kdbus.train as kt
+from kdbus.config import resolve_config
+from kdbus.data import SegData, load_data, make_folds
+from kdbus.train import (Baseline, NonFiniteLoss, atomic_save, build_step, dice_iou, fit, load_model, pick_device, weights_hash)
+
+DATA = 'synth:n=24'
+
+
+@pytest.fixture(scope='module')
+def parts():
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        d = load_data(DATA, size=64)
+    f = make_folds(d.labels, k=5, seed=0)[0]
+    return d.subset(f.train), d.subset(f.val)  # 16 training, 3 validation images
+
+
+def cfg_for(tmp_path, **kw):
+    return resolve_config('smoke', data=DATA, out_dir=str(tmp_path), **{'path': 'teacher', **kw})
+
+
+@pytest.fixture(scope='module')
+def teacher(parts, tmp_path_factory):
+    c = resolve_config('smoke', path='teacher', data=DATA, out_dir=str(tmp_path_factory.mktemp('t')))
+    return fit(build_step(c), c, *parts, progress=False).model
+
+
+def test_same_config_same_history_and_weights(parts, tmp_path, teacher):
+    for kw in (dict(path='teacher', epochs=3), dict(path='hidden_regressor', loss='kld', teacher_aug='weak')):
+        runs = []
+        for sub in ('a', 'b'):
+            c = cfg_for(tmp_path/sub, **kw)
+            runs.append(fit(build_step(c, teacher), c, *parts, progress=False))
+        a, b = runs
+        pd.testing.assert_frame_equal(a.history.drop(columns='seconds'), b.history.drop(columns='seconds'))
+        assert weights_hash(a.model) == weights_hash(b.model)
+    assert a.regressor_params > 0 and a.history.train_kd.notna().all()  # the KD run logs its KD term
+    c = cfg_for(tmp_path/'seed1', path='hidden_regressor', loss='kld', teacher_aug='weak', seed=1)
+    other = fit(build_step(c, teacher), c, *parts, progress=False)
+    assert weights_hash(other.model) != weights_hash(a.model)
+
+
+def test_history_and_checkpoint(parts, tmp_path):
+    c = cfg_for(tmp_path, epochs=3, patience=3)
+    r = fit(build_step(c), c, *parts, progress=False)
+    h = pd.read_csv(c.run_dir/'history.csv')
+    assert h.epoch.tolist() == [1, 2, 3] and h.train_kd.isna().all()
+    assert (h.lr == c.lr).all() and (h.seconds > 0).all() and h.val_dice.between(0, 1).all()
+    assert r.best_epoch == int(h.epoch[h.val_loss.idxmin()]) and r.stopped == 'max_epochs' and r.epochs_run == 3
+    ck = torch.load(c.run_dir/'best.pt', weights_only=True)
+    assert ck['epoch'] == r.best_epoch and math.isclose(ck['val_loss'], r.best_val_loss)
+    assert weights_hash(load_model(c.run_dir/'best.pt')) == weights_hash(r.model)
+    assert not list(c.run_dir.glob('.*.tmp'))  # no temporary file left behind
+
+
+def test_early_stopping_on_validation_loss(parts, tmp_path, monkeypatch):
+    losses = iter([1.0, 0.5, 0.7, 0.6, 0.9, 0.1])
+    monkeypatch.setattr(kt, 'validate', lambda model, loader: (next(losses), 0.5))
+    c = cfg_for(tmp_path, epochs=6, patience=3)
+    r = fit(build_step(c), c, *parts, progress=False)
+    assert (r.stopped, r.best_epoch, r.epochs_run, r.best_val_loss) == ('early', 2, 5, 0.5)
+    assert torch.load(c.run_dir/'best.pt', weights_only=True)['epoch'] == 2
+
+
+def test_resume_continues_at_the_next_epoch_with_the_same_results(parts, tmp_path):
+    c = cfg_for(tmp_path/'a', epochs=4, patience=4)
+    whole = fit(build_step(c), c, *parts, progress=False)
+    c2 = cfg_for(tmp_path/'b', epochs=4, patience=4)
+    ck_path = c2.run_dir/'last.pt'
+    # train 2 epochs, then pretend the process died there: last.pt says epoch 2, not finished
+    c2short = c2.replace(epochs=2, patience=2)
+    first = fit(build_step(c2short), c2short, *parts, progress=False)
+    ck = torch.load(ck_path, weights_only=True); ck['identity'] = c2.identity(); ck['stopped'] = None
+    atomic_save(ck, ck_path)
+    resumed = fit(build_step(c2), c2, *parts, progress=False)
+    assert resumed.history.epoch.tolist() == [1, 2, 3, 4]
+    assert resumed.history.seconds[:2].tolist() == first.history.seconds.tolist()  # epochs 1-2 kept, not trained again
+    pd.testing.assert_frame_equal(whole.history.drop(columns='seconds'), resumed.history.drop(columns='seconds'))
+    assert weights_hash(whole.model) == weights_hash(resumed.model)
+    again = fit(build_step(c2), c2, *parts, progress=False)  # finished: nothing more
+    assert again.epochs_run == 4
+
+
+def test_resume_refuses_another_runs_checkpoint(parts, tmp_path):
+    c = cfg_for(tmp_path, epochs=1)
+    fit(build_step(c), c, *parts, progress=False)
+    other = c.replace(lr=0.01)
+    with pytest.raises(ValueError, match=r"belongs to a different run \(differs in \['lr'\]\)"):
+        fit(build_step(other), other, *parts, progress=False)
+    (c.run_dir/'best.pt').unlink()
+    with pytest.raises(FileNotFoundError, match='best.pt is missing'):
+        fit(build_step(c.replace(epochs=1)), c, *parts, progress=False)
+
+
+def test_nan_supervised_loss_stops_with_epoch_batch_and_term(parts, tmp_path, monkeypatch):
+    calls = {'n': 0}
+    real = kt.sup_loss
+    def poisoned(logits, mask):  # per epoch: 2 training batches + 1 validation batch
+        calls['n'] += 1
+        out = real(logits, mask)
+        return out * float('nan') if calls['n'] == 5 else out
+    monkeypatch.setattr(kt, 'sup_loss', poisoned)
+    c = cfg_for(tmp_path, epochs=3, patience=3)
+    with pytest.raises(NonFiniteLoss) as e: fit(build_step(c), c, *parts, progress=False)
+    msg = str(e.value)
+    assert 'non-finite loss at epoch 2, batch 2: sup=nan' in msg and 'last.pt (epoch 1)' in msg and c.label in msg
+    ck = torch.load(c.run_dir/'last.pt', weights_only=True)
+    assert ck['epoch'] == 1 and all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
+    assert pd.read_csv(c.run_dir/'history.csv').epoch.tolist() == [1]
+    monkeypatch.setattr(kt, 'sup_loss', real)  # the fault is gone: the run resumes from epoch 2
+    r = fit(build_step(c), c, *parts, progress=False)
+    assert r.history.epoch.tolist() == [1, 2, 3]
+
+
+def test_nan_kd_term_is_named_and_nothing_is_saved(parts, tmp_path, monkeypatch, teacher):
+    monkeypatch.setattr(kdbus.distill, 'distill_loss', lambda *a, **k: torch.tensor(float('inf')))
+    c = cfg_for(tmp_path, path='logits', loss='mse', teacher_aug='weak')
+    with pytest.raises(NonFiniteLoss, match=r'epoch 1, batch 1: kd=inf .*no epoch had finished'):
+        fit(build_step(c, teacher), c, *parts, progress=False)
+    assert not (c.run_dir/'last.pt').exists() and not (c.run_dir/'best.pt').exists()
+
+
+def test_nan_validation_loss_is_named(parts, tmp_path, monkeypatch):
+    monkeypatch.setattr(kt, 'validate', lambda model, loader: (float('nan'), 0.0))
+    c = cfg_for(tmp_path)
+    with pytest.raises(NonFiniteLoss, match='epoch 1, validation: val=nan'): fit(build_step(c), c, *parts, progress=False)
+
+
+def test_one_loop_for_every_run_type(parts, tmp_path, teacher):
+    for kw in (dict(path='none'), dict(path='logits', loss='kld', teacher_aug='strong'), dict(path='hidden', loss='mse', teacher_aug='weak')):
+        c = cfg_for(tmp_path, epochs=1, **kw)
+        step = build_step(c, teacher)
+        r = fit(step, c, *parts, progress=False)
+        assert r.model is step.student and r.params == sum(p.numel() for p in step.student.parameters())
+        assert r.history.train_kd.isna().all() == (kw['path'] == 'none')
+
+
+def test_a_single_image_last_batch_is_dropped(parts, tmp_path, monkeypatch):
+    train, val = parts
+    seen = []
+    real = Baseline.forward
+    monkeypatch.setattr(Baseline, 'forward', lambda self, batch: (seen.append(len(batch['mask'])), real(self, batch))[1])
+    for n in (17, 18):
+        seen.clear()
+        idx = np.arange(n) % len(train)
+        sub = SegData(train.images[idx], train.masks[idx], [f"i{i}" for i in range(n)], [None] * n)
+        c = cfg_for(tmp_path/str(n), epochs=1)
+        fit(build_step(c), c, sub, val, progress=False)
+        assert seen == ([8, 8] if n == 17 else [8, 8, 2]), seen
+
+
+def test_dice_iou_empty_convention():
+    z = torch.zeros(2, 4, 4, dtype=torch.bool); one = z.clone(); one[:, 0, 0] = True
+    assert dice_iou(z, z)[0].tolist() == [1.0, 1.0] and dice_iou(z, z)[1].tolist() == [1.0, 1.0]
+    assert dice_iou(one, z)[0].tolist() == [0.0, 0.0] and dice_iou(z, one)[1].tolist() == [0.0, 0.0]
+    assert dice_iou(one, one)[0].tolist() == [1.0, 1.0]
+
+
+def test_device_choice():
+    assert pick_device('auto').type == ('cuda' if torch.cuda.is_available() else 'cpu')
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda:0'"): pick_device('cuda:0')
