@@ -29,7 +29,8 @@ __all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_
            'plot_dice', 'plot_overlays']
 
 # %% ../nbs/10_report.ipynb #07d61946
-from .config import ALL_RUNS  # Table 4's rows (and run folder names), in the paper's order
+from .config import ALL_RUNS, label_params  # Table 4's rows (and run folder names), in the paper's order
+from .train import atomic_write
 
 PAPER = ("Behboodi B., Brooks R., Rivaz H. Optimizing knowledge distillation for efficient breast ultrasound image "
          "segmentation: insights and performance enhancement. Artificial Intelligence in Health 2(2), 2025. "
@@ -84,14 +85,6 @@ def _fake_prediction(gt: np.ndarray, rng: np.random.Generator, miss: float) -> n
     elif k < 0: p = ndimage.binary_erosion(p, iterations=-k)
     return p
 
-def _atomic_write_text(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp"); tmp.write_text(text); os.replace(tmp, path)
-
-def _run_params(label: str) -> dict:
-    if label == 'Teacher': return dict(path='teacher', loss=None, teacher_aug=None)
-    if label == 'Student': return dict(path='none', loss=None, teacher_aug=None)
-    return dict(zip(('path', 'loss', 'teacher_aug'), parse_run_name(label)))
-
 def fake_results(out: str|Path, # the results folder OUT to write runs into
                  data: str, # data set spec the runs claim (images and masks are read from it), e.g. 'udiat:/tmp/synth'
                  size: int = 64, # evaluation size S (pixels)
@@ -128,12 +121,12 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
             history = pd.DataFrame(dict(epoch=e, train_loss=0.5 * sup + 0.5 * kd_term if kd else sup, train_sup=sup,
                                         train_kd=kd_term, val_loss=val_loss,
                                         val_dice=per_image.dice.mean() * (1 - np.exp(-e / 2)), lr=1e-4, seconds=1.0))
-            config = dict(label=label, **_run_params(label), fold=k, data=str(data), profile='fake', seed=seed,
+            config = dict(label=label, **label_params(label), fold=k, data=str(data), profile='fake', seed=seed,
                           out_dir=str(out), size=size, k_folds=k_folds, n_folds=n_folds, fake=True)
-            _atomic_write_text(run/'config.json', json.dumps(config, indent=1))
-            _atomic_write_text(run/'env.json', json.dumps(dict(fake=True), indent=1))
-            _atomic_write_text(run/'history.csv', history.to_csv(index=False))
-            _atomic_write_text(run/'per_image.csv', per_image.to_csv(index=False))
+            atomic_write(run/'config.json', json.dumps(config, indent=1))
+            atomic_write(run/'env.json', json.dumps(dict(fake=True), indent=1))
+            atomic_write(run/'history.csv', history.to_csv(index=False))
+            atomic_write(run/'per_image.csv', per_image.to_csv(index=False))
             np.savez_compressed(run/'predictions.npz', ids=np.array([d.ids[i] for i in test]),
                                 masks=np.packbits(preds.astype(bool)), shape=np.array(preds.shape))
             if (label, k) in set(map(tuple, incomplete)): continue
@@ -143,7 +136,7 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
                            regressor_params=12_345 if label.startswith('HReg') else 0,
                            best_epoch=int(np.argmin(val_loss)) + 1, epochs_run=epochs, seconds=float(epochs),
                            stopped='max_epochs', complete=True, fake=True)
-            _atomic_write_text(run/'metrics.json', json.dumps(metrics, indent=1))
+            atomic_write(run/'metrics.json', json.dumps(metrics, indent=1))
     return out
 
 # %% ../nbs/10_report.ipynb #2846e5f9
@@ -623,8 +616,8 @@ def write_report(results_dir: str|Path, # the results folder OUT
     try:
         _save(fig, paths[2]); _save(fig, paths[3])
     finally: plt.close(fig)
-    _atomic_write_text(paths[0], t.to_csv(index=False))
-    _atomic_write_text(paths[1], table4_markdown(t, fig.figure2_image, findings(df)))
+    atomic_write(paths[0], t.to_csv(index=False))
+    atomic_write(paths[1], table4_markdown(t, fig.figure2_image, findings(df)))
     for make, path in zip((dice_distribution, learning_curves, loss_terms), paths[4:]):
         fig = make(df)
         try: _save(fig, path, dpi=120)
