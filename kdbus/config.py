@@ -94,7 +94,7 @@ class RunConfig:
     patience: int  # stop after this many epochs without a lower validation loss (the paper: 50)
     lr: float  # Adam learning rate (the paper: 1e-4)
     model_preset: str  # `kdbus.models.PRESETS` entry for the teacher and student
-    encoder_weights: str|None  # None (random init) or 'imagenet' (the paper)
+    encoder_weights: str|None  # None: as the model preset says (random init but the quick-pretrained teacher); 'imagenet' (the paper) or 'imagenet-offline': both encoders
     k_folds: int  # folds of the partition (5: test parts of 33 of 163 images)
     n_folds: int  # folds run (the paper: 3)
     val_frac: float  # share of each training part held out for validation

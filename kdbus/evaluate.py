@@ -78,16 +78,40 @@ def save_predictions(
     return atomic_write(path, buf.getvalue())
 
 def load_predictions(
-    path: Path|str,  # a file written by `save_predictions`
+    path: Path|str,  # a file written by `save_predictions` (a run's predictions.npz)
 ) -> tuple[list[str], np.ndarray]:  # (ids, bool N x S x S masks)
-    "The ids and predicted masks of a predictions.npz."
-    with np.load(path, allow_pickle=False) as z:
-        shape = tuple(int(v) for v in z['shape'])
-        return [str(i) for i in z['ids']], np.unpackbits(z['masks'], count=int(np.prod(shape))).reshape(shape).astype(bool)
+    "The ids and predicted masks of a predictions.npz, checked against the contract."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: file not found; expected ids, masks (np.packbits) and shape (N, S, S)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ('ids', 'masks', 'shape') if k not in z.files]
+            if missing: raise ValueError(f"{path}: missing array(s) {', '.join(missing)}; expected ids, masks (np.packbits) and shape (N, S, S)")
+            ids, packed, shape = [str(i) for i in z['ids']], z['masks'], tuple(int(v) for v in z['shape'])
+    except (OSError, EOFError) as e: raise ValueError(f"{path}: not a readable .npz file ({e})") from None
+    n = int(np.prod(shape)) if shape else 0
+    if len(shape) != 3 or shape[0] != len(ids) or not (packed.size * 8 - 8 < n <= packed.size * 8):
+        raise ValueError(f"{path}: shape {shape}, {len(ids)} ids and {packed.size} packed bytes do not agree; "
+                         "expected shape (N, S, S), N ids and ceil(N*S*S/8) bytes")
+    return ids, np.unpackbits(packed.ravel(), count=n).reshape(shape).astype(bool)
+
 
 # %% ../nbs/08_evaluate.ipynb #024d9db8
 def read_per_image(
     path: Path|str,  # a per_image.csv written by `kdbus.experiment.run_experiment`
 ) -> pd.DataFrame:  # `PER_IMAGE_COLUMNS`, ids and classes as strings
-    "A run's per-image table, with ids kept as strings."
-    return pd.read_csv(path, dtype={'id': str, 'class': str}, keep_default_na=False, na_values={'dice': ['', 'nan'], 'iou': ['', 'nan']})
+    "A run's per-image table (ids kept as strings), checked against the contract."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"{path}: file not found; a complete run has per_image.csv with columns {', '.join(PER_IMAGE_COLUMNS)}")
+    df = pd.read_csv(path, dtype={'id': str, 'class': str}, keep_default_na=False)  # an unlabelled image's class stays ''
+    missing = [c for c in PER_IMAGE_COLUMNS if c not in df.columns]
+    if missing: raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(PER_IMAGE_COLUMNS)}")
+    for c in ('dice', 'iou'):  # `dice_iou` never gives NaN: 1 where prediction and ground truth are both empty
+        bad = df[~pd.to_numeric(df[c], errors='coerce').between(0, 1)]
+        if len(bad):
+            v = bad[c].iloc[0]
+            raise ValueError(f"{path}: {c} of image {bad.id.iloc[0]!r} is {v.item() if hasattr(v, 'item') else v!r}; expected a number in [0, 1]")
+    dup = df.id[df.id.duplicated()]
+    if len(dup): raise ValueError(f"{path}: image id {dup.iloc[0]!r} appears more than once; expected one row per test image")
+    return df[list(PER_IMAGE_COLUMNS)]
+

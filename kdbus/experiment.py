@@ -21,8 +21,8 @@ from .models import build_model, model_record, resolve_specs, resolve_stages
 from .train import atomic_write, build_step, fit, load_model, pick_device, weights_hash
 
 # %% auto #0
-__all__ = ['check_run', 'run_data', 'git_commit', 'env_info', 'write_json', 'read_json', 'saved_config', 'check_same_run',
-           'run_lock', 'ensure_teacher', 'check_no_leak', 'run_experiment']
+__all__ = ['check_run', 'run_data', 'git_commit', 'cpu_model', 'env_info', 'write_json', 'read_json', 'saved_config',
+           'check_same_run', 'run_lock', 'ensure_teacher', 'check_no_leak', 'run_experiment']
 
 # %% ../nbs/09_experiment.ipynb #ef9d9548
 def check_run(
@@ -63,6 +63,14 @@ def git_commit() -> tuple[str|None, bool|None]:
         return head.stdout.strip(), bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
     except (OSError, subprocess.SubprocessError): return None, None
 
+def cpu_model() -> str:
+    "The CPU's model name (Linux /proc/cpuinfo: name, family, model, stepping), else what `platform` knows."
+    try:
+        info = dict(l.split(':', 1) for l in Path('/proc/cpuinfo').read_text().splitlines()[:30] if ':' in l)
+        info = {k.strip(): v.strip() for k, v in info.items()}
+        return f"{info['model name']} (family {info.get('cpu family', '?')}, model {info.get('model', '?')}, stepping {info.get('stepping', '?')})"
+    except (OSError, KeyError): return platform.processor() or platform.machine()
+
 def env_info(
     device: torch.device,  # the run's device
 ) -> dict:
@@ -74,6 +82,7 @@ def env_info(
                 git_commit=commit, git_dirty=dirty, device=str(device),
                 device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else (platform.processor() or platform.machine()),
                 cuda=torch.version.cuda if device.type == 'cuda' else None, torch_threads=torch.get_num_threads(),
+                cpu=cpu_model(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
                 cpu_count=os.cpu_count(), platform=platform.platform(), started=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
 
 def write_json(path: Path|str, obj) -> Path:
@@ -130,8 +139,10 @@ def ensure_teacher(
             for f in ('metrics.json', 'last.pt'): (tdir/f).unlink(missing_ok=True)
         new = run_experiment(tcfg, progress=progress)
         if abs(new['dice_mean'] - old.get('dice_mean', new['dice_mean'])) > 1e-9:
-            warnings.warn(f"the teacher retrained in {tdir} scores dice_mean {new['dice_mean']:.6f}, the recorded one {old['dice_mean']:.6f} "
-                          "(training is bit-for-bit reproducible on the CPU only)")
+            warnings.warn(f"the teacher retrained in {tdir} scores dice_mean {new['dice_mean']:.6f}, the recorded one {old['dice_mean']:.6f}: "
+                          "training is bit-for-bit reproducible only on the CPU, with the same thread count and the same kind of CPU "
+                          "(env.json: torch_threads, cpu, cpu_capability); runs of this fold that finished before used the recorded "
+                          "teacher (their metrics.json: teacher_weights_sha256)")
     elif not done: run_experiment(tcfg, progress=progress)
     teacher = load_model(best, device or pick_device(cfg.device))
     ck = torch.load(best, map_location='cpu', weights_only=True)

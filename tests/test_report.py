@@ -11,9 +11,10 @@ import pytest
 from scipy import stats
 
 from kdbus.distill import TABLE3
+from kdbus.evaluate import load_predictions
 from kdbus.report import (ALL_RUNS, MIN_PAIRS, PAPER_TABLE4, REPORT_FILES, ReportWarning, choose_figure2_image, collect,
                           dice_distribution, fake_results, figure2, find_runs, learning_curves, loss_terms, plot_dice,
-                          plot_history, plot_overlays, read_predictions, stars, table4, write_report)
+                          plot_history, plot_overlays, stars, table4, write_report)
 from kdbus.synth import write_synth
 
 PAPER_MD = Path(__file__).resolve().parents[1].parent / 'shared/paper/PAPER.md'
@@ -293,9 +294,9 @@ def test_broken_run_files_are_named(full, tmp_path, case, error, match):
 def test_broken_predictions_are_named(full, tmp_path):
     out = copy_of(full, tmp_path)
     run = out / 'Student' / 'fold0'
-    ids, masks = read_predictions(run)
+    ids, masks = load_predictions(run/"predictions.npz")
     np.savez(run / 'predictions.npz', ids=np.array(ids), masks=np.packbits(masks), shape=np.array([len(ids) + 1, 64, 64]))
-    with pytest.raises(ValueError, match=r"Student/fold0/predictions\.npz: shape .* do not agree"): read_predictions(run)
+    with pytest.raises(ValueError, match=r"Student/fold0/predictions\.npz: shape .* do not agree"): load_predictions(run/"predictions.npz")
     (run / 'predictions.npz').unlink()
     with pytest.raises(FileNotFoundError, match='predictions.npz: file not found'): plot_overlays(run)
 

@@ -1,0 +1,17 @@
+"Fixtures shared by several test files."
+import warnings
+
+import pytest
+
+from kdbus.config import resolve_config
+from kdbus.experiment import run_experiment
+
+
+@pytest.fixture(scope='session')
+def smoke_student(tmp_path_factory):
+    "A results folder with one trained smoke Student run (fold 0 of 30 synthetic images), trained once per session: (folder, metrics)."
+    out = tmp_path_factory.mktemp('smoke-student')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        metrics = run_experiment(resolve_config('smoke', path='none', data='synth:n=30', out_dir=str(out)), progress=False)
+    return out, metrics

@@ -1,0 +1,151 @@
+"Tests of kdbus.bench and `kdbus bench`: the cost table's counts, files, int8 Dice, memory, the Dice-vs-cost plot, bad input."
+import contextlib, io, json, time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import kdbus.bench
+from kdbus.bench import BENCH_MODELS, bench, count_macs, peak_memory, preset_models, results_preset, time_interleaved
+from kdbus.cli import main
+from kdbus.models import PRESETS, build_model, count_params, resolve_specs
+
+FAST = ['--size', '64', '--batch', '2', '--warmup', '0', '--repeats', '2', '--batch-repeats', '1', '--threads', '1']
+
+
+@pytest.fixture(scope='module')
+def results(smoke_student):
+    "A results folder with one trained smoke Student run (30 synthetic images, fold 0; `conftest.smoke_student`)."
+    return smoke_student
+
+
+def cli(*args):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: rc = main([str(a) for a in args])
+        except SystemExit as e: rc = e.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope='module')
+def table(results, tmp_path_factory):
+    "`kdbus bench` on the smoke preset with the trained student, the results folder and tiny repeat counts; and the order of the timed calls."
+    res, _ = results
+    out = tmp_path_factory.mktemp('bench')
+    series, real = [], kdbus.bench.time_interleaved
+    def spy(fns, *args, **kwargs):  # each series: its names, and the name of every call in the order they were made
+        keys, order = list(fns), []
+        series.append((keys, order))
+        return real({k: (lambda k=k, f=f: (order.append(k), f())) for k, f in fns.items()}, *args, **kwargs)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kdbus.bench, 'time_interleaved', spy)
+        rc, stdout, stderr = cli('bench', '--preset', 'smoke', '--out', out, '--results', res, '--student', res/'Student'/'fold0'/'best.pt', '--no-memory', *FAST)
+    assert rc == 0, stderr
+    return out, pd.read_csv(out/'bench.csv'), stdout, series
+
+
+def test_paper_preset_counts_match_the_paper():
+    "Parameters and MACs at 224 px, computed on the real modules (no timing): the student is ~0.82 M, the teacher ~100x."
+    t, s = (build_model(spec, 'meta') for spec in resolve_specs('paper'))  # shapes only: FlopCounterMode works on meta tensors
+    ns, nt = count_params(s), count_params(t)
+    assert 0.80e6 < ns < 0.85e6 and 80 < nt / ns < 130
+    x = torch.zeros(1, 3, 224, 224, device='meta')
+    ms, mt = count_macs(s, x), count_macs(t, x)
+    assert mt / ms > 20, (mt, ms)
+
+
+def test_macs_are_counted_as_multiply_accumulates():
+    conv = torch.nn.Conv2d(3, 16, 3, padding=1, bias=False)
+    assert count_macs(conv, torch.zeros(1, 3, 32, 32)) == 16 * 32 * 32 * 3 * 9
+    lin = torch.nn.Linear(100, 10)
+    assert count_macs(lin, torch.zeros(4, 100)) == 4 * 100 * 10
+
+
+def test_bench_files_and_columns(table):
+    out, df, stdout, _ = table
+    assert (out/'bench.csv').is_file() and (out/'bench.md').is_file() and (out/'bench.png').stat().st_size > 10_000
+    assert df.model.tolist() == ['teacher', 'student', 'student_int8', 'regressor']
+    for c in ('params', 'checkpoint_MB', 'onnx_MB', 'MACs_G', 'FLOPs_G', 'cpu_ms_torch', 'cpu_ms_torch_iqr', 'cpu_ms_ort', 'cpu_ips_torch',
+              'cpu_ips_ort', 'threads', 'ort_speedup'):
+        assert c in df.columns, c
+    models = preset_models('smoke', 64)
+    rows = df.set_index('model')
+    for role in BENCH_MODELS: assert rows.loc[role, 'params'] == count_params(models[role][0])
+    assert (df.threads == 1).all() and (df.cpu_ms_ort > 0).all() and (rows.loc[['teacher', 'student', 'regressor'], 'cpu_ms_torch'] > 0).all()
+    np.testing.assert_allclose(df.FLOPs_G, 2 * df.MACs_G)
+    assert rows.loc['student_int8', 'onnx_MB'] < rows.loc['student', 'onnx_MB']
+    md = (out/'bench.md').read_text()
+    assert '| smoke | student |' in md and 'CPU ms, PyTorch' in md and 'multiply-accumulates' in md
+    assert 'Repeats are interleaved across models and runtimes' in md and 'same load' in md
+    if not torch.cuda.is_available(): assert 'No GPU on this machine: the GPU columns were skipped.' in md
+    assert 'Ratios:' in stdout and 'wrote' in stdout
+
+
+def test_all_models_and_runtimes_are_timed_in_the_same_rounds(table):
+    "One series for the whole preset (not one per model), and within it the calls alternate: every pair once per round."
+    _, df, _, series = table
+    pairs = {(m, e) for m in BENCH_MODELS for e in ('torch', 'ort')} | {('student_int8', 'ort')}
+    (one_keys, one_order), (batch_keys, batch_order) = series[:2]  # CPU: one image, then the batch (a GPU adds its own after)
+    assert set(one_keys) == pairs and set(batch_keys) == pairs, (one_keys, batch_keys)
+    assert one_order == one_keys * 2  # --warmup 0 --repeats 2: two rounds of all seven pairs
+    assert batch_order == batch_keys * 1  # --batch-repeats 1
+    assert (df.repeats == 2).all() and (df.batch_repeats == 1).all()
+
+
+def test_rounds_alternate_and_the_budget_sets_their_number(monkeypatch):
+    "A fake clock: the teacher takes 2 s, the student 0.05 s; rounds = budget / the last warm-up round, within [min_rounds, repeats]."
+    clock, calls = [0.0], []
+    monkeypatch.setattr(time, 'perf_counter', lambda: clock[0])
+    def call(name, seconds):
+        def f(): calls.append(name); clock[0] += seconds
+        return f
+    fns = dict(teacher=call('teacher', 2.0), student=call('student', 0.05))
+    ts = time_interleaved(fns, warmup=2, repeats=10, budget=10)
+    assert calls == ['teacher', 'student'] * (2 + 4)  # 2 warm-up rounds, then int(10 s / 2.05 s) = 4 timed rounds
+    np.testing.assert_allclose(ts['teacher'], [2.0] * 4); np.testing.assert_allclose(ts['student'], [0.05] * 4)
+    assert len(time_interleaved(fns, warmup=1, repeats=10, budget=1)['teacher']) == 3  # over budget: min_rounds
+    assert len(time_interleaved(fns, warmup=1, repeats=10, budget=1, min_rounds=1)['teacher']) == 1
+    assert len(time_interleaved(fns, warmup=1, repeats=10, budget=1000)['teacher']) == 10  # at most repeats
+    assert len(time_interleaved(fns, warmup=1, repeats=10)['teacher']) == 10  # no budget
+    calls.clear()
+    assert len(time_interleaved(fns, warmup=0, repeats=10, budget=9)['student']) == 4  # no warm-up: the first timed round prices it
+    assert calls == ['teacher', 'student'] * 4
+    with pytest.raises(ValueError, match='min_rounds=0'): time_interleaved(fns, min_rounds=0)
+
+
+def test_int8_dice_is_measured_on_the_runs_test_part(table, results):
+    _, df, _, _ = table
+    _, metrics = results
+    r = df.set_index('model').loc['student_int8']
+    # the float32 ONNX student scores what the PyTorch evaluation scored (same masks, parity)
+    assert abs(r.dice_fp32 - 100 * metrics['dice_mean']) < 0.5, (r.dice_fp32, metrics['dice_mean'])
+    assert r.n_test == metrics['n_test'] and abs(r.dice_change - (r.dice_int8 - r.dice_fp32)) < 1e-9
+    assert 0.9 < r.mask_agree_int8 <= 1 and 'Student fold 0 test part' in r.dice_set
+
+
+def test_peak_memory_sees_the_activations():
+    "At 512 px the smoke student's first stage alone holds 16 x 256 x 256 float32 values (4 MB), and so does its output head."
+    m = peak_memory('torch', (1, 3, 512, 512), preset='smoke', role='student', threads=1)
+    assert 4 < m['mem_MB'] < m['peak_MB'] < m['rss_MB'] < 4000, m
+    with pytest.raises(ValueError, match="engine='tf'"): peak_memory('tf', (1, 3, 64, 64))
+
+
+def test_bad_input_fails_before_measuring(results, tmp_path):
+    res, _ = results
+    rc, _, err = cli('bench', '--preset', 'tiny', '--out', tmp_path)
+    assert rc == 2 and "preset='tiny'" in err
+    rc, _, err = cli('bench', '--preset', 'smoke', '--out', tmp_path, '--results', tmp_path/'none')
+    assert rc == 2 and 'none' in err
+    rc, _, err = cli('bench', '--preset', 'smoke', '--out', tmp_path, '--size', '70')
+    assert rc == 2 and 'size=70' in err
+    teacher = build_model(PRESETS['quick']['student'])
+    torch.save(dict(model=teacher.state_dict(), spec=teacher.kdbus_spec.to_dict()), tmp_path/'quick.pt')
+    rc, _, err = cli('bench', '--preset', 'smoke', '--out', tmp_path, '--student', tmp_path/'quick.pt', *FAST)
+    assert rc == 2 and 'quick.pt' in err and 'add its preset (quick' in err
+    (tmp_path/'junk.pt').write_bytes(b'\x00' * 100)
+    rc, _, err = cli('bench', '--preset', 'smoke', '--out', tmp_path, '--student', tmp_path/'junk.pt', *FAST)
+    assert rc == 2 and 'junk.pt: not a readable PyTorch checkpoint' in err
+    assert not (tmp_path/'bench.csv').exists()
+    assert results_preset(res) == 'smoke'
