@@ -10,8 +10,8 @@ from pathlib import Path
 from . import __version__
 
 # %% auto #0
-__all__ = ['cmd_synth', 'cmd_check_data', 'cmd_grid', 'cmd_report', 'cmd_export', 'cmd_predict', 'cmd_bench', 'make_parser',
-           'main']
+__all__ = ['BENCH_SETTINGS', 'cmd_synth', 'cmd_check_data', 'cmd_grid', 'cmd_report', 'cmd_export', 'cmd_predict', 'cmd_bench',
+           'make_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #29764cd2
 def cmd_synth(args) -> int:
@@ -44,8 +44,6 @@ def cmd_grid(args) -> int:
     "Run (or finish) the grid; 1 if any run failed."
     from kdbus.grid import run_grid
     out = args.out or _default_out(args.profile, args.data, args.model_preset)
-    if args.executor == 'local' and (args.address, args.cpus_per_run, args.gpus_per_run) != (None, 1, None):
-        raise ValueError("--address, --cpus-per-run and --gpus-per-run apply to --executor ray only")
     try:
         res = run_grid(args.profile, args.data, folds=args.folds, out=out, seed=args.seed,
                        epochs=args.epochs, size=args.size, batch_size=args.batch_size, model_preset=args.model_preset, executor=args.executor,
@@ -88,13 +86,16 @@ def cmd_predict(args) -> int:
     for r in bad.itertuples(): print(f"kdbus predict: error: {r.file}: {r.error}", file=sys.stderr)
     return 1 if len(bad) else 0
 
+BENCH_SETTINGS = ('size', 'batch', 'warmup', 'repeats', 'batch_repeats', 'budget')  # passed to `bench_preset` only when given: its defaults are the only ones
+
 def cmd_bench(args) -> int:
     "Write the cost table (bench.csv, bench.md, and bench.png for --results) and print it."
     from kdbus.bench import bench, bench_markdown
     cmd = 'kdbus ' + ' '.join(sys.argv[1:]) if Path(sys.argv[0]).name == 'kdbus' else None
-    df = bench(args.preset, out=args.out, results=args.results, command=cmd, size=args.size, batch=args.batch, warmup=args.warmup,
-               repeats=args.repeats, batch_repeats=args.batch_repeats, budget=args.budget or None, threads=args.threads, memory=not args.no_memory,
-               int8=not args.no_int8, student=args.student)
+    given = {k: getattr(args, k) for k in BENCH_SETTINGS if hasattr(args, k)}
+    if 'budget' in given: given['budget'] = given['budget'] or None  # 0: no limit
+    df = bench(args.preset, out=args.out, results=args.results, command=cmd, threads=args.threads, memory=not args.no_memory,
+               int8=not args.no_int8, student=args.student, **given)
     print(bench_markdown(df))
     print(f"wrote {Path(args.out)/'bench.csv'}, {Path(args.out)/'bench.md'}" + (f", {Path(args.out)/'bench.png'}" if args.results else ''))
     return 0
@@ -135,7 +136,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="local: one run at a time here (default); ray: runs as Ray tasks (pip install 'kdbus[ray]')")
     g.add_argument("--address", default=None, help="Ray: the cluster's address HEAD:6379 (default: RAY_ADDRESS, else a local Ray)")
     g.add_argument("--max-retries", type=int, default=None, help="extra attempts for a failing run (default: 0 local, 2 ray)")
-    g.add_argument("--cpus-per-run", type=float, default=1, help="Ray: CPUs each run asks for (default: 1)")
+    g.add_argument("--cpus-per-run", type=float, default=None, help="Ray: CPUs each run asks for (default: 1)")
     g.add_argument("--gpus-per-run", type=float, default=None,
                    help="Ray: GPUs each run asks for (default: 1 for the paper profile, else 0)")
     g.set_defaults(func=cmd_grid)
@@ -169,12 +170,12 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, default=Path("."), help="folder for bench.csv, bench.md, bench.png (default: .)")
     b.add_argument("--results", type=Path, default=None, help="a results folder: plot its runs' Dice against cost (bench.png)")
     b.add_argument("--student", type=Path, default=None, help="a trained student best.pt: measured instead of random weights, int8 Dice on its run's test part")
-    b.add_argument("--size", type=int, default=224, help="image side in pixels (default: 224)")
-    b.add_argument("--batch", type=int, default=8, help="batch of the throughput measurement (default: 8)")
-    b.add_argument("--warmup", type=int, default=2, help="untimed rounds before timing (default: 2)")
-    b.add_argument("--repeats", type=int, default=10, help="timed rounds of one image, at most (default: 10)")
-    b.add_argument("--batch-repeats", type=int, default=3, help="timed rounds of a batch, at most (default: 3)")
-    b.add_argument("--budget", type=float, default=60, help="seconds for each series of rounds of a preset (all models interleaved): rounds = budget / a warm-up round, at least 3; 0: no limit (default: 60)")
+    b.add_argument("--size", type=int, default=argparse.SUPPRESS, help="image side in pixels (default: 224)")
+    b.add_argument("--batch", type=int, default=argparse.SUPPRESS, help="batch of the throughput measurement (default: 8)")
+    b.add_argument("--warmup", type=int, default=argparse.SUPPRESS, help="untimed rounds before timing (default: 2)")
+    b.add_argument("--repeats", type=int, default=argparse.SUPPRESS, help="timed rounds of one image, at most (default: 10)")
+    b.add_argument("--batch-repeats", type=int, default=argparse.SUPPRESS, help="timed rounds of a batch, at most (default: 3)")
+    b.add_argument("--budget", type=float, default=argparse.SUPPRESS, help="seconds for each series of rounds of a preset (all models interleaved): rounds = budget / a warm-up round, at least 3; 0: no limit (default: 60)")
     b.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime (default: torch's)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements (fresh processes)")
     b.add_argument("--no-int8", action="store_true", help="skip the int8 student")

@@ -13,9 +13,9 @@ from .config import ALL_RUNS, label_params
 from .distill import TABLE3
 
 # %% auto #0
-__all__ = ['LOCK_NAME', 'ATTEMPTS_NAME', 'run_params', 'Job', 'grid_jobs', 'run_status', 'check_compatible', 'run_notebook',
-           'execute_job', 'RunLocked', 'lock_owner', 'lock_is_stale', 'run_folder_lock', 'attempts', 'run_job',
-           'teacher_ready', 'teacher_waits', 'GridResult', 'LocalExecutor', 'schedule', 'run_grid']
+__all__ = ['LOCK_NAME', 'STALE_AFTER', 'ATTEMPTS_NAME', 'run_params', 'Job', 'grid_jobs', 'run_status', 'check_compatible',
+           'run_notebook', 'execute_job', 'RunLocked', 'lock_owner', 'lock_is_stale', 'run_folder_lock', 'attempts',
+           'run_job', 'teacher_ready', 'teacher_waits', 'GridResult', 'LocalExecutor', 'schedule', 'run_grid']
 
 # %% ../nbs/11_grid.ipynb #a619fa54
 def run_params(
@@ -99,6 +99,7 @@ def execute_job(
 
 # %% ../nbs/11_grid.ipynb #0a193c6a
 LOCK_NAME = '.grid.lock'  # the lock file inside a run folder
+STALE_AFTER = 120.0  # seconds without a heartbeat after which another host's lock counts as left by a dead process
 ATTEMPTS_NAME = 'grid_attempts.jsonl'  # one JSON line per attempt event (start, done, failed) inside a run folder
 
 class RunLocked(RuntimeError):
@@ -144,7 +145,7 @@ def _take_over(lock: Path, stale_after: float):
 @contextlib.contextmanager
 def run_folder_lock(
     run_dir: str|Path,  # the run folder to own
-    stale_after: float = 120.0,  # seconds without heartbeat after which another host's lock is stale
+    stale_after: float = STALE_AFTER,  # seconds without heartbeat after which another host's lock is stale
     wait: float|None = None,  # how long to wait for another host's lock; None: stale_after + 5
     what: str = '',  # what the owner runs, written into the lock
 ):
@@ -192,7 +193,7 @@ def run_job(
     out: str|Path,  # results folder
     execute=execute_job,  # execute(job, out) runs it
     executor: str = 'local',  # who runs it, for the attempt log
-    stale_after: float = 120.0,  # see `run_folder_lock`
+    stale_after: float = STALE_AFTER,  # see `run_folder_lock`
 ) -> dict:  # status ('done' or 'complete': finished by someone else), host, pid, seconds
     "Run one job in its run folder: own the folder, skip it if complete, log the attempt, execute."
     out = Path(out); d = job.run_dir(out)
@@ -322,7 +323,7 @@ def run_grid(
     executor='local',  # 'local', 'ray' (a Ray cluster; `kdbus.ray_grid`) or an executor object
     address: str|None = None,  # Ray: the cluster's address (None: RAY_ADDRESS, else a local Ray instance)
     max_retries: int|None = None,  # extra attempts for a failing job (None: 0 local, 2 Ray)
-    cpus_per_run: float = 1,  # Ray: CPUs each run asks for
+    cpus_per_run: float|None = None,  # Ray: CPUs each run asks for (None: `kdbus.ray_grid.CPUS_PER_RUN`)
     gpus_per_run: float|None = None,  # Ray: GPUs each run asks for (None: 1 for the paper profile, else 0)
     **overrides,  # epochs, size, batch_size, model_preset
 ) -> GridResult:
@@ -330,7 +331,8 @@ def run_grid(
     from kdbus.config import resolve_config
     if executor == 'ray':
         from kdbus.ray_grid import require_ray; require_ray()  # no Ray: say how to install it, before anything else
-    elif executor == 'local' and address is not None: raise ValueError(f"address={address!r} applies to executor='ray' only")
+    elif executor == 'local' and (address, cpus_per_run, gpus_per_run) != (None, None, None):
+        raise ValueError("--address, --cpus-per-run and --gpus-per-run (address, cpus_per_run, gpus_per_run) apply to --executor ray only")
     if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
         raise ValueError(f"max_retries={max_retries!r} must be an integer >= 0")
     out = Path(out).absolute()
@@ -348,7 +350,7 @@ def run_grid(
         if executor == 'local': ex = LocalExecutor(execute, max_retries or 0)
         elif executor == 'ray':
             from kdbus.ray_grid import RayExecutor
-            ex = RayExecutor(execute, address, 2 if max_retries is None else max_retries, cpus_per_run, gpus_per_run)
+            ex = RayExecutor(execute, address, max_retries, cpus_per_run, gpus_per_run)
         elif isinstance(executor, str): raise ValueError(f"executor={executor!r} is not valid; expected 'local' or 'ray'")
         else: ex = executor
         try:

@@ -6,10 +6,11 @@
 from __future__ import annotations
 from pathlib import Path
 
-from .grid import Job, execute_job
+from .grid import STALE_AFTER, Job, execute_job
 
 # %% auto #0
-__all__ = ['INSTALL_HINT', 'require_ray', 'run_resources', 'check_shared_paths', 'check_feasible', 'RayExecutor']
+__all__ = ['INSTALL_HINT', 'CPUS_PER_RUN', 'MAX_RETRIES', 'require_ray', 'run_resources', 'check_shared_paths', 'check_feasible',
+           'RayExecutor']
 
 # %% ../nbs/11a_ray.ipynb #c3e43662
 INSTALL_HINT = "pip install 'kdbus[ray]'  (or: pip install 'ray>=2.9')"
@@ -22,16 +23,19 @@ def require_ray():
     return ray
 
 # %% ../nbs/11a_ray.ipynb #afe905c3
+CPUS_PER_RUN = 1  # CPUs a run asks Ray for unless told otherwise (`--cpus-per-run`)
+
 def run_resources(
     job: Job,  # a grid job
-    cpus_per_run: float = 1,  # CPUs each run asks for
+    cpus_per_run: float|None = None,  # CPUs each run asks for; None: `CPUS_PER_RUN`
     gpus_per_run: float|None = None,  # GPUs each run asks for; None: 1 for the paper profile, else 0
 ) -> dict:  # Ray's task options num_cpus, num_gpus
     "The Ray resources of one run."
+    cpus = CPUS_PER_RUN if cpus_per_run is None else cpus_per_run
     gpus = (1 if job.params.get('profile') == 'paper' else 0) if gpus_per_run is None else gpus_per_run
-    for name, v in (('cpus_per_run', cpus_per_run), ('gpus_per_run', gpus)):
+    for name, v in (('cpus_per_run', cpus), ('gpus_per_run', gpus)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0: raise ValueError(f"{name}={v!r} must be a number >= 0")
-    return dict(num_cpus=cpus_per_run, num_gpus=gpus)
+    return dict(num_cpus=cpus, num_gpus=gpus)
 
 # %% ../nbs/11a_ray.ipynb #5bcdec25
 def check_shared_paths(
@@ -61,6 +65,8 @@ def check_feasible(
                              f"(--gpus-per-run 0 trains on CPUs)")
 
 # %% ../nbs/11a_ray.ipynb #0546a481
+MAX_RETRIES = 2  # extra attempts for a Ray task unless told otherwise (`--max-retries`)
+
 def _on_worker(job: Job, out: str, execute, stale_after: float) -> dict:
     "The body of a Ray task (runs on a worker)."
     from kdbus.grid import run_job
@@ -72,13 +78,14 @@ class RayExecutor:
     def __init__(self,
                  execute=execute_job,  # execute(job, out) runs one job (on a worker: it must be importable or picklable)
                  address: str|None = None,  # the cluster (None: RAY_ADDRESS, else a new local instance)
-                 max_retries: int = 2,  # extra attempts for a task that raises or whose worker dies
-                 cpus_per_run: float = 1,  # CPUs each run asks for
+                 max_retries: int|None = None,  # extra attempts for a task that raises or whose worker dies; None: `MAX_RETRIES`
+                 cpus_per_run: float|None = None,  # CPUs each run asks for (None: `CPUS_PER_RUN`)
                  gpus_per_run: float|None = None,  # GPUs each run asks for (None: 1 for the paper profile, else 0)
-                 stale_after: float = 120.0,  # see `kdbus.grid.run_folder_lock`
+                 stale_after: float = STALE_AFTER,  # see `kdbus.grid.run_folder_lock`
                 ):
         ray = self.ray = require_ray()
-        self.execute, self.max_retries, self.cpus, self.gpus, self.stale_after = execute, max_retries, cpus_per_run, gpus_per_run, stale_after
+        self.execute, self.cpus, self.gpus, self.stale_after = execute, cpus_per_run, gpus_per_run, stale_after
+        self.max_retries = MAX_RETRIES if max_retries is None else max_retries
         self.started = not ray.is_initialized()
         if self.started: ray.init(address=address)
         self.address = ray.get_runtime_context().gcs_address

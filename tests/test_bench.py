@@ -149,3 +149,17 @@ def test_bad_input_fails_before_measuring(results, tmp_path):
     assert rc == 2 and 'junk.pt: not a readable PyTorch checkpoint' in err
     assert not (tmp_path/'bench.csv').exists()
     assert results_preset(res) == 'smoke'
+
+
+def test_cli_leaves_the_settings_to_bench_preset_and_states_its_defaults():
+    "`kdbus bench` passes a setting only when given (bench_preset's defaults are the only ones); its help states them."
+    import argparse, inspect, re
+    from kdbus.bench import bench_preset
+    from kdbus.cli import BENCH_SETTINGS, make_parser
+    parser = make_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices['bench']
+    assert not set(BENCH_SETTINGS) & set(vars(parser.parse_args(['bench'])))  # nothing set unless given
+    defaults = inspect.signature(bench_preset).parameters
+    for a in (a for a in sub._actions if a.dest in BENCH_SETTINGS):
+        stated = re.search(r'\(default: ([\d.]+)\)', a.help)
+        assert stated and float(stated[1]) == defaults[a.dest].default, (a.dest, a.help, defaults[a.dest].default)

@@ -161,8 +161,10 @@ def test_importing_kdbus_does_not_import_ray():
     assert r.stdout.strip() == "False", r.stderr[-2000:]
 
 def test_ray_options_refused_for_the_local_executor(tmp_path):
-    r = sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--out", tmp_path, "--address", "head:6379")
-    assert r.returncode == 2 and "--executor ray" in r.stderr
+    for opt in (("--address", "head:6379"), ("--cpus-per-run", "1"), ("--gpus-per-run", "0")):
+        r = sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--out", tmp_path, *opt)
+        assert r.returncode == 2 and "--executor ray" in r.stderr, (opt, r.stderr[-500:])
+    assert not any(tmp_path.iterdir())
 
 LOCKER = """
 import sys, time

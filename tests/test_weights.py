@@ -11,7 +11,7 @@ from kdbus.config import label_params, resolve_config
 from kdbus.experiment import check_run, read_json, run_experiment
 from kdbus.models import PRESETS, ModelSpec, WeightsUnavailableError, build_model, hub_reachable, model_record
 from kdbus.weights import (INSTALL_HINT, LITE_CHECKPOINTS, OFFLINE_WEIGHTS, checkpoint_file, file_sha256, lite_classifier,
-                           lite_reference, load_offline_weights, offline_source, read_checkpoint, to_timm_keys)
+                           lite_reference, load_offline_weights, offline_source, lite_state_dict, to_timm_keys)
 
 
 def _logits(model, variant, n=2, seed=0):
@@ -50,10 +50,10 @@ def test_a_wrong_mapping_is_caught(ref0, a, b):
     assert (_logits(ref0, 0) - _logits(m, 0)).abs().max() > 0.05
 
 def test_mapping_refuses_other_architectures():
-    sd = read_checkpoint('tu-tf_efficientnet_lite0')
+    sd = lite_state_dict('tu-tf_efficientnet_lite0')
     with pytest.raises(ValueError, match='not the same EfficientNet-Lite variant'): to_timm_keys(sd, [1, 3, 3, 4, 4, 5, 1])
     with pytest.raises(ValueError, match="'_blocks.3._se_reduce.weight'"): to_timm_keys({**sd, '_blocks.3._se_reduce.weight': sd['_fc.bias']}, [1, 2, 2, 3, 3, 4, 1])
-    lite1 = read_checkpoint('tu-tf_efficientnet_lite1')
+    lite1 = lite_state_dict('tu-tf_efficientnet_lite1')
     with pytest.raises(ValueError, match='not the same'): to_timm_keys(lite1, [1, 2, 2, 3, 3, 4, 1])
 
 
@@ -74,7 +74,7 @@ def test_timm_encoder_holds_every_mapped_tensor(variant):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')  # smp 0.6 deprecates its 'timm-' encoders
         u = build_model(ModelSpec(encoder=enc, encoder_weights=OFFLINE_WEIGHTS, decoder_channels=(8, 4, 4, 4, 4)))
-    mapped = to_timm_keys(read_checkpoint(enc), [len(s) for s in u.encoder.blocks])
+    mapped = to_timm_keys(lite_state_dict(enc), [len(s) for s in u.encoder.blocks])
     own = u.encoder.state_dict()
     assert set(own) == set(mapped) - {'classifier.weight', 'classifier.bias'}
     assert all(torch.equal(own[k], mapped[k]) for k in own)
@@ -120,7 +120,7 @@ def test_damaged_checkpoint_is_refused(tmp_path, monkeypatch):
     shutil.copy(good, bad)
     with open(bad, 'r+b') as f: f.seek(1000); f.write(b'\0' * 16)
     monkeypatch.setattr(kw, 'checkpoint_file', lambda encoder: bad)
-    with pytest.raises(ValueError, match='damaged'): read_checkpoint('tu-tf_efficientnet_lite0')
+    with pytest.raises(ValueError, match='damaged'): lite_state_dict('tu-tf_efficientnet_lite0')
 
 def test_other_encoders_refuse_offline_weights():
     with pytest.raises(ValueError, match='available only for the EfficientNet-Lite encoders'): ModelSpec(encoder='resnet18', encoder_weights=OFFLINE_WEIGHTS)
