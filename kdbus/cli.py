@@ -24,9 +24,10 @@ def cmd_synth(args) -> int:
 
 # %% ../nbs/90_cli.ipynb #2be38bac
 def cmd_check_data(args) -> int:
-    "Print a summary of data set `args.spec`, and every problem found; 1 if there are problems."
+    "Print a summary of data set `args.spec`, every problem found and its duplicates; 1 if there are problems."
     from kdbus.data import check_data, format_summary
-    summary, problems = check_data(args.spec, include_normal=args.include_normal)
+    given = {} if args.duplicate_threshold is None else {'duplicate_threshold': args.duplicate_threshold}
+    summary, problems = check_data(args.spec, include_normal=args.include_normal, **given)
     print(format_summary(summary, problems))
     return 1 if problems else 0
 
@@ -35,6 +36,13 @@ def _folds(s: str) -> tuple[int, ...]:
     "Parse '0,1,2' into (0, 1, 2)."
     try: return tuple(int(x) for x in s.split(',') if x.strip())
     except ValueError: raise argparse.ArgumentTypeError(f"--folds {s!r}: expected comma-separated fold numbers, e.g. 0,1,2")
+
+def _similarity(s: str) -> float:
+    "Parse a similarity threshold in (0, 1]."
+    try: v = float(s)
+    except ValueError: v = None
+    if v is None or not 0 < v <= 1: raise argparse.ArgumentTypeError(f"{s!r}: expected a similarity with 0 < S <= 1, e.g. 0.8")
+    return v
 
 def _default_out(profile: str, data: str, model_preset: str|None = None) -> Path:
     "results/<profile>-<data kind>, e.g. results/quick-synth; results/<model preset>-<data kind> for another preset."
@@ -119,6 +127,9 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("spec", help="data set spec: synth, udiat:/path, busi:/path, pairs:/images:/masks")
     c.add_argument("--include-normal", action="store_true",
                    help="BUSI: include the 'normal' class (images with empty masks)")
+    c.add_argument("--duplicate-threshold", type=_similarity, default=None, metavar="S",
+                   help="similarity (0-1] from which two images are copies of one scan (default: kdbus.data.DUPLICATE_THRESHOLD); "
+                        "copies filed under two classes are a problem")
     c.set_defaults(func=cmd_check_data)
 
     g = sub.add_parser("grid", help="run Teacher, Student and the 12 Table 3 experiments per fold, then the report")

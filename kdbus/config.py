@@ -17,7 +17,8 @@ from .losses import KD_LOSSES
 from .models import PRESETS, resolve_specs
 
 # %% auto #0
-__all__ = ['RUN_PATHS', 'ALL_RUNS', 'PROFILES', 'RUNTIME_FIELDS', 'run_label', 'label_params', 'RunConfig', 'resolve_config']
+__all__ = ['RUN_PATHS', 'ALL_RUNS', 'PROFILES', 'RUNTIME_FIELDS', 'LR_SCHEDULES', 'SELECT_RULES', 'LEGACY_FIELDS', 'run_label',
+           'label_params', 'RunConfig', 'resolve_config']
 
 # %% ../nbs/06_config.ipynb #89b902c6
 RUN_PATHS: tuple[str, ...] = ('teacher', 'none', *KD_PATHS)  # `path` values: a model alone, or a KD path
@@ -48,12 +49,12 @@ _RUN_DEFAULTS = dict(path='logits', loss='kld', teacher_aug='weak', fold=0, data
                      k_folds=5, n_folds=3, val_frac=0.15, alpha=0.5, T=1.0, stage=-1, device='auto', num_workers=None)
 
 PROFILES: dict[str, dict] = {
-    'paper': dict(_RUN_DEFAULTS, size=224, batch_size=64, epochs=500, patience=50, lr=1e-4,
-                  model_preset='paper', encoder_weights='imagenet'),  # Section 3: for a GPU
-    'quick': dict(_RUN_DEFAULTS, size=128, batch_size=8, epochs=50, patience=15, lr=3e-3,
-                  model_preset='quick', encoder_weights=None),  # the CPU default: ~7 min for a KD run with its teacher
-    'smoke': dict(_RUN_DEFAULTS, size=64, batch_size=8, epochs=2, patience=2, lr=1e-3,
-                  model_preset='smoke', encoder_weights=None),  # tests and CI: seconds
+    'paper': dict(_RUN_DEFAULTS, size=224, batch_size=64, epochs=500, patience=50, lr=1e-4, lr_schedule='constant', warmup_epochs=0,
+                  select='val_loss', model_preset='paper', encoder_weights='imagenet'),  # Section 3: for a GPU
+    'quick': dict(_RUN_DEFAULTS, size=128, batch_size=8, epochs=60, patience=20, lr=3e-3, lr_schedule='cosine', warmup_epochs=3,
+                  select='val_dice', model_preset='quick-pretrained', encoder_weights=None),  # the CPU default, synthetic or real data
+    'smoke': dict(_RUN_DEFAULTS, size=64, batch_size=8, epochs=2, patience=2, lr=1e-3, lr_schedule='cosine', warmup_epochs=0,
+                  select='val_dice', model_preset='smoke', encoder_weights=None),  # tests and CI: seconds
 }  # every default of every `RunConfig` field but `profile`
 
 # %% ../nbs/06_config.ipynb #2c008808
@@ -76,6 +77,9 @@ def _float(name, v, lo=None, hi=None, lo_open=False, what=''):
 
 # %% ../nbs/06_config.ipynb #c41689ae
 RUNTIME_FIELDS = ('out_dir', 'device', 'num_workers')  # where and how a run executes; never changes its results
+LR_SCHEDULES = ('constant', 'cosine')  # `lr_schedule` values
+SELECT_RULES = ('val_loss', 'val_dice')  # `select` values: what picks the checkpoint and drives early stopping
+LEGACY_FIELDS = dict(lr_schedule='constant', warmup_epochs=0, select='val_loss')  # what runs saved before these fields existed used
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -91,8 +95,11 @@ class RunConfig:
     size: int  # side S of the square images, pixels (the paper: 224)
     batch_size: int  # images per optimiser step (the paper: 64)
     epochs: int  # most epochs (the paper: 500)
-    patience: int  # stop after this many epochs without a lower validation loss (the paper: 50)
-    lr: float  # Adam learning rate (the paper: 1e-4)
+    patience: int  # stop after this many counted epochs without a better `select` score (the paper: 50)
+    lr: float  # Adam learning rate, the peak of the schedule (the paper: 1e-4)
+    lr_schedule: str  # 'constant' (the paper) or 'cosine': linear warm-up, then cosine decay to 0 at `epochs`
+    warmup_epochs: int  # epochs of linear warm-up from lr/warmup_steps to lr (0: none; the paper: 0)
+    select: str  # checkpoint and early stopping: 'val_loss' (lowest; the paper) or 'val_dice' (highest mean Dice)
     model_preset: str  # `kdbus.models.PRESETS` entry for the teacher and student
     encoder_weights: str|None  # None: as the model preset says (random init but the quick-pretrained teacher); 'imagenet' (the paper) or 'imagenet-offline': both encoders
     k_folds: int  # folds of the partition (5: test parts of 33 of 163 images)
@@ -126,6 +133,9 @@ class RunConfig:
         if self.size % 32: raise ValueError(f"size={self.size} must be a multiple of 32 (the U-Nets halve the image 5 times), e.g. {max(32, round(self.size / 32) * 32)}")
         for k in ('batch_size', 'epochs', 'patience'): set_(k, _int(k, getattr(self, k), 1))
         set_('lr', _float('lr', self.lr, 0, lo_open=True))
+        _choice('lr_schedule', self.lr_schedule, LR_SCHEDULES)
+        set_('warmup_epochs', _int('warmup_epochs', self.warmup_epochs, 0, self.epochs, f" (at most epochs={self.epochs})"))
+        _choice('select', self.select, SELECT_RULES)
         _choice('model_preset', self.model_preset, tuple(PRESETS))
         if isinstance(self.encoder_weights, str) and self.encoder_weights.lower() == 'none': set_('encoder_weights', None)
         resolve_specs(self.model_preset, self.encoder_weights)  # raises, listing the weights, if the encoders have no such weights
@@ -180,7 +190,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        "Inverse of `to_dict`; a missing or unknown field is an error."
+        "Inverse of `to_dict`; a missing or unknown field is an error (but `LEGACY_FIELDS`, which older runs did not save)."
+        d = {**{k: v for k, v in LEGACY_FIELDS.items() if k not in d}, **d}
         missing, unknown = [k for k in _FIELDS if k not in d], [k for k in d if k not in _FIELDS]
         if missing or unknown: raise ValueError(f"not a RunConfig: missing {missing}, unknown {unknown}; fields: {', '.join(_FIELDS)}")
         return cls(**d)

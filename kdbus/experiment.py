@@ -15,14 +15,15 @@ from torch import nn
 
 import kdbus
 from .config import RunConfig
-from .data import DataError, Fold, SegData, list_cases, load_data, make_folds
+from .data import DataError, Fold, SegData, fold_groups, list_cases, load_data, make_folds
 from .evaluate import evaluate, save_predictions, summarise
 from .models import build_model, model_record, resolve_specs, resolve_stages
 from .train import atomic_write, build_step, fit, load_model, pick_device, weights_hash
 
 # %% auto #0
-__all__ = ['check_run', 'run_data', 'git_commit', 'cpu_model', 'env_info', 'write_json', 'read_json', 'saved_config',
-           'check_same_run', 'run_lock', 'ensure_teacher', 'check_no_leak', 'run_experiment']
+__all__ = ['check_run', 'run_data', 'duplicate_id_groups', 'split_record', 'git_commit', 'cpu_model', 'env_info', 'write_json',
+           'read_json', 'saved_config', 'check_same_run', 'run_lock', 'ensure_teacher', 'check_no_leak',
+           'run_experiment']
 
 # %% ../nbs/09_experiment.ipynb #ef9d9548
 def check_run(
@@ -33,7 +34,7 @@ def check_run(
     pick_device(cfg.device)
     try: cases = list_cases(cfg.data)
     except DataError as e: raise DataError(f"data={cfg.data!r}: {e.message}", e.file) from None
-    try: folds = make_folds([c.label for c in cases], k=cfg.k_folds, seed=cfg.seed, val_frac=cfg.val_frac)
+    try: folds = make_folds([c.label for c in cases], k=cfg.k_folds, seed=cfg.seed, val_frac=cfg.val_frac, groups=fold_groups(cfg.data))
     except ValueError as e: raise ValueError(f"data={cfg.data!r} ({len(cases)} images) cannot be split as asked: {e}") from None
     if cfg.is_kd and cfg.path != 'logits':
         for spec in resolve_specs(cfg.model_preset, None):
@@ -48,9 +49,25 @@ def _load(data: str, size: int) -> SegData: return load_data(data, size=size)
 def run_data(
     cfg: RunConfig,  # the run
 ) -> tuple[SegData, Fold]:  # (the whole data set at `cfg.size`, the run's fold)
-    "The data set in memory (cached by spec and size) and the fold `cfg.fold` of its split."
+    "The data set in memory (cached by spec and size) and the fold `cfg.fold` of its split, duplicate groups kept whole."
     data = _load(cfg.data, cfg.size)
-    return data, make_folds(data.labels, k=cfg.k_folds, seed=cfg.seed, val_frac=cfg.val_frac)[cfg.fold]
+    return data, make_folds(data.labels, k=cfg.k_folds, seed=cfg.seed, val_frac=cfg.val_frac, groups=fold_groups(cfg.data))[cfg.fold]
+
+def duplicate_id_groups(
+    data: str,  # a data set spec
+) -> list[list[str]]:  # the image ids of each group of copies (groups of one left out), in case order
+    "The duplicate groups that the folds of `data` keep whole, as image ids."
+    ids, groups = [c.id for c in list_cases(data)], {}
+    for i, g in enumerate(fold_groups(data)): groups.setdefault(g, []).append(ids[i])
+    return [members for members in groups.values() if len(members) > 1]
+
+def split_record(
+    cfg: RunConfig,  # the run
+    data: SegData,  # from `run_data`
+    fold: Fold,  # from `run_data`
+) -> dict:  # train, val, test (image ids) and duplicate_groups (lists of ids, one per group of copies)
+    "The split section of config.json: the fold's image ids and the duplicate groups the folds kept whole."
+    return dict(fold.ids(data.ids), duplicate_groups=duplicate_id_groups(cfg.data))
 
 # %% ../nbs/09_experiment.ipynb #f9739903
 def git_commit() -> tuple[str|None, bool|None]:
@@ -173,7 +190,7 @@ def run_experiment(
     with run_lock(run_dir):
         if (run_dir/'metrics.json').exists(): return read_json(run_dir/'metrics.json')  # another process finished it meanwhile
         device = pick_device(cfg.device)
-        split = fold.ids(data.ids)
+        split = split_record(cfg, data, fold)
         teacher, trec = ensure_teacher(cfg, progress, device) if cfg.is_kd else (None, None)
         if trec: check_no_leak(trec['split'], split, trec['run_dir'])
         step = build_step(cfg, teacher, device)
@@ -190,7 +207,8 @@ def run_experiment(
         metrics = dict(label=cfg.label, fold=cfg.fold, **summarise(per_image), params=res.params, regressor_params=res.regressor_params,
                        best_epoch=res.best_epoch, epochs_run=res.epochs_run, seconds=round(res.seconds, 3), stopped=res.stopped,
                        path=cfg.path, loss=cfg.loss, teacher_aug=cfg.teacher_aug, profile=cfg.profile, data=cfg.data, seed=cfg.seed,
-                       best_val_loss=res.best_val_loss, teacher_weights_sha256=trec['weights_sha256'] if trec else None, complete=True)
+                       best_val_loss=res.best_val_loss, best_val_dice=res.best_val_dice, select=cfg.select, collapsed=res.collapsed,
+                       teacher_weights_sha256=trec['weights_sha256'] if trec else None, complete=True)
         write_json(run_dir/'metrics.json', metrics)
         (run_dir/'last.pt').unlink(missing_ok=True)  # the run is complete: its resume state is dead weight (best.pt stays)
         return metrics

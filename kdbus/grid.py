@@ -15,7 +15,8 @@ from .distill import TABLE3
 # %% auto #0
 __all__ = ['LOCK_NAME', 'STALE_AFTER', 'ATTEMPTS_NAME', 'run_params', 'Job', 'grid_jobs', 'run_status', 'check_compatible',
            'run_notebook', 'execute_job', 'RunLocked', 'lock_owner', 'lock_is_stale', 'run_folder_lock', 'attempts',
-           'run_job', 'teacher_ready', 'teacher_waits', 'GridResult', 'LocalExecutor', 'schedule', 'run_grid']
+           'run_job', 'teacher_ready', 'teacher_waits', 'GridResult', 'is_collapsed', 'LocalExecutor', 'schedule',
+           'run_grid']
 
 # %% ../nbs/11_grid.ipynb #a619fa54
 def run_params(
@@ -77,6 +78,12 @@ def check_compatible(
         if k in saved and saved[k] != asked[k]:
             raise ValueError(f"{cfg} was made with {k}={saved[k]!r}, but this grid asks for {k}={asked[k]!r}: "
                              f"use another --out folder for another {k}")
+    from kdbus.experiment import duplicate_id_groups
+    made, now = json.loads(cfg.read_text()).get('split', {}).get('duplicate_groups'), duplicate_id_groups(asked['data'])
+    if (made is None and now) or (made is not None and made != now):
+        was = "folds that ignore duplicates (made before kdbus grouped them)" if made is None else f"{len(made)} other duplicate group(s)"
+        raise ValueError(f"{cfg} was made with {was}, but this grid keeps {len(now)} duplicate group(s) of {asked['data']} whole "
+                         "in its folds: results of both kinds cannot share a Table 4; use another --out folder")
 
 # %% ../nbs/11_grid.ipynb #2d396d69
 def run_notebook() -> Path:
@@ -244,6 +251,7 @@ class GridResult:
     done: list = field(default_factory=list)  # (label, fold) run now
     skipped: list = field(default_factory=list)  # (label, fold) already complete
     failed: list = field(default_factory=list)  # (label, fold, reason)
+    collapsed: list = field(default_factory=list)  # (label, fold) complete, but its kept model predicts no lesion (metrics.json)
     seconds: float = 0.0  # wall time
 
     def summary(self) -> str:
@@ -251,7 +259,17 @@ class GridResult:
         lines = [f"grid: {len(self.done)} run, {len(self.skipped)} already complete, {len(self.failed)} failed "
                  f"({self.seconds / 60:.1f} min)"]
         lines += [f"  FAILED {l}/fold{f}: {why}" for l, f, why in self.failed]
+        lines += [f"  COLLAPSED {l}/fold{f}: its kept model predicts no lesion on any validation image (metrics.json: collapsed)"
+                  for l, f in self.collapsed]
         return "\n".join(lines)
+
+def is_collapsed(
+    run_dir: str|Path,  # a run folder
+) -> bool:
+    "Whether a complete run's metrics.json says its kept model collapsed (predicts no lesion on any validation image)."
+    p = Path(run_dir) / 'metrics.json'
+    try: return bool(json.loads(p.read_text()).get('collapsed', False)) if p.is_file() else False
+    except (OSError, ValueError): return False
 
 class LocalExecutor:
     "Run jobs one at a time in this process."
@@ -306,7 +324,9 @@ def schedule(
                 res.skipped.append((j.label, j.fold)); log(f"{tags[j]}: completed meanwhile by another process, skipped"); continue
             how = (f"{time.time() - t[j]:.0f} s" if executor.name == 'local' or not info else
                    f"{info['seconds']:.0f} s on {info['host']}, {time.time() - t[j]:.0f} s after it was submitted")
-            res.done.append((j.label, j.fold)); log(f"{tags[j]}: done in {how}")
+            res.done.append((j.label, j.fold))
+            if is_collapsed(j.run_dir(out)): res.collapsed.append((j.label, j.fold)); how += "; COLLAPSED: its kept model predicts no lesion"
+            log(f"{tags[j]}: done in {how}")
     return res
 
 # %% ../nbs/11_grid.ipynb #4fd00c3a
@@ -344,7 +364,9 @@ def run_grid(
     tags = {j: f"[{i}/{len(jobs)}] {j.label}/fold{j.fold}" for i, j in enumerate(jobs, 1)}
     todo = []
     for j in jobs:
-        if run_status(j.run_dir(out)) == 'complete': res.skipped.append((j.label, j.fold)); log(f"{tags[j]}: complete, skipped")
+        if run_status(j.run_dir(out)) == 'complete':
+            res.skipped.append((j.label, j.fold)); log(f"{tags[j]}: complete, skipped")
+            if is_collapsed(j.run_dir(out)): res.collapsed.append((j.label, j.fold))
         else: todo.append(j)
     if todo:
         if executor == 'local': ex = LocalExecutor(execute, max_retries or 0)

@@ -21,11 +21,12 @@ from .data import SegData, list_cases, load_data, make_folds, natural_key
 from .distill import TABLE3, parse_run_name
 
 # %% auto #0
-__all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_PAIRS', 'RUN_COLS', 'FIGURE2_RULE',
-           'HISTORY_COLS', 'REPORT_FILES', 'ReportWarning', 'stars', 'fake_results', 'find_runs', 'read_metrics',
-           'run_config', 'collect', 'paired_test', 'table4', 'table4_markdown', 'findings', 'choose_figure2_image',
-           'load_run_images', 'figure2', 'palette', 'dice_distribution', 'read_history', 'learning_curves',
-           'loss_terms', 'write_report', 'plot_history', 'plot_dice', 'plot_overlays']
+__all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_PAIRS', 'RUN_COLS', 'CONVERGED_SHARE',
+           'FIGURE2_RULE', 'HISTORY_COLS', 'REPORT_FILES', 'ReportWarning', 'stars', 'fake_results', 'find_runs',
+           'read_metrics', 'run_config', 'collect', 'run_summary', 'runs_line', 'paired_test', 'table4',
+           'table4_markdown', 'findings', 'choose_figure2_image', 'load_run_images', 'figure2', 'palette',
+           'dice_distribution', 'read_history', 'learning_curves', 'loss_terms', 'write_report', 'plot_history',
+           'plot_dice', 'plot_overlays']
 
 # %% ../nbs/10_report.ipynb #07d61946
 from .config import ALL_RUNS, label_params  # Table 4's rows (and run folder names), in the paper's order
@@ -140,7 +141,7 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
     return out
 
 # %% ../nbs/10_report.ipynb #2846e5f9
-RUN_COLS = ('params', 'regressor_params', 'best_epoch', 'epochs_run', 'seconds', 'stopped', 'fake')  # metrics.json fields `collect` adds to each row
+RUN_COLS = ('params', 'regressor_params', 'best_epoch', 'epochs_run', 'seconds', 'stopped', 'collapsed', 'fake')  # metrics.json fields `collect` adds to each row
 _FOLD = re.compile(r'fold(\d+)')
 
 def _label_key(label: str) -> tuple:
@@ -202,7 +203,7 @@ def collect(results_dir: str|Path, # the results folder OUT
         if 'n_test' in m and m['n_test'] != len(pi):
             raise ValueError(f"{run/'metrics.json'}: n_test={m['n_test']} but per_image.csv has {len(pi)} rows; expected them to agree")
         pi.insert(0, 'label', m['label']); pi.insert(1, 'fold', int(m['fold']))
-        for k in RUN_COLS: pi[k] = m.get(k, False if k == 'fake' else np.nan)
+        for k in RUN_COLS: pi[k] = m.get(k, False if k in ('fake', 'collapsed') else np.nan)
         pi['run_dir'] = str(run)
         frames.append(pi)
     cols = ['label', 'fold', *PER_IMAGE_COLUMNS, *RUN_COLS, 'run_dir']
@@ -213,6 +214,33 @@ def collect(results_dir: str|Path, # the results folder OUT
 def _frame(results) -> pd.DataFrame:
     "`collect`'s DataFrame of `results` (a results folder, or that DataFrame already)."
     return results if isinstance(results, pd.DataFrame) else collect(results)
+
+# %% ../nbs/10_report.ipynb #00198568
+CONVERGED_SHARE = 0.9  # a run converged if it stopped early or its best epoch is within this share of its epoch budget
+
+def run_summary(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s DataFrame
+               ) -> pd.DataFrame:
+    "One row per complete run: label, fold, epoch budget, best epoch, epochs run, how it stopped, converged, collapsed, minutes."
+    df = _frame(results)
+    rows = []
+    for (label, fold), g in df.groupby(['label', 'fold'], sort=False):
+        r = g.iloc[0]
+        budget = int(run_config(r.run_dir).get('epochs', r.epochs_run))
+        rows.append(dict(label=label, fold=int(fold), epochs=budget, best_epoch=int(r.best_epoch), epochs_run=int(r.epochs_run),
+                         stopped=r.stopped, converged=bool(r.stopped == 'early' or r.best_epoch <= CONVERGED_SHARE * budget),
+                         collapsed=bool(r.collapsed) if pd.notna(r.collapsed) else False, minutes=round(float(r.seconds) / 60, 2)))
+    return pd.DataFrame(rows, columns=['label', 'fold', 'epochs', 'best_epoch', 'epochs_run', 'stopped', 'converged', 'collapsed', 'minutes'])
+
+def runs_line(runs: pd.DataFrame, # from `run_summary`
+             ) -> str:
+    "One Markdown line counting converged and collapsed runs, naming the exceptions."
+    bad = lambda col, yes: ', '.join(f"{l} fold {f}" for l, f in zip(runs.label, runs.fold) if runs[col][(runs.label == l) & (runs.fold == f)].iloc[0] == yes)
+    s = (f"- **runs**: {len(runs)} complete; {int(runs.converged.sum())} converged (stopped early, or best epoch within the first "
+         f"{CONVERGED_SHARE:.0%} of the epoch budget); {int(runs.collapsed.sum())} collapsed; training time {runs.minutes.sum():.0f} min "
+         "(sum over runs).")
+    if not runs.converged.all(): s += f" Not converged: {bad('converged', False)}."
+    if runs.collapsed.any(): s += f" Collapsed: {bad('collapsed', True)}."
+    return s
 
 # %% ../nbs/10_report.ipynb #4c4d002c
 def paired_test(a: pd.Series, # per-image Dice of one model, indexed by (fold, id)
@@ -250,6 +278,8 @@ def table4(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s Da
             else: p, n, note = paired_test(dice[l], dice[ref])
             row[f"p vs {ref}"], row[f"sig vs {ref}"], row[f"n_pairs_{ref.lower()}"] = p, stars(p), n
             if note: notes.append(f"p vs {ref}: {note}")
+        collapsed = sorted(g[g.collapsed.fillna(False).astype(bool)].fold.unique()) if 'collapsed' in g else []
+        if collapsed: notes.append(f"collapsed in fold(s) {', '.join(map(str, collapsed))}: the kept model predicts no lesion on any validation image; its test Dice is averaged in as it is")
         params = g.groupby('fold')['params'].first().astype(float)
         if params.nunique() > 1: notes.append(f"params differ between folds ({', '.join(f'{v:,.0f}' for v in params)})")
         row['params (M)'] = params.mean() / 1e6
@@ -258,12 +288,13 @@ def table4(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s Da
         row['paper p vs Teacher'] = pm[2] if pm and pm[2] is not None else float('nan')
         row['paper p vs Student'] = pm[3] if pm and pm[3] is not None else float('nan')
         row.update(dsc_mean=pct.mean(), dsc_std=pct.std(ddof=1), n_images=len(pct), folds=g.fold.nunique(),
-                   fold_ids=','.join(map(str, sorted(g.fold.unique()))), test=TEST_NAME, note='; '.join(notes))
+                   fold_ids=','.join(map(str, sorted(g.fold.unique()))), collapsed_folds=','.join(map(str, collapsed)),
+                   test=TEST_NAME, note='; '.join(notes))
         rows.append(row)
     t = pd.DataFrame(rows)
     order = ['model', 'DSC (%)', 'p vs Teacher', 'sig vs Teacher', 'p vs Student', 'sig vs Student', 'params (M)',
              'paper DSC (%)', 'paper p vs Teacher', 'paper p vs Student', 'dsc_mean', 'dsc_std', 'n_images', 'folds',
-             'fold_ids', 'n_pairs_teacher', 'n_pairs_student', 'test', 'note']
+             'fold_ids', 'collapsed_folds', 'n_pairs_teacher', 'n_pairs_student', 'test', 'note']
     t = t[order]
     t.attrs.update(results_dir=df.attrs.get('results_dir'), incomplete=list(df.attrs.get('incomplete', [])),
                    fake=bool(df['fake'].fillna(False).astype(bool).any()) if 'fake' in df else False)
@@ -278,10 +309,11 @@ def _fmt_p(p: float, self_row: bool = False) -> str:
 def table4_markdown(t: pd.DataFrame, # from `table4`
                     figure2_image: tuple[int, str]|None = None, # (fold, id) shown in Figure 2, for the notes
                     claims: pd.DataFrame|None = None, # from `findings`: appended as a second table
+                    runs: pd.DataFrame|None = None, # from `run_summary`: counted in the notes
                    ) -> str:
     "Table 4 as GitHub Markdown: a header, the table, notes (and the paper's findings checked)."
     show = pd.DataFrame({
-        'model': t.model,
+        'model': [f"{m} (collapsed)" if c else m for m, c in zip(t.model, t.get('collapsed_folds', [''] * len(t)))],
         'DSC (%)': t['DSC (%)'],
         'p vs Teacher': [_fmt_p(p, m == 'Teacher') for p, m in zip(t['p vs Teacher'], t.model)],
         'p vs Student': [_fmt_p(p, m == 'Student') for p, m in zip(t['p vs Student'], t.model)],
@@ -304,6 +336,7 @@ def table4_markdown(t: pd.DataFrame, # from `table4`
               "- **params (M)**: trainable parameters of the deployed model in millions (the teacher's for Teacher, else the "
               f"student's; a HReg regressor is used only in training). The paper's student: {PAPER_STUDENT_PARAMS_M} M.",
               f"- **paper**: Table 4 of {PAPER}"]
+    if runs is not None and len(runs): lines += [runs_line(runs)]
     notes = [f"  - {m}: {n}" for m, n in zip(t.model, t.note) if n]
     if notes: lines += ["- notes:"] + notes
     if t.attrs.get('incomplete'):
@@ -559,7 +592,7 @@ def loss_terms(results: str|Path|pd.DataFrame, # a results folder, or `collect`'
 
 # %% ../nbs/10_report.ipynb #4c8b8325
 REPORT_FILES = ('table4.csv', 'table4.md', 'figure2.png', 'figure2.pdf', 'dice_distribution.png',
-                'learning_curves.png', 'loss_terms.png')  # what `write_report` writes
+                'learning_curves.png', 'loss_terms.png', 'runs.csv')  # what `write_report` writes
 
 def _save(fig: Figure, path: Path, dpi: int = 150):
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
@@ -581,8 +614,10 @@ def write_report(results_dir: str|Path, # the results folder OUT
     try:
         _save(fig, paths[2]); _save(fig, paths[3])
     finally: plt.close(fig)
+    runs = run_summary(df)
     atomic_write(paths[0], t.to_csv(index=False))
-    atomic_write(paths[1], table4_markdown(t, fig.figure2_image, findings(df)))
+    atomic_write(paths[1], table4_markdown(t, fig.figure2_image, findings(df), runs))
+    atomic_write(paths[7], runs.to_csv(index=False))
     for make, path in zip((dice_distribution, learning_curves, loss_terms), paths[4:]):
         fig = make(df)
         try: _save(fig, path, dpi=120)

@@ -37,6 +37,7 @@ def test_check_data_on_the_busi_sample():
     r = kdbus("check-data", f"busi:{BUSI_SAMPLE}")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "cases     60  (benign 40, malignant 20)" in r.stdout
+    assert "duplicates 2 group(s) of 5 images, 0 across classes" in r.stdout
 
 def test_check_data_reports_every_problem_and_fails(tmp_path):
     "A set with three different faults: all three are named, and the exit code is 1."
@@ -51,6 +52,43 @@ def test_check_data_reports_every_problem_and_fails(tmp_path):
     r = kdbus("check-data", f"udiat:{root}")
     assert r.returncode == 1, r.stdout + r.stderr
     for name in ("000002", "000003", "000004"): assert name in r.stdout, r.stdout
+
+def scan(seed, h=90, w=120):
+    "A made-up grey scan: smooth random texture, different for each seed."
+    rng = np.random.default_rng(seed)
+    t = np.cumsum(np.cumsum(rng.normal(size=(h, w)), axis=0), axis=1)
+    return (255 * (t - t.min()) / (t.max() - t.min())).astype(np.uint8)
+
+def busi_tree(root, images):
+    "A BUSI-layout tree of {'benign (1)': array, ...}, each with a mask of its size."
+    for name, a in images.items():
+        folder = root / name.split()[0]; folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(a).save(folder / f"{name}.png")
+        m = np.zeros(a.shape[:2], np.uint8); m[10:30, 10:40] = 255
+        Image.fromarray(m).save(folder / f"{name}_mask.png")
+    return root
+
+def test_check_data_fails_on_a_scan_filed_under_both_classes(tmp_path):
+    a = scan(0)
+    root = busi_tree(tmp_path / "B", {"benign (1)": a, "benign (2)": scan(1), "malignant (1)": scan(2)})
+    (root / "malignant" / "malignant (2).png").write_bytes((root / "benign" / "benign (1).png").read_bytes())   # the same file
+    (root / "malignant" / "malignant (2)_mask.png").write_bytes((root / "benign" / "benign (1)_mask.png").read_bytes())
+    busi_tree(root, {"benign (3)": np.roll(a, (4, 6), axis=(0, 1))})                                         # a shifted copy
+    r = kdbus("check-data", f"busi:{root}")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "duplicates 1 group(s) of 3 images, 1 across classes" in r.stdout, r.stdout
+    assert "one scan filed under benign and malignant" in r.stdout and "benign (1), benign (3), malignant (2)" in r.stdout
+
+def test_check_data_lists_copies_within_a_class_and_passes(tmp_path):
+    a = scan(0)
+    root = busi_tree(tmp_path / "B", {"benign (1)": a, "benign (2)": a[5:, :100], "malignant (1)": scan(2)})   # a cropped copy
+    r = kdbus("check-data", f"busi:{root}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "duplicates 1 group(s) of 2 images, 0 across classes" in r.stdout and "benign (1), benign (2) (benign; similarity >= " in r.stdout
+    r = kdbus("check-data", f"busi:{root}", "--duplicate-threshold", "1")                                      # identical files only
+    assert r.returncode == 0 and "duplicates 0\n" in r.stdout, r.stdout
+    r = kdbus("check-data", f"busi:{root}", "--duplicate-threshold", "80")
+    assert r.returncode == 2 and "0 < S <= 1" in r.stderr, r.stderr
 
 def test_bad_input_is_named_and_exit_code_is_2(tmp_path):
     r = kdbus("check-data", f"udiat:{tmp_path / 'missing'}")

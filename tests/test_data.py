@@ -1,6 +1,8 @@
-"""kdbus.data on files written here: specs, layouts, every kind of bad file, folds, loading, and the real BUSI sample."""
-import sys, types, warnings
+"""kdbus.data on files written here: specs, layouts, every kind of bad file, duplicates, folds, loading, and the real BUSI subsets."""
+import hashlib, io, json, sys, types, warnings
 from pathlib import Path
+
+import cv2
 
 import numpy as np
 import pandas as pd
@@ -8,17 +10,25 @@ import pytest
 from PIL import Image
 
 import kdbus
-from kdbus.data import (Case, DataError, DataSpec, DataWarning, Problem, check_data, find_problems, format_summary,
-                        list_cases, load_data, make_folds, parse_spec, read_image, read_labels, read_mask,
-                        resolve_spec, scan_cases)
+from kdbus.data import (DUPLICATE_THRESHOLD, Case, DataError, DataSpec, DataWarning, Problem, check_data, duplicate_groups,
+                        duplicate_pairs, find_problems, fingerprint, fold_groups, format_summary, group_duplicates, group_ids,
+                        list_cases, load_data, make_folds, parse_spec, read_fingerprint, read_image, read_labels, read_mask,
+                        resolve_spec, scan_cases, scored_pairs, similarity)
 
-BUSI_SAMPLE = Path(__file__).resolve().parents[1].parent / 'shared/data/busi-sample'
+ROOT = Path(__file__).resolve().parents[1]
+BUSI_SAMPLE = ROOT.parent / 'shared/data/busi-sample'
+BUSI_163 = ROOT.parent / 'shared/data/busi-163'
 
 # ---------------------------------------------------------------- helpers
 H, W = 30, 40
 YY, XX = np.mgrid[:H, :W]
 DISC = (((YY - 15) / 8) ** 2 + ((XX - 20) / 12) ** 2 <= 1).astype(np.uint8)
 GREY = np.linspace(0, 255, H * W).reshape(H, W).astype(np.uint8)
+
+def scan(i, h=H, w=W):
+    "A distinct h x w grey image for each i: a ramp with noise (identical or shifted images would be duplicates)."
+    ramp = cv2.resize(GREY, (w, h), interpolation=cv2.INTER_LINEAR).astype(int)
+    return np.clip(ramp + np.random.default_rng(i).integers(-60, 61, (h, w)), 0, 255).astype(np.uint8)
 
 def png(path, a, mode=None):
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -32,7 +42,7 @@ def udiat(root, n=4, labels='csv'):
     "A UDIAT-layout set of n images, alternating benign/malignant."
     root = Path(root)
     for i in range(1, n + 1):
-        png(root / 'original' / f'{i:06d}.png', np.roll(GREY, i, axis=1))
+        png(root / 'original' / f'{i:06d}.png', scan(i))
         png(root / 'GT' / f'{i:06d}.png', np.roll(DISC, i, axis=1) * 255)
     types_ = ['benign' if i % 2 else 'malignant' for i in range(1, n + 1)]
     if labels == 'csv':
@@ -42,8 +52,8 @@ def udiat(root, n=4, labels='csv'):
 def busi(root, normal=True):
     "A BUSI-like tree: benign (1), benign (2) with an extra mask, malignant (1), [normal (1)]."
     root = Path(root)
-    for cls, k in [('benign', 1), ('benign', 2), ('malignant', 1)] + ([('normal', 1)] if normal else []):
-        png(root / cls / f'{cls} ({k}).png', GREY)
+    for seed, (cls, k) in enumerate([('benign', 1), ('benign', 2), ('malignant', 1)] + ([('normal', 1)] if normal else [])):
+        png(root / cls / f'{cls} ({k}).png', scan(100 + seed))
         png(root / cls / f'{cls} ({k})_mask.png', (DISC if cls != 'normal' else 0 * DISC) * 255)
     extra = np.zeros_like(DISC); extra[2:6, 2:6] = 1
     png(root / 'benign' / 'benign (2)_mask_1.png', extra * 255)
@@ -325,6 +335,135 @@ def test_pairs_jpeg_masks(tmp_path):
         d = load_data(f'pairs:{tmp_path}/im:{tmp_path}/gt', size=H)
     assert abs(d.masks.mean() - DISC.mean()) < 0.03                        # the lesion survives the noise
 
+# ---------------------------------------------------------------- duplicates
+def smooth_scan(seed, h=120, w=160):
+    "A made-up grey 'scan': smooth random texture over a top-to-bottom fade."
+    t = cv2.GaussianBlur(np.random.default_rng(seed).normal(size=(h, w)).astype(np.float32), (0, 0), 2)
+    t = (t - t.min()) / (t.max() - t.min())
+    return (255 * (0.6 * t + 0.4 * np.linspace(1, 0, h)[:, None])).astype(np.uint8)
+
+def jpeg(a, quality=50):
+    buf = io.BytesIO(); Image.fromarray(a).save(buf, 'JPEG', quality=quality)
+    return np.asarray(Image.open(buf))
+
+COPIES = {'jpeg': lambda a: jpeg(a),
+          'resized': lambda a: cv2.resize(a, None, fx=0.6, fy=0.6, interpolation=cv2.INTER_AREA),
+          'enlarged': lambda a: cv2.resize(a, None, fx=1.7, fy=1.7, interpolation=cv2.INTER_LINEAR),
+          'stretched': lambda a: cv2.resize(a, (int(a.shape[1] * 0.8), a.shape[0]), interpolation=cv2.INTER_AREA),
+          'cropped right': lambda a: a[:, : int(a.shape[1] * 0.85)],
+          'cropped top left': lambda a: a[a.shape[0] // 10:, a.shape[1] // 10:],
+          'cropped all round': lambda a: a[a.shape[0] // 10: -(a.shape[0] // 10), a.shape[1] // 10: -(a.shape[1] // 10)],
+          'shifted': lambda a: np.roll(a, (6, 6), axis=(0, 1)),
+          'brighter': lambda a: np.clip(a * 1.3 + 10, 0, 255).astype(np.uint8),
+          'darker': lambda a: (a * 0.6).astype(np.uint8),
+          'rgb': lambda a: np.dstack([a] * 3),
+          'all at once': lambda a: np.clip(jpeg(cv2.resize(a[:, 16:], None, fx=0.8, fy=0.8, interpolation=cv2.INTER_AREA), 60) * 1.2, 0, 255).astype(np.uint8)}
+
+@pytest.mark.parametrize('name', list(COPIES))
+def test_copies_of_one_scan_are_duplicates(name):
+    for seed in range(3):
+        a = smooth_scan(seed)
+        assert similarity(fingerprint(a), fingerprint(np.ascontiguousarray(COPIES[name](a)))) >= DUPLICATE_THRESHOLD, (name, seed)
+
+def test_different_scans_are_not_duplicates():
+    prints = [fingerprint(smooth_scan(s)) for s in range(8)] + [fingerprint(scan(i)) for i in range(8)]
+    assert max(s for *_, s in scored_pairs(prints)) < 0.6
+    flat = fingerprint(np.full((40, 50), 100, np.uint8))
+    assert similarity(flat, fingerprint(np.full((40, 50), 100, np.uint8))) == 0.0      # flat images match nothing ...
+    assert similarity(flat, prints[0]) == 0.0
+
+def test_identical_files_score_one_and_are_always_paired(tmp_path):
+    for k in range(4): png(tmp_path / f'{k}.png', np.full((40, 50), 100, np.uint8))  # ... unless they are the same file
+    for k in range(4, 16): png(tmp_path / f'{k}.png', scan(k))
+    prints = [read_fingerprint(tmp_path / f'{k}.png') for k in range(16)]
+    assert prints[0].sha256 == hashlib.sha256((tmp_path / '0.png').read_bytes()).hexdigest()
+    pairs = scored_pairs(prints, candidates=1)       # found through the file hash, not the (flat) thumbnails
+    assert [(i, j, s) for i, j, s in pairs if s >= DUPLICATE_THRESHOLD] == [(i, j, 1.0) for i in range(4) for j in range(i + 1, 4)]
+    assert all(type(i) is int and type(j) is int for i, j, _ in pairs)
+    assert scored_pairs(prints[:1]) == []
+
+def test_group_ids_are_connected_components_named_by_first_member():
+    assert group_ids(6, [(4, 2, 0.9), (5, 4, 0.95), (1, 3, 0.99)]) == [0, 1, 2, 1, 2, 2]
+    assert group_ids(3, []) == [0, 1, 2]
+    assert group_ids(4, [(3, 2), (2, 1), (1, 0)]) == [0, 0, 0, 0]
+
+def busi_with_copies(root):
+    "BUSI tree of 6 cases: benign (1) filed again as malignant (2) (same file) and as benign (3) (shifted JPEG); benign (4) a resized malignant (1)."
+    root = Path(root)
+    for i, (cls, k) in enumerate([('benign', 1), ('benign', 2), ('malignant', 1)]): png(root / cls / f'{cls} ({k}).png', smooth_scan(i))
+    (root / 'malignant' / 'malignant (2).png').write_bytes((root / 'benign' / 'benign (1).png').read_bytes())
+    Image.fromarray(jpeg(np.roll(smooth_scan(0), (3, 5), axis=(0, 1)), 80)).save(root / 'benign' / 'benign (3).png')
+    png(root / 'benign' / 'benign (4).png', cv2.resize(smooth_scan(2), None, fx=0.7, fy=0.7, interpolation=cv2.INTER_AREA))
+    for image in root.glob('*/*).png'):
+        png(image.with_name(f'{image.stem}_mask.png'), cv2.resize(DISC, Image.open(image).size, interpolation=cv2.INTER_NEAREST) * 255)
+    return root
+
+def test_duplicates_of_a_constructed_set(tmp_path):
+    root = busi_with_copies(tmp_path / 'B')
+    cases = list_cases(f'busi:{root}')
+    assert [c.id for c in cases] == ['benign (1)', 'benign (2)', 'benign (3)', 'benign (4)', 'malignant (1)', 'malignant (2)']
+    pairs = duplicate_pairs(f'busi:{root}')
+    assert sorted((i, j) for i, j, _ in pairs) == [(0, 2), (0, 5), (2, 5), (3, 4)] and pairs[0] == (0, 5, 1.0)   # identical files first
+    assert all(s >= DUPLICATE_THRESHOLD for *_, s in pairs)
+    assert duplicate_groups(cases) == duplicate_groups(f'busi:{root}') == [0, 1, 0, 3, 3, 0]
+    groups = group_duplicates(cases, pairs)
+    assert [(g.ids, g.labels, g.mixed) for g in groups] == [
+        (('benign (1)', 'benign (3)', 'malignant (2)'), ('benign', 'benign', 'malignant'), True),
+        (('benign (4)', 'malignant (1)'), ('benign', 'malignant'), True)]
+    assert groups[0].score == min(s for i, j, s in pairs if i in (0, 2, 5))
+    assert 'benign (1), benign (3), malignant (2) (benign and malignant; similarity >= 0.9' in str(groups[0])
+    assert duplicate_groups(cases, threshold=1.0) == [0, 1, 2, 3, 4, 0]          # only the identical files
+
+def test_check_data_reports_groups_and_fails_across_classes(tmp_path):
+    root = busi_with_copies(tmp_path / 'B')
+    summary, problems = check_data(f'busi:{root}')
+    assert len(problems) == 2 and summary.n_problems == 2 and [len(g.ids) for g in summary.duplicates] == [3, 2]
+    assert problems[0].file == root / 'benign' / 'benign (1).png'
+    for words in ['one scan filed under benign and malignant', 'benign/benign (3).png', 'malignant/malignant (2).png', 'similarity >=']:
+        assert words in problems[0].message, problems[0].message
+    text = format_summary(summary, problems)
+    assert 'duplicates 2 group(s) of 5 images, 2 across classes' in text and 'duplicates (copies of one scan):' in text
+    assert '  benign (4), malignant (1) (benign and malignant; similarity >= ' in text
+    for f in ['malignant (2).png', 'malignant (2)_mask.png', 'malignant (1).png', 'malignant (1)_mask.png']: (root / 'malignant' / f).unlink()
+    summary, problems = check_data(f'busi:{root}')                            # one class: listed, not a problem
+    assert problems == [] and [g.ids for g in summary.duplicates] == [('benign (1)', 'benign (3)')]
+    assert 'duplicates 1 group(s) of 2 images, 0 across classes' in format_summary(summary, problems)
+    assert check_data(f'busi:{root}', duplicate_threshold=None)[0].duplicates == []
+
+def test_check_data_skips_unreadable_images_when_looking_for_duplicates(tmp_path):
+    root = busi_with_copies(tmp_path / 'B')
+    truncate(root / 'malignant' / 'malignant (2).png')
+    summary, problems = check_data(f'busi:{root}')
+    assert [p.file.name for p in problems if 'cannot decode' in p.message] == ['malignant (2).png']
+    assert [g.ids for g in summary.duplicates] == [('benign (1)', 'benign (3)'), ('benign (4)', 'malignant (1)')]
+
+@pytest.mark.parametrize('threshold', [0, -0.5, 1.5, '0.8'])
+def test_duplicate_threshold_must_be_a_similarity(tmp_path, threshold):
+    root = busi(tmp_path / 'B', normal=False)
+    with pytest.raises(ValueError, match=r'threshold=.*0 < threshold <= 1'): duplicate_pairs(f'busi:{root}', threshold=threshold)
+    with pytest.raises(ValueError, match='threshold'): check_data(f'busi:{root}', duplicate_threshold=threshold)
+
+def test_duplicates_need_cases():
+    with pytest.raises(DataError, match='non-empty list of Case'): duplicate_groups([])
+
+def test_fold_groups_are_computed_once_per_spec(tmp_path, monkeypatch):
+    root = busi_with_copies(tmp_path / 'B')
+    assert fold_groups(f'busi:{root}') == [0, 1, 0, 3, 3, 0]
+    import kdbus.data
+    monkeypatch.setattr(kdbus.data, 'duplicate_groups', lambda *a, **k: pytest.fail('not cached'))
+    assert fold_groups(parse_spec(f'busi:{root}')) == [0, 1, 0, 3, 3, 0]       # a spec string or its DataSpec: one entry
+
+def test_real_synth_has_no_duplicates():
+    pytest.importorskip('kdbus.synth', reason='kdbus.synth (nbs/00_synth.ipynb) not exported yet')
+    cases = list_cases('synth')
+    assert duplicate_groups(cases) == list(range(len(cases))) == list(range(163))
+
+def test_data_notebook_saves_no_pictures():
+    "Cells of nbs/01_data.ipynb show BUSI images, which must not be committed: the notebook is saved without pictures."
+    nb = json.loads((ROOT / 'nbs' / '01_data.ipynb').read_text())
+    pictures = [c.get('id') for c in nb['cells'] for o in c.get('outputs', []) if any(k.startswith('image/') for k in o.get('data', {}))]
+    assert pictures == [], f"nbs/01_data.ipynb cells {pictures} hold pictures (BUSI images must not be committed): clear their outputs"
+
 # ---------------------------------------------------------------- folds
 PAPER = ['benign'] * 109 + ['malignant'] * 54
 
@@ -368,6 +507,73 @@ def test_folds_unlabelled_and_rare_classes():
 def test_folds_bad_parameters(kw, word):
     with pytest.raises(ValueError, match=word): make_folds(PAPER, **kw)
 
+def digest(folds):
+    "A short hash of a list of folds (train, val and test indices)."
+    return hashlib.sha256(b''.join(np.concatenate([f.train, [-1], f.val, [-1], f.test, [-2]]).astype('<i8').tobytes() for f in folds)).hexdigest()[:16]
+
+@pytest.mark.parametrize('labels, kw, before', [  # digests of make_folds before groups existed (kdbus 1e5838c)
+    (PAPER, {}, '4076aa85fb56353c'), (PAPER, dict(seed=1), '3a932ced1a692d78'), (PAPER, dict(k=3, val_frac=0.2), '52aacf3b1f3b0f77'),
+    (PAPER, dict(n_folds=3), '190e85dea2ada5e2'), (60, {}, '16fe324b90663170'), (['benign'] * 40 + ['malignant'] * 20, {}, 'c46bc26e11b4439b')])
+def test_folds_without_duplicates_are_unchanged(labels, kw, before):
+    n = labels if isinstance(labels, int) else len(labels)
+    assert digest(make_folds(labels, **kw)) == before
+    assert digest(make_folds(labels, groups=list(range(n)), **kw)) == before               # every image its own group
+    assert digest(make_folds(labels, groups=[f'case {i}' for i in range(n)], **kw)) == before
+
+def paper_groups(seed=0):
+    "Group ids for PAPER: 12 pairs and 2 triples of copies (one pair across classes), the rest single."
+    rng = np.random.default_rng(seed)
+    g = np.arange(163)
+    members = rng.permutation(np.arange(1, 109))[:30].reshape(-1, 2).tolist()[:12] + [[1, 2, 3], [120, 121, 122], [5, 130]]
+    for m in members: g[m] = m[0]
+    return g.tolist()
+
+def check_groups_whole(folds, groups):
+    g = np.array(groups)
+    for f in folds:
+        tr, va, te = set(g[f.train]), set(g[f.val]), set(g[f.test])
+        assert not (tr & va) and not (tr & te) and not (va & te), 'a duplicate group straddles two parts'
+
+@pytest.mark.parametrize('k, seed, val_frac', [(5, 0, 0.15), (5, 3, 0.15), (3, 1, 0.2), (4, 2, 0.0), (10, 0, 0.3)])
+def test_grouped_folds_keep_groups_whole(k, seed, val_frac):
+    groups = paper_groups(seed)
+    folds = make_folds(PAPER, k=k, seed=seed, val_frac=val_frac, groups=groups)
+    check_partition(folds, 163)                                                     # each image tested exactly once
+    check_groups_whole(folds, groups)
+    y = np.array(PAPER)
+    for f in folds:
+        assert abs(len(f.test) - 163 / k) <= 3
+        assert abs((y[f.test] == 'malignant').mean() - 54 / 163) < 0.08             # stratification roughly kept
+        n_val = np.ceil(val_frac * (len(f.train) + len(f.val)))
+        assert abs(len(f.val) - n_val) <= max(3, 0.25 * n_val)                        # about val_frac of the training part
+        if val_frac: assert abs((y[f.val] == 'malignant').mean() - 54 / 163) < 0.15
+
+def test_grouped_folds_are_deterministic_by_seed():
+    groups = paper_groups()
+    a, b, c = (make_folds(PAPER, seed=s, groups=groups) for s in (3, 3, 4))
+    assert digest(a) == digest(b) != digest(c)
+    assert digest(make_folds(PAPER, groups=groups)) != digest(make_folds(PAPER))
+    assert digest(make_folds(PAPER, groups=groups, n_folds=2)) == digest(make_folds(PAPER, groups=groups)[:2])
+
+def test_grouped_folds_unlabelled_and_rare_classes():
+    groups = [0, 0, 0] + list(range(3, 20))
+    for labels in ([None] * 20, 20, ['benign'] * 18 + ['malignant'] * 2):
+        folds = make_folds(labels, k=4, groups=groups)
+        check_partition(folds, 20); check_groups_whole(folds, groups)
+
+@pytest.mark.parametrize('groups, words', [
+    (list(range(162)), 'groups: expected one group id per image (163 images), got 162'),
+    ([list(range(163))], 'got an array of shape (1, 163)'),
+    (7, 'got an array of shape ()'),
+    ([None, 'a'] + list(range(161)), 'sortable group ids'),
+    ([0] * 160 + [1, 2, 3], 'only 4 duplicate group(s); expected at least k')])
+def test_grouped_folds_bad_groups(groups, words):
+    with pytest.raises(ValueError) as e: make_folds(PAPER, groups=groups)
+    assert words in str(e.value), str(e.value)
+
+def test_grouped_folds_need_two_groups_to_validate():
+    with pytest.raises(ValueError, match='one duplicate group'): make_folds(4, k=2, groups=[0, 0, 2, 2])
+
 # ---------------------------------------------------------------- loading
 def test_load_data_contract(u):
     d = load_data(f'udiat:{u}', size=24)
@@ -409,6 +615,25 @@ def test_busi_sample_has_no_problems(busi_sample):
     assert summary.n_cases == 60 and summary.classes == {'benign': 40, 'malignant': 20}
     assert summary.warnings == []
     assert 0 < summary.lesion_fraction['min'] < summary.lesion_fraction['mean'] < summary.lesion_fraction['max'] < 1
+
+def test_busi_sample_duplicates(busi_sample):
+    summary, problems = check_data(f'busi:{busi_sample}')
+    assert [(g.ids, g.mixed) for g in summary.duplicates] == [(('benign (210)', 'benign (298)'), False),
+                                                              (('benign (232)', 'benign (276)', 'benign (287)'), False)]
+    assert min(g.score for g in summary.duplicates) > 0.95
+    groups = fold_groups(f'busi:{busi_sample}')
+    assert sum(g != i for i, g in enumerate(groups)) == 3                            # 5 images in 2 groups
+    folds = make_folds([c.label for c in list_cases(f'busi:{busi_sample}')], groups=groups)
+    check_partition(folds, 60); check_groups_whole(folds, groups)
+
+def test_busi_163_duplicates():
+    if not BUSI_163.exists(): pytest.skip(f'busi-163 not found at {BUSI_163} (it lives beside the project, in ../shared)')
+    cases = list_cases(f'busi:{BUSI_163}')
+    pairs = duplicate_pairs(cases, threshold=0.5)       # what lies near the threshold, on both sides
+    groups = group_duplicates(cases, [p for p in pairs if p[2] >= DUPLICATE_THRESHOLD])
+    assert (len(groups), sum(len(g.ids) for g in groups), sum(g.mixed for g in groups)) == (10, 21, 0)
+    assert min(g.score for g in groups) > 0.95 and max(s for *_, s in pairs if s < DUPLICATE_THRESHOLD) < 0.7
+    assert ('malignant (95)', 'malignant (96)') in [g.ids for g in groups]                  # a crop to 72 % of the width
 
 def test_busi_sample_loads(busi_sample):
     d = load_data(f'busi:{busi_sample}', size=64)

@@ -50,11 +50,11 @@ def test_same_config_same_history_and_weights(parts, tmp_path, teacher):
 
 
 def test_history_and_checkpoint(parts, tmp_path):
-    c = cfg_for(tmp_path, epochs=3, patience=3)
+    c = cfg_for(tmp_path, epochs=3, patience=3, select='val_loss', lr_schedule='constant', warmup_epochs=0)
     r = fit(build_step(c), c, *parts, progress=False)
     h = pd.read_csv(c.run_dir/'history.csv')
     assert h.epoch.tolist() == [1, 2, 3] and h.train_kd.isna().all()
-    assert (h.lr == c.lr).all() and (h.seconds > 0).all() and h.val_dice.between(0, 1).all()
+    assert (h.lr == c.lr).all() and (h.seconds > 0).all() and h.val_dice.between(0, 1).all() and h.val_nonempty.between(0, 1).all()
     assert r.best_epoch == int(h.epoch[h.val_loss.idxmin()]) and r.stopped == 'max_epochs' and r.epochs_run == 3
     ck = torch.load(c.run_dir/'best.pt', weights_only=True)
     assert ck['epoch'] == r.best_epoch and math.isclose(ck['val_loss'], r.best_val_loss)
@@ -64,26 +64,32 @@ def test_history_and_checkpoint(parts, tmp_path):
 
 def test_early_stopping_on_validation_loss(parts, tmp_path, monkeypatch):
     losses = iter([1.0, 0.5, 0.7, 0.6, 0.9, 0.1])
-    monkeypatch.setattr(kt, 'validate', lambda model, loader: (next(losses), 0.5))
-    c = cfg_for(tmp_path, epochs=6, patience=3)
+    monkeypatch.setattr(kt, 'validate', lambda model, loader: (next(losses), 0.5, 1.0))
+    c = cfg_for(tmp_path, epochs=6, patience=3, select='val_loss', warmup_epochs=0)
     r = fit(build_step(c), c, *parts, progress=False)
     assert (r.stopped, r.best_epoch, r.epochs_run, r.best_val_loss) == ('early', 2, 5, 0.5)
     assert torch.load(c.run_dir/'best.pt', weights_only=True)['epoch'] == 2
 
 
 def test_resume_continues_at_the_next_epoch_with_the_same_results(parts, tmp_path):
-    c = cfg_for(tmp_path/'a', epochs=4, patience=4)
+    "A run interrupted in the middle of its schedule (warm-up then cosine) resumes with the history and weights of an uninterrupted run."
+    c = cfg_for(tmp_path/'a', epochs=4, patience=4, warmup_epochs=1, lr_schedule='cosine')
     whole = fit(build_step(c), c, *parts, progress=False)
-    c2 = cfg_for(tmp_path/'b', epochs=4, patience=4)
-    ck_path = c2.run_dir/'last.pt'
-    # train 2 epochs, then pretend the process died there: last.pt says epoch 2, not finished
-    c2short = c2.replace(epochs=2, patience=2)
-    first = fit(build_step(c2short), c2short, *parts, progress=False)
-    ck = torch.load(ck_path, weights_only=True); ck['identity'] = c2.identity(); ck['stopped'] = None
-    atomic_save(ck, ck_path)
+    c2 = c.replace(out_dir=str(tmp_path/'b'))
+    step, batches = build_step(c2), math.ceil(len(parts[0]) / c2.batch_size)
+    forward, calls = step.forward, []
+    def dies_in_epoch_3(batch):  # the process "dies" at the first batch of epoch 3
+        calls.append(1)
+        if len(calls) == 2 * batches + 1: raise KeyboardInterrupt
+        return forward(batch)
+    step.forward = dies_in_epoch_3
+    with pytest.raises(KeyboardInterrupt): fit(step, c2, *parts, progress=False)
+    first = pd.read_csv(c2.run_dir/'history.csv')
+    assert first.epoch.tolist() == [1, 2] and torch.load(c2.run_dir/'last.pt', weights_only=True)['epoch'] == 2
     resumed = fit(build_step(c2), c2, *parts, progress=False)
     assert resumed.history.epoch.tolist() == [1, 2, 3, 4]
-    assert resumed.history.seconds[:2].tolist() == first.history.seconds.tolist()  # epochs 1-2 kept, not trained again
+    assert resumed.history.seconds[:2].tolist() == first.seconds.tolist()  # epochs 1-2 kept, not trained again
+    assert resumed.history.lr.nunique() == 4  # the schedule moved every epoch
     pd.testing.assert_frame_equal(whole.history.drop(columns='seconds'), resumed.history.drop(columns='seconds'))
     assert weights_hash(whole.model) == weights_hash(resumed.model)
     again = fit(build_step(c2), c2, *parts, progress=False)  # finished: nothing more
@@ -130,7 +136,7 @@ def test_nan_kd_term_is_named_and_nothing_is_saved(parts, tmp_path, monkeypatch,
 
 
 def test_nan_validation_loss_is_named(parts, tmp_path, monkeypatch):
-    monkeypatch.setattr(kt, 'validate', lambda model, loader: (float('nan'), 0.0))
+    monkeypatch.setattr(kt, 'validate', lambda model, loader: (float('nan'), 0.0, 0.0))
     c = cfg_for(tmp_path)
     with pytest.raises(NonFiniteLoss, match='epoch 1, validation: val=nan'): fit(build_step(c), c, *parts, progress=False)
 

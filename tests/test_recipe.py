@@ -1,0 +1,171 @@
+"Tests of the training recipe: collapse detection end to end (metrics.json, the grid, Table 4), selection on scripted histories, the schedule."
+import json, math, warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import kdbus.experiment as experiment
+from kdbus.config import LEGACY_FIELDS, RunConfig, resolve_config
+from kdbus.grid import is_collapsed
+from kdbus.report import collect, run_summary, table4, table4_markdown, write_report
+from kdbus.train import Selector, build_step, lr_at
+
+DATA = 'synth:n=24'
+
+
+def _empty_mask_step(cfg, teacher=None, device='cpu'):
+    "`build_step` whose model is pinned to predict background everywhere (head weights 0, lesion bias -20, learning rate ~0)."
+    step = build_step(cfg, teacher, device)
+    head = step.student.segmentation_head[0]
+    with torch.no_grad():
+        head.weight.zero_(); head.bias.copy_(torch.tensor([20.0, -20.0]))
+    return step
+
+
+@pytest.fixture(scope='module')
+def collapsed_run(tmp_path_factory):
+    "A smoke Student run whose model predicts no lesion anywhere: it can only keep a collapsed model."
+    out = tmp_path_factory.mktemp('collapsed')
+    cfg = resolve_config('smoke', path='none', data=DATA, out_dir=str(out))
+    mp = pytest.MonkeyPatch(); mp.setattr(experiment, 'build_step', _empty_mask_step)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            m = experiment.run_experiment(cfg, progress=False)
+    finally: mp.undo()
+    return out, cfg, m
+
+
+def test_a_collapsed_run_says_so_in_metrics_and_history(collapsed_run):
+    out, cfg, m = collapsed_run
+    assert m['collapsed'] is True and m['select'] == 'val_dice'
+    assert json.loads((cfg.run_dir/'metrics.json').read_text())['collapsed'] is True
+    h = pd.read_csv(cfg.run_dir/'history.csv')
+    assert (h.val_nonempty == 0).all() and (h.val_dice == 0).all()
+    assert m['dice_mean'] == 0.0
+
+
+def test_a_segmenting_run_is_not_collapsed(smoke_student):
+    _, m = smoke_student
+    assert m['collapsed'] is False
+    assert 'best_val_dice' in m
+
+
+def test_the_grid_and_table4_mark_a_collapsed_run(collapsed_run, smoke_student):
+    out, cfg, _ = collapsed_run
+    assert is_collapsed(cfg.run_dir) and not is_collapsed(smoke_student[0]/'Student'/'fold0')
+    t = table4(collect(out))
+    row = t.set_index('model').loc['Student']
+    assert row.collapsed_folds == '0' and 'collapsed in fold(s) 0' in row.note
+    md = table4_markdown(t, runs=run_summary(out))
+    assert '| Student (collapsed) ' in md and '1 collapsed' in md and 'Collapsed: Student fold 0' in md
+
+
+def test_the_grid_reports_collapsed_runs(tmp_path, monkeypatch):
+    from kdbus.grid import run_grid
+    from kdbus.config import resolve_config as rc
+    monkeypatch.setattr(experiment, 'build_step', _empty_mask_step)
+    execute = lambda job, out: experiment.run_experiment(rc(**job.params), progress=False)
+    lines = []
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        res = run_grid('smoke', DATA, folds=(0,), out=tmp_path, labels=('Student',), execute=execute, report=False, log=lines.append)
+    assert res.collapsed == [('Student', 0)]
+    assert any('Student/fold0: done in' in l and 'COLLAPSED' in l for l in lines)
+    assert 'COLLAPSED Student/fold0' in res.summary()
+    again = run_grid('smoke', DATA, folds=(0,), out=tmp_path, labels=('Student',), execute=execute, report=False, log=lines.append)
+    assert again.skipped == [('Student', 0)] and again.collapsed == [('Student', 0)]  # reported for skipped runs too
+
+
+def test_run_summary_counts_convergence(smoke_student):
+    r = run_summary(smoke_student[0])
+    assert list(r.columns) == ['label', 'fold', 'epochs', 'best_epoch', 'epochs_run', 'stopped', 'converged', 'collapsed', 'minutes']
+    row = r.iloc[0]
+    assert row.epochs == 2 and row.collapsed == False
+    assert row.converged == (row.stopped == 'early' or row.best_epoch <= 0.9 * 2)
+
+
+
+# ------------------------------------------------------------ selection on scripted histories
+def _rows(loss, dice, found):
+    return [dict(epoch=i + 1, val_loss=l, val_dice=d, val_nonempty=f) for i, (l, d, f) in enumerate(zip(loss, dice, found))]
+
+
+@pytest.mark.parametrize('rule', ['val_loss', 'val_dice'])
+def test_selection_never_keeps_a_collapsed_model_when_one_segments(rule):
+    # the issue's case: empty masks for 23 epochs with the lowest loss at epoch 16, then Dice 0.33-0.49
+    n = 31
+    loss = [0.30 - 0.005 * min(e, 16) + (0.002 * (e - 16) if e > 16 else 0) for e in range(1, n + 1)]
+    loss[23:] = [0.25 + 0.001 * i for i in range(n - 23)]
+    dice = [0.0] * 23 + [0.33, 0.40, 0.49, 0.45, 0.41, 0.44, 0.42, 0.43]
+    found = [0.0] * 23 + [1.0] * 8
+    s = Selector(rule, patience=15, warmup_epochs=3)
+    for r in _rows(loss, dice, found): s.update(r)
+    assert not s.collapsed and s.best['epoch'] >= 24
+    assert not s.stop  # patience did not run out in the empty-mask phase (23 epochs > 15)
+    if rule == 'val_dice': assert s.best['epoch'] == 26
+
+
+def test_patience_counts_only_after_warmup_and_once_a_model_segments():
+    s = Selector('val_dice', patience=3, warmup_epochs=2)
+    for r in _rows([0.3] * 10, [0.0] * 10, [0.0] * 10): s.update(r)
+    assert s.collapsed and s.bad == 0 and not s.stop
+    s = Selector('val_dice', patience=3, warmup_epochs=2)
+    for r in _rows([0.3] * 6, [0.5, 0.4, 0.4, 0.4, 0.4, 0.4], [1.0] * 6): s.update(r)
+    assert s.best['epoch'] == 1 and s.bad == 4 and s.stop  # epoch 2 was warm-up, not counted; 3 to 6 were
+
+
+# ------------------------------------------------------------ the schedule
+@pytest.mark.parametrize('epoch,expected', [
+    (1, 3e-3 * 1 / 42),  # warm-up: the first step of 3 x 14
+    (3, 3e-3 * 29 / 42),  # still warming up
+    (4, 3e-3),  # warm-up over: the peak
+    (32, 3e-3 * 0.5 * (1 + math.cos(math.pi * 28 / 57))),  # cosine, about half-way
+    (60, 3e-3 * 0.5 * (1 + math.cos(math.pi * 56 / 57))),  # the last epoch: nearly 0
+])
+def test_schedule_values_at_chosen_epochs(epoch, expected):
+    q = resolve_config('quick').replace(lr=3e-3, warmup_epochs=3, epochs=60, lr_schedule='cosine')
+    assert math.isclose(lr_at(q, (epoch - 1) * 14, 14), expected, rel_tol=1e-12)
+    assert 0 < lr_at(q, 60 * 14 - 1, 14) < 1e-4 * 3e-3  # the last step
+    assert lr_at(q.replace(lr_schedule='constant', warmup_epochs=0), (epoch - 1) * 14, 14) == 3e-3
+
+
+def test_history_records_the_schedule(smoke_student):
+    out, _ = smoke_student
+    h = pd.read_csv(out/'Student'/'fold0'/'history.csv')
+    cfg = RunConfig.from_dict(json.loads((out/'Student'/'fold0'/'config.json').read_text())['config'])
+    per = math.ceil(len(json.loads((out/'Student'/'fold0'/'config.json').read_text())['split']['train']) / cfg.batch_size)
+    for e, lr in zip(h.epoch, h.lr): assert math.isclose(lr, lr_at(cfg, (e - 1) * per, per))
+
+
+def test_old_configs_read_back_with_the_rules_they_used():
+    d = resolve_config('quick').to_dict()
+    for k in LEGACY_FIELDS: d.pop(k)
+    c = RunConfig.from_dict(d)
+    assert (c.lr_schedule, c.warmup_epochs, c.select) == ('constant', 0, 'val_loss')
+
+
+def test_bad_recipe_values_are_refused():
+    with pytest.raises(ValueError, match="select='dice' is not valid; expected one of: 'val_loss', 'val_dice'"): resolve_config(select='dice')
+    with pytest.raises(ValueError, match="lr_schedule='poly'"): resolve_config(lr_schedule='poly')
+    with pytest.raises(ValueError, match=r'warmup_epochs=61 is out of range.*at most epochs=60'): resolve_config(warmup_epochs=61)
+
+
+def test_paper_profile_keeps_the_papers_rule():
+    p = resolve_config('paper')
+    assert (p.select, p.lr_schedule, p.warmup_epochs, p.patience, p.lr) == ('val_loss', 'constant', 0, 50, 1e-4)
+
+
+def test_patience_waits_while_the_validation_loss_still_falls():
+    # measured on BUSI: a KD student with Dice ~0 for 22 epochs while its validation loss fell; it must not stop there
+    n = 30
+    loss = [0.47 - 0.012 * e for e in range(n)]
+    dice = [0.006] + [0.0] * 22 + [0.3, 0.45, 0.5, 0.52, 0.5, 0.5, 0.5, 0.5]
+    s = Selector('val_dice', patience=20, warmup_epochs=3)
+    for r in _rows(loss, dice, [1.0] * n): s.update(r)
+    assert not s.stop and s.best['epoch'] == 27
+    s = Selector('val_dice', patience=3, warmup_epochs=0)
+    for r in _rows([0.3, 0.2, 0.25, 0.26, 0.27], [0.5, 0.4, 0.4, 0.4, 0.4], [1.0] * 5): s.update(r)
+    assert s.stop and s.bad == 3  # epoch 2 lowered the loss (reset); 3, 4, 5 improved nothing
