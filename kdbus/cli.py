@@ -65,7 +65,7 @@ def cmd_report(args) -> int:
     "Write Table 4, Figure 2 and the plots of a results folder."
     from kdbus.report import write_report
     if not Path(args.results).is_dir(): raise FileNotFoundError(f"{args.results}: results folder not found")
-    for p in write_report(args.results, out=args.out, image=args.image): print(f"wrote {p}")
+    for p in write_report(args.results, out=args.out, image=args.image, show_image=not args.no_image): print(f"wrote {p}")
     return 0
 
 # %% ../nbs/90_cli.ipynb #59fc608c
@@ -156,6 +156,7 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("results", type=Path, help="results folder (OUT of kdbus grid)")
     r.add_argument("--out", type=Path, default=None, help="where to write (default: the results folder)")
     r.add_argument("--image", default=None, help="Figure 2's test image id (default: the documented rule)")
+    r.add_argument("--no-image", action="store_true", help="Figure 2 without the image itself (contours only), for data sets that may not be redistributed")
     r.set_defaults(func=cmd_report)
 
     e = sub.add_parser("export", help="export a trained student checkpoint to ONNX and check it against PyTorch")

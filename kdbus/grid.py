@@ -259,14 +259,14 @@ class GridResult:
         lines = [f"grid: {len(self.done)} run, {len(self.skipped)} already complete, {len(self.failed)} failed "
                  f"({self.seconds / 60:.1f} min)"]
         lines += [f"  FAILED {l}/fold{f}: {why}" for l, f, why in self.failed]
-        lines += [f"  COLLAPSED {l}/fold{f}: its kept model predicts no lesion on any validation image (metrics.json: collapsed)"
+        lines += [f"  COLLAPSED {l}/fold{f}: its kept model finds no lesion on the validation images (metrics.json: collapsed)"
                   for l, f in self.collapsed]
         return "\n".join(lines)
 
 def is_collapsed(
     run_dir: str|Path,  # a run folder
 ) -> bool:
-    "Whether a complete run's metrics.json says its kept model collapsed (predicts no lesion on any validation image)."
+    "Whether a complete run's metrics.json says its kept model collapsed (finds no lesion on the validation images)."
     p = Path(run_dir) / 'metrics.json'
     try: return bool(json.loads(p.read_text()).get('collapsed', False)) if p.is_file() else False
     except (OSError, ValueError): return False

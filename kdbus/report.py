@@ -21,12 +21,12 @@ from .data import SegData, list_cases, load_data, make_folds, natural_key
 from .distill import TABLE3, parse_run_name
 
 # %% auto #0
-__all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_PAIRS', 'RUN_COLS', 'CONVERGED_SHARE',
-           'FIGURE2_RULE', 'HISTORY_COLS', 'REPORT_FILES', 'ReportWarning', 'stars', 'fake_results', 'find_runs',
-           'read_metrics', 'run_config', 'collect', 'run_summary', 'runs_line', 'paired_test', 'table4',
-           'table4_markdown', 'findings', 'choose_figure2_image', 'load_run_images', 'figure2', 'palette',
-           'dice_distribution', 'read_history', 'learning_curves', 'loss_terms', 'write_report', 'plot_history',
-           'plot_dice', 'plot_overlays']
+__all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_PAIRS', 'DATA_CITATIONS', 'RUN_COLS',
+           'CONVERGED_SHARE', 'FIGURE2_RULE', 'HISTORY_COLS', 'REPORT_FILES', 'ReportWarning', 'stars', 'data_citation',
+           'fake_results', 'find_runs', 'read_metrics', 'run_config', 'collect', 'run_summary', 'runs_line',
+           'paired_test', 'table4', 'table4_markdown', 'findings', 'choose_figure2_image', 'load_run_images', 'figure2',
+           'palette', 'dice_distribution', 'read_history', 'learning_curves', 'loss_terms', 'write_report',
+           'plot_history', 'plot_dice', 'plot_overlays']
 
 # %% ../nbs/10_report.ipynb #07d61946
 from .config import ALL_RUNS, label_params  # Table 4's rows (and run folder names), in the paper's order
@@ -67,6 +67,15 @@ def stars(p: float|None, # a p-value (None or NaN: no test)
     "Table 4's significance mark: '**' if p < 0.01, '*' if p < 0.05, else ''."
     if p is None or not np.isfinite(p): return ''
     return '**' if p < 0.01 else '*' if p < 0.05 else ''
+DATA_CITATIONS = {
+    'busi': "Al-Dhabyani W., Gomaa M., Khaled H., Fahmy A. Dataset of breast ultrasound images. Data in Brief 28:104863, 2020. doi:10.1016/j.dib.2019.104863",
+    'udiat': "Yap M.H. et al. Automated breast ultrasound lesions detection using convolutional neural networks. IEEE J Biomed Health Inform 22(4):1218-1226, 2018. doi:10.1109/JBHI.2017.2731873",
+}  # how to cite a data set kind wherever its images or results on them are shown
+
+def data_citation(data: str, # a data set spec, e.g. 'busi:/data/BUSI'
+                 ) -> str:  # the citation, or '' for kinds without one (synth, pairs)
+    "The citation of a data set spec's kind (`DATA_CITATIONS`)."
+    return DATA_CITATIONS.get(str(data).split(':', 1)[0], '')
 
 # %% ../nbs/10_report.ipynb #1f1b49ca
 def _dice_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
@@ -279,7 +288,7 @@ def table4(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s Da
             row[f"p vs {ref}"], row[f"sig vs {ref}"], row[f"n_pairs_{ref.lower()}"] = p, stars(p), n
             if note: notes.append(f"p vs {ref}: {note}")
         collapsed = sorted(g[g.collapsed.fillna(False).astype(bool)].fold.unique()) if 'collapsed' in g else []
-        if collapsed: notes.append(f"collapsed in fold(s) {', '.join(map(str, collapsed))}: the kept model predicts no lesion on any validation image; its test Dice is averaged in as it is")
+        if collapsed: notes.append(f"collapsed in fold(s) {', '.join(map(str, collapsed))}: the kept model finds no lesion on the validation images; its test Dice is averaged in as it is")
         params = g.groupby('fold')['params'].first().astype(float)
         if params.nunique() > 1: notes.append(f"params differ between folds ({', '.join(f'{v:,.0f}' for v in params)})")
         row['params (M)'] = params.mean() / 1e6
@@ -310,6 +319,7 @@ def table4_markdown(t: pd.DataFrame, # from `table4`
                     figure2_image: tuple[int, str]|None = None, # (fold, id) shown in Figure 2, for the notes
                     claims: pd.DataFrame|None = None, # from `findings`: appended as a second table
                     runs: pd.DataFrame|None = None, # from `run_summary`: counted in the notes
+                    data: str|None = None, # the runs' data set spec: named, with its citation where `DATA_CITATIONS` has one
                    ) -> str:
     "Table 4 as GitHub Markdown: a header, the table, notes (and the paper's findings checked)."
     show = pd.DataFrame({
@@ -336,6 +346,7 @@ def table4_markdown(t: pd.DataFrame, # from `table4`
               "- **params (M)**: trainable parameters of the deployed model in millions (the teacher's for Teacher, else the "
               f"student's; a HReg regressor is used only in training). The paper's student: {PAPER_STUDENT_PARAMS_M} M.",
               f"- **paper**: Table 4 of {PAPER}"]
+    if data: lines += [f"- **data**: `{data}`" + (f"; {data_citation(data)}" if data_citation(data) else '')]
     if runs is not None and len(runs): lines += [runs_line(runs)]
     notes = [f"  - {m}: {n}" for m, n in zip(t.model, t.note) if n]
     if notes: lines += ["- notes:"] + notes
@@ -447,6 +458,7 @@ _LEGEND = [Line2D([], [], color='lime', lw=1.5, label='ground truth'), Line2D([]
 def figure2(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s DataFrame
             image: str|None = None, # test image id to show (None: by `FIGURE2_RULE`)
             fold: int|None = None, # the fold `image` was tested in (None: the first fold that tested it)
+            show_image: bool = True, # False: contours on a plain background (for data sets whose images may not be redistributed)
            ) -> Figure:
     "The paper's Figure 2: (A) the image, (B) Teacher, (C) Student, (D-O) the 12 KD students, contours on one test image."
     df = _frame(results)
@@ -468,6 +480,7 @@ def figure2(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s D
     shape = masks.shape[1:]
     imgs, gts, why = _images_or_blank(first, [image], shape)
     img, gt = imgs[0], (gts[0] if gts is not None else None)
+    if not show_image: img, why = np.full(shape, 0.85, np.float32), 'image not shown'
     fig, axes = plt.subplots(3, 5, figsize=(13, 8.6), layout='constrained')
     axes = axes.ravel()
     _panel(axes[0], img, gt, None, f"(A) image {image}, fold {fold}" + (f"\n{why}" if why else ''))
@@ -484,6 +497,8 @@ def figure2(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s D
         _panel(ax, img, gt, rmasks[rids.index(image)], f"({letter}) {label}\nDSC {100 * dice:.1f} %")
     fig.legend(handles=_LEGEND, loc='outside lower center', ncol=2, frameon=False)
     fig.suptitle(f"Figure 2: test image {image} (fold {fold}), ground truth (green) and predictions (red)", fontsize=11)
+    cite = data_citation(run_config(first)['data'])
+    if cite: fig.text(0.5, -0.01, f"Data: {cite}", ha='center', va='top', fontsize=8, wrap=True)
     fig.figure2_image = (int(fold), image)
     return fig
 
@@ -603,6 +618,7 @@ def write_report(results_dir: str|Path, # the results folder OUT
                  out: str|Path|None = None, # folder to write into (None: `results_dir`)
                  image: str|None = None, # Figure 2's test image id (None: by `FIGURE2_RULE`)
                  fold: int|None = None, # the fold `image` was tested in (None: the first that tested it)
+                 show_image: bool = True, # Figure 2 shows the image (False: contours only, for images that may not be redistributed)
                 ) -> list[Path]:
     "Write Table 4 (csv, md), Figure 2 (png, pdf) and the Dice, learning-curve and loss-term figures; return their paths."
     df = collect(results_dir)
@@ -610,13 +626,13 @@ def write_report(results_dir: str|Path, # the results folder OUT
     out = Path(out) if out is not None else Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = [out/n for n in REPORT_FILES]
-    fig = figure2(df, image=image, fold=fold)
+    fig = figure2(df, image=image, fold=fold, show_image=show_image)
     try:
         _save(fig, paths[2]); _save(fig, paths[3])
     finally: plt.close(fig)
     runs = run_summary(df)
     atomic_write(paths[0], t.to_csv(index=False))
-    atomic_write(paths[1], table4_markdown(t, fig.figure2_image, findings(df), runs))
+    atomic_write(paths[1], table4_markdown(t, fig.figure2_image, findings(df), runs, run_config(df.run_dir.iloc[0]).get('data')))
     atomic_write(paths[7], runs.to_csv(index=False))
     for make, path in zip((dice_distribution, learning_curves, loss_terms), paths[4:]):
         fig = make(df)

@@ -23,9 +23,9 @@ from .losses import KDLosses, sup_loss
 from .models import ModelSpec, build_model, count_params, resolve_specs
 
 # %% auto #0
-__all__ = ['HISTORY_COLUMNS', 'pick_device', 'loader_workers', 'atomic_write', 'atomic_save', 'weights_hash', 'dice_iou',
-           'Baseline', 'build_step', 'load_model', 'validate', 'NonFiniteLoss', 'FitResult', 'batch_order', 'lr_at',
-           'Selector', 'fit']
+__all__ = ['HISTORY_COLUMNS', 'SEGMENTS_DICE', 'pick_device', 'loader_workers', 'atomic_write', 'atomic_save', 'weights_hash',
+           'dice_iou', 'Baseline', 'build_step', 'load_model', 'validate', 'NonFiniteLoss', 'FitResult', 'batch_order',
+           'lr_at', 'Selector', 'fit']
 
 # %% ../nbs/07_train.ipynb #b86ca14f
 def pick_device(
@@ -184,7 +184,7 @@ class FitResult:
     best_epoch: int  # epoch of the kept checkpoint (from 1): the best `cfg.select` score among non-collapsed epochs
     best_val_loss: float  # the validation loss of that epoch
     best_val_dice: float  # the validation Dice of that epoch
-    collapsed: bool  # the kept model predicts no lesion on any validation image, though the validation part has lesions
+    collapsed: bool  # the kept model finds no lesion on the validation part (though it has lesions): see `Selector`
     epochs_run: int  # epochs trained, over all resumptions
     stopped: str  # 'early' (patience ran out) or 'max_epochs'
     seconds: float  # training time over all resumptions (sum of the epochs' seconds)
@@ -219,6 +219,8 @@ def lr_at(
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
 
 # %% ../nbs/07_train.ipynb #9236273e
+SEGMENTS_DICE = 0.05  # below this mean validation Dice a model counts as collapsed: it finds no lesion (uninformative specks score ~0.01)
+
 @dataclass
 class Selector:
     "Keeps the best epoch by `select` (a model that segments beats a collapsed one); counts patience after warm-up, once a model segments, while nothing improves."
@@ -232,7 +234,7 @@ class Selector:
 
     def score(self, row: dict) -> tuple[bool, float]:  # (segments, score), compared as a tuple: higher is better
         "How good the model of one history row is."
-        segments = not (self.val_has_lesion and row['val_nonempty'] == 0)
+        segments = not self.val_has_lesion or (row['val_nonempty'] > 0 and row['val_dice'] >= SEGMENTS_DICE)
         return segments, (row['val_dice'] if self.select == 'val_dice' else -row['val_loss'])
 
     def update(self, row: dict) -> bool:
@@ -253,7 +255,7 @@ class Selector:
 
     @property
     def collapsed(self) -> bool:
-        "Whether the best model so far predicts no lesion on any validation image (though they have lesions)."
+        "Whether the best model so far finds no lesion: it predicts none, or nothing that overlaps them (validation Dice < `SEGMENTS_DICE`)."
         return self.best is not None and not self.best['score'][0]
 
 # %% ../nbs/07_train.ipynb #df283e7e

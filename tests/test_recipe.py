@@ -169,3 +169,48 @@ def test_patience_waits_while_the_validation_loss_still_falls():
     s = Selector('val_dice', patience=3, warmup_epochs=0)
     for r in _rows([0.3, 0.2, 0.25, 0.26, 0.27], [0.5, 0.4, 0.4, 0.4, 0.4], [1.0] * 5): s.update(r)
     assert s.stop and s.bad == 3  # epoch 2 lowered the loss (reset); 3, 4, 5 improved nothing
+
+
+# ------------------------------------------------------------ duplicate groups in runs and grids
+def _busi_with_a_copy(root, n=14):
+    "A BUSI tree of n distinct textured cases, plus benign (99): a byte copy of benign (1)."
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for i in range(1, n + 1):
+        cls = 'benign' if i % 3 else 'malignant'
+        img = (np.clip(rng.normal(128, 40, (48, 64)), 0, 255)).astype(np.uint8)
+        img = np.asarray(Image.fromarray(img).resize((32, 24)).resize((64, 48), Image.BILINEAR))  # smooth: a scan-like texture
+        (root/cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(root/cls/f"{cls} ({i}).png")
+        m = np.zeros((48, 64), np.uint8); m[10 + i % 5:30, 15:40 + i % 7] = 255
+        Image.fromarray(m).save(root/cls/f"{cls} ({i})_mask.png")
+    for suffix in ('', '_mask'): (root/'benign'/f"benign (99){suffix}.png").write_bytes((root/'benign'/f"benign (1){suffix}.png").read_bytes())
+    return root
+
+
+def test_runs_keep_duplicate_groups_whole_and_record_them(tmp_path):
+    root = _busi_with_a_copy(tmp_path/'B')
+    data = f"busi:{root}"
+    c = resolve_config('smoke', path='teacher', data=data, out_dir=str(tmp_path/'runs'), epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        experiment.run_experiment(c, progress=False)
+    split = json.loads((c.run_dir/'config.json').read_text())['split']
+    assert split['duplicate_groups'] == [['benign (1)', 'benign (99)']]
+    part = {i: k for k in ('train', 'val', 'test') for i in split[k]}
+    assert part['benign (1)'] == part['benign (99)']
+
+
+def test_the_grid_refuses_to_mix_grouped_and_ungrouped_folds(tmp_path):
+    from kdbus.grid import check_compatible, grid_jobs
+    root = _busi_with_a_copy(tmp_path/'B')
+    out = tmp_path/'runs'
+    job = grid_jobs('smoke', f"busi:{root}", (0,), out, labels=('Teacher',))[0]
+    d = job.run_dir(out); d.mkdir(parents=True)
+    saved = dict(config=resolve_config(**job.params).to_dict(), split=dict(train=[], val=[], test=[]))  # made before grouping: no duplicate_groups
+    (d/'config.json').write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"folds that ignore duplicates .* keeps 1 duplicate group\(s\) .* another --out folder"):
+        check_compatible(job, out)
+    saved['split']['duplicate_groups'] = [['benign (1)', 'benign (99)']]
+    (d/'config.json').write_text(json.dumps(saved))
+    check_compatible(job, out)  # the same groups: fine

@@ -14,7 +14,7 @@ from kdbus.distill import TABLE3
 from kdbus.evaluate import load_predictions
 from kdbus.report import (ALL_RUNS, MIN_PAIRS, PAPER_TABLE4, REPORT_FILES, ReportWarning, choose_figure2_image, collect,
                           dice_distribution, fake_results, figure2, find_runs, learning_curves, loss_terms, plot_dice,
-                          plot_history, plot_overlays, stars, table4, write_report)
+                          plot_history, plot_overlays, stars, table4, table4_markdown, data_citation, write_report)
 from kdbus.synth import write_synth
 
 PAPER_MD = Path(__file__).resolve().parents[1].parent / 'shared/paper/PAPER.md'
@@ -339,3 +339,16 @@ def test_findings_compare_like_the_paper(df):
     assert c.loc['the best KD student is within 1.5 points of the Teacher', 'ours'].startswith(f"{best}: ")
     up = int((t.dsc_mean[list(TABLE3)] > t.dsc_mean['Student']).sum())
     assert c.loc['every KD student beats the Student', 'ours'].startswith(f"{up} of 12 higher")
+
+
+def test_figure2_can_leave_the_image_out_and_cites_the_data(full, df):
+    with_image = figure2(df)
+    a = with_image.axes[0].images[0].get_array()
+    assert np.ptp(np.asarray(a)) > 0  # the image is drawn
+    without = figure2(df, show_image=False)
+    b = np.asarray(without.axes[0].images[0].get_array())
+    assert np.ptp(b) == 0 and 'image not shown' in without.axes[0].get_title()  # a plain background, said so
+    assert len(without.axes[1].collections) == len(with_image.axes[1].collections)  # the same contours
+    assert data_citation('busi:/data/BUSI').startswith('Al-Dhabyani') and data_citation('synth') == ''
+    md = table4_markdown(table4(df), data='busi:/data/BUSI')
+    assert '- **data**: `busi:/data/BUSI`; Al-Dhabyani W.' in md
