@@ -34,7 +34,9 @@ def check_run(
     pick_device(cfg.device)
     try: cases = list_cases(cfg.data)
     except DataError as e: raise DataError(f"data={cfg.data!r}: {e.message}", e.file) from None
-    try: folds = make_folds([c.label for c in cases], k=cfg.k_folds, seed=cfg.seed, val_frac=cfg.val_frac, groups=fold_groups(cfg.data))
+    try: groups = fold_groups(cfg.data)  # reads every image once (duplicate fingerprints): an unreadable one fails here
+    except DataError as e: raise DataError(f"{e.message} (data={cfg.data!r}; found while looking for duplicate images)", e.file) from None
+    try: folds = make_folds([c.label for c in cases], k=cfg.k_folds, seed=cfg.seed, val_frac=cfg.val_frac, groups=groups)
     except ValueError as e: raise ValueError(f"data={cfg.data!r} ({len(cases)} images) cannot be split as asked: {e}") from None
     if cfg.is_kd and cfg.path != 'logits':
         for spec in resolve_specs(cfg.model_preset, None):

@@ -162,7 +162,7 @@ PRESETS: dict[str, dict[str, ModelSpec]] = {
     'smoke': dict(teacher=ModelSpec(encoder='tu-mobilenetv3_small_075', decoder_channels=(16, 8, 4, 4, 4)),
                   student=ModelSpec(encoder='tu-mobilenetv3_small_050', decoder_channels=(8, 4, 4, 4, 4))),
     'quick-pretrained': dict(teacher=ModelSpec(encoder='tu-tf_efficientnet_lite0', encoder_weights='imagenet-offline',
-                                               decoder_channels=(128, 64, 32, 16, 8)),
+                                               decoder_channels=SMP_UNET_DECODER),
                              student=ModelSpec(encoder='tu-mobilenetv3_small_050', decoder_channels=(32, 16, 8, 4, 4))),
 }  # teacher/student specs per preset; random init except the quick-pretrained teacher (ImageNet, from the offline wheel)
 

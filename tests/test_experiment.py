@@ -60,7 +60,7 @@ def _udiat(root, n=6, broken=None):
 def test_unreadable_image_fails_before_training(tmp_path):
     root = _udiat(tmp_path/'set', broken=3)
     c = resolve_config('smoke', path='teacher', data=f"udiat:{root}", k_folds=2, n_folds=1, out_dir=str(tmp_path/'runs'))
-    check_run(c)  # the layout is right; the broken file is found when the images are read
+    with pytest.raises(DataError, match=r'000003\.png: cannot decode.*looking for duplicate images'): check_run(c)  # every image is read once, for duplicates
     with pytest.raises(DataError, match=r'000003\.png: cannot decode'): run_experiment(c, progress=False)
     assert not c.run_dir.exists()
 
