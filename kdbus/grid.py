@@ -68,13 +68,14 @@ def check_compatible(
     job: Job,  # a job of this grid
     out: Path,  # results folder
 ):
-    "Refuse to mix runs of another profile, data set, seed or model preset into a results folder."
+    "Refuse to mix runs of another profile, data set, seed, model preset, budget or training recipe into a results folder."
     from kdbus.config import resolve_config
     cfg = job.run_dir(out) / 'config.json'
     if not cfg.is_file(): return
-    saved = json.loads(cfg.read_text())['config']
+    from kdbus.config import LEGACY_FIELDS
+    saved = {**LEGACY_FIELDS, **json.loads(cfg.read_text())['config']}  # runs saved before the recipe fields used the legacy rules
     asked = resolve_config(**job.params).to_dict()  # specs compare in their canonical form
-    for k in ('profile', 'data', 'seed', 'model_preset'):
+    for k in ('profile', 'data', 'seed', 'model_preset', 'size', 'batch_size', 'epochs', 'patience', 'lr', *LEGACY_FIELDS):
         if k in saved and saved[k] != asked[k]:
             raise ValueError(f"{cfg} was made with {k}={saved[k]!r}, but this grid asks for {k}={asked[k]!r}: "
                              f"use another --out folder for another {k}")

@@ -214,3 +214,19 @@ def test_the_grid_refuses_to_mix_grouped_and_ungrouped_folds(tmp_path):
     saved['split']['duplicate_groups'] = [['benign (1)', 'benign (99)']]
     (d/'config.json').write_text(json.dumps(saved))
     check_compatible(job, out)  # the same groups: fine
+
+
+def test_the_grid_refuses_to_mix_training_recipes(tmp_path):
+    "A results folder made with the earlier recipe (no recipe fields saved: constant rate, lowest validation loss) takes no runs of the new one."
+    from kdbus.grid import check_compatible, grid_jobs
+    job = grid_jobs('smoke', DATA, (0,), tmp_path, labels=('Student',))[0]
+    d = job.run_dir(tmp_path); d.mkdir(parents=True)
+    old = resolve_config(**job.params).to_dict()
+    for k in LEGACY_FIELDS: old.pop(k)
+    (d/'config.json').write_text(json.dumps(dict(config=old, split=dict(duplicate_groups=[]))))
+    with pytest.raises(ValueError, match=r"was made with lr_schedule='constant', but this grid asks for lr_schedule='cosine'"):
+        check_compatible(job, tmp_path)
+    (d/'config.json').write_text(json.dumps(dict(config=resolve_config(**job.params).to_dict(), split=dict(duplicate_groups=[]))))
+    check_compatible(job, tmp_path)
+    (d/'config.json').write_text(json.dumps(dict(config={**resolve_config(**job.params).to_dict(), 'epochs': 5}, split=dict(duplicate_groups=[]))))
+    with pytest.raises(ValueError, match=r"epochs=5, but this grid asks for epochs=2"): check_compatible(job, tmp_path)
