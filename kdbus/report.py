@@ -496,9 +496,8 @@ def figure2(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s D
         if image not in rids: raise ValueError(f"{run/'predictions.npz'}: no prediction for image {image!r} listed in its per_image.csv")
         _panel(ax, img, gt, rmasks[rids.index(image)], f"({letter}) {label}\nDSC {100 * dice:.1f} %")
     fig.legend(handles=_LEGEND, loc='outside lower center', ncol=2, frameon=False)
-    fig.suptitle(f"Figure 2: test image {image} (fold {fold}), ground truth (green) and predictions (red)", fontsize=11)
     cite = data_citation(run_config(first)['data'])
-    if cite: fig.text(0.5, -0.01, f"Data: {cite}", ha='center', va='top', fontsize=8, wrap=True)
+    fig.suptitle(f"Figure 2: test image {image} (fold {fold}), ground truth (green) and predictions (red)" + (f"\nData: {cite}" if cite else ''), fontsize=11)
     fig.figure2_image = (int(fold), image)
     return fig
 
