@@ -73,14 +73,15 @@ def check_compatible(
     cfg = job.run_dir(out) / 'config.json'
     if not cfg.is_file(): return
     from kdbus.config import LEGACY_FIELDS
-    saved = {**LEGACY_FIELDS, **json.loads(cfg.read_text())['config']}  # runs saved before the recipe fields used the legacy rules
+    record = json.loads(cfg.read_text())
+    saved = {**LEGACY_FIELDS, **record['config']}  # runs saved before the recipe fields used the legacy rules
     asked = resolve_config(**job.params).to_dict()  # specs compare in their canonical form
     for k in ('profile', 'data', 'seed', 'model_preset', 'size', 'batch_size', 'epochs', 'patience', 'lr', *LEGACY_FIELDS):
         if k in saved and saved[k] != asked[k]:
             raise ValueError(f"{cfg} was made with {k}={saved[k]!r}, but this grid asks for {k}={asked[k]!r}: "
                              f"use another --out folder for another {k}")
     from kdbus.experiment import duplicate_id_groups
-    made, now = json.loads(cfg.read_text()).get('split', {}).get('duplicate_groups'), duplicate_id_groups(asked['data'])
+    made, now = record.get('split', {}).get('duplicate_groups'), duplicate_id_groups(asked['data'])
     if (made is None and now) or (made is not None and made != now):
         was = "folds that ignore duplicates (made before kdbus grouped them)" if made is None else f"{len(made)} other duplicate group(s)"
         raise ValueError(f"{cfg} was made with {was}, but this grid keeps {len(now)} duplicate group(s) of {asked['data']} whole "
@@ -326,7 +327,7 @@ def schedule(
             how = (f"{time.time() - t[j]:.0f} s" if executor.name == 'local' or not info else
                    f"{info['seconds']:.0f} s on {info['host']}, {time.time() - t[j]:.0f} s after it was submitted")
             res.done.append((j.label, j.fold))
-            if is_collapsed(j.run_dir(out)): res.collapsed.append((j.label, j.fold)); how += "; COLLAPSED: its kept model predicts no lesion"
+            if is_collapsed(j.run_dir(out)): res.collapsed.append((j.label, j.fold)); how += "; COLLAPSED: its kept model finds no lesion"
             log(f"{tags[j]}: done in {how}")
     return res
 
