@@ -18,7 +18,7 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['KINDS', 'IMAGE_EXTS', 'MASK_SUFFIXES', 'BUSI_CLASSES', 'DUPLICATE_THRESHOLD', 'Problem', 'DataError', 'DataWarning',
-           'DataSpec', 'parse_spec', 'cache_dir', 'synth_path', 'resolve_spec', 'read_image', 'read_mask',
+           'DataSpec', 'parse_spec', 'same_data', 'cache_dir', 'synth_path', 'resolve_spec', 'read_image', 'read_mask',
            'read_labels', 'Case', 'natural_key', 'scan_cases', 'list_cases', 'find_problems', 'Fingerprint',
            'fingerprint', 'read_fingerprint', 'similarity', 'scored_pairs', 'group_ids', 'duplicate_pairs',
            'duplicate_groups', 'DuplicateGroup', 'group_duplicates', 'fold_groups', 'DataSummary', 'check_data',
@@ -106,6 +106,16 @@ def parse_spec(spec: str|DataSpec, # a spec string like 'busi:/data/BUSI:normal'
             except ValueError: raise DataError(f"spec {spec!r}: option {key!r} needs an integer, got {val!r}") from None
         else: args[name] = val
     return replace(DataSpec(kind, **args), **overrides) if overrides else DataSpec(kind, **args)
+
+# %% ../nbs/01_data.ipynb #211175d5
+def same_data(a: str|DataSpec, # a data set spec
+              b: str|DataSpec, # another one
+             ) -> bool:
+    "Whether specs `a` and `b` name the same data set: equal options, folders equal once made absolute and resolved."
+    def canon(s):
+        s = parse_spec(s)
+        return replace(s, **{k: Path(v).resolve() for k in ('root', 'mask_root') if (v := getattr(s, k)) is not None})
+    return canon(a) == canon(b)
 
 # %% ../nbs/01_data.ipynb #761b1322
 def cache_dir() -> Path:

@@ -73,11 +73,12 @@ def check_compatible(
     cfg = job.run_dir(out) / 'config.json'
     if not cfg.is_file(): return
     from kdbus.config import LEGACY_FIELDS
+    from kdbus.data import same_data
     record = json.loads(cfg.read_text())
     saved = {**LEGACY_FIELDS, **record['config']}  # runs saved before the recipe fields used the legacy rules
     asked = resolve_config(**job.params).to_dict()  # specs compare in their canonical form
     for k in ('profile', 'data', 'seed', 'model_preset', 'size', 'batch_size', 'epochs', 'patience', 'lr', *LEGACY_FIELDS):
-        if k in saved and saved[k] != asked[k]:
+        if k in saved and not (same_data(saved[k], asked[k]) if k == 'data' else saved[k] == asked[k]):  # data: any spelling of its folder
             raise ValueError(f"{cfg} was made with {k}={saved[k]!r}, but this grid asks for {k}={asked[k]!r}: "
                              f"use another --out folder for another {k}")
     from kdbus.experiment import duplicate_id_groups
