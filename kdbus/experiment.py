@@ -15,7 +15,7 @@ from torch import nn
 
 import kdbus
 from .config import RunConfig
-from .data import DataError, Fold, SegData, fold_groups, list_cases, load_data, make_folds
+from .data import DataError, Fold, SegData, fold_groups, list_cases, load_data, make_folds, same_data
 from .evaluate import evaluate, save_predictions, summarise
 from .models import build_model, model_record, resolve_specs, resolve_stages
 from .train import atomic_write, build_step, fit, load_model, pick_device, weights_hash
@@ -127,7 +127,8 @@ def check_same_run(
     saved = saved_config(run_dir)
     if saved is None: return
     a, b = saved.identity(), cfg.identity()
-    diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    same = lambda k: same_data(a[k], b[k]) if k == 'data' and k in a and k in b else a.get(k) == b.get(k)  # data: any spelling of its folder
+    diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b)) if not same(k)]
     if diff: raise ValueError(f"{run_dir} holds a different {saved.label} run ({'; '.join(diff)}); use another out_dir, or delete that folder to replace it")
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ from PIL import Image
 from kdbus.config import RunConfig, label_params, resolve_config
 from kdbus.data import DataError
 from kdbus.evaluate import PER_IMAGE_COLUMNS, load_predictions, read_per_image
-from kdbus.experiment import check_run, ensure_teacher, read_json, run_experiment
+from kdbus.experiment import check_run, check_same_run, ensure_teacher, read_json, run_experiment
 from kdbus.train import HISTORY_COLUMNS, load_model, weights_hash
 
 DATA = 'synth:n=24'
@@ -132,6 +132,18 @@ def test_a_teacher_with_other_settings_is_refused(grid):
         run_experiment(cfg(out, 'H_KLD', lr=0.005), progress=False)
     with pytest.raises(ValueError, match='size: 64 there, 96 here'):
         ensure_teacher(cfg(out, 'H_KLD', size=96), progress=False)
+
+
+def test_a_data_folder_spelled_otherwise_is_the_same_run(tmp_path, monkeypatch):
+    "A run made with a relative data folder is resumed (or its teacher reused) by one naming the folder absolutely."
+    monkeypatch.chdir(tmp_path)
+    cfg = lambda data: resolve_config('smoke', data=data, out_dir=str(tmp_path/'runs'))
+    made = cfg('udiat:set')
+    made.run_dir.mkdir(parents=True)
+    (made.run_dir/'config.json').write_text(json.dumps(dict(config=made.to_dict())))
+    check_same_run(cfg(f"udiat:{tmp_path/'set'}"), made.run_dir)
+    with pytest.raises(ValueError, match=r"data: 'udiat:set' there, 'udiat:.*other' here"):
+        check_same_run(cfg(f"udiat:{tmp_path/'other'}"), made.run_dir)
 
 
 def test_a_teacher_without_checkpoint_is_retrained_identically(tmp_path):
