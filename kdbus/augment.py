@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 # %% auto #0
 __all__ = ['TeacherAug', 'TEACHER_AUGS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'check_teacher_aug', 'AugSettings', 'crop_transforms',
            'strong_transforms', 'normalize_transform', 'seed_compose', 'weak_aug', 'strong_aug', 'normalize',
-           'matrix_to_theta', 'identity_theta', 'carry_to_student', 'AlignedViews', 'KDDataset']
+           'matrix_to_theta', 'identity_theta', 'carry_to_student', 'applied_matrix', 'AlignedViews', 'KDDataset']
 
 # %% ../nbs/02_augment.ipynb #73f61855
 TeacherAug = Literal['strong', 'weak']  # the teacher's augmentation: the student's own view, or a weak one (`_WAug`)
@@ -189,6 +189,17 @@ def carry_to_student(
     return out * valid, valid
 
 # %% ../nbs/02_augment.ipynb #9083a63f
+def applied_matrix(
+    affine: A.Affine,  # the strong pipeline's affine, just called
+) -> np.ndarray:  # 3 x 3 OpenCV matrix, teacher-view pixels -> student-view pixels
+    "The matrix `affine` applied on its last call: the identity if it was not applied (p < 1), an error if Albumentations no longer reports it."
+    params = affine.get_applied_params()  # Albumentations 2.x: {} when the transform was skipped
+    if not params: return np.eye(3)
+    if 'matrix' not in params:  # a renamed key must not silently become the identity (misaligned KD targets)
+        raise RuntimeError(f"albumentations {A.__version__}: the applied Affine's parameters have no 'matrix' (keys: {sorted(params)}); "
+                           "kdbus cannot align the teacher's weak view with the student's; install albumentations 2.0.x")
+    return np.asarray(params['matrix'], np.float64)
+
 class AlignedViews:
     "Make one sample's student (strong) view and mask, teacher view and `theta` from a float image in [0, 1]."
     def __init__(
@@ -223,7 +234,7 @@ class AlignedViews:
         if self.teacher_aug == 'strong':
             return dict(student=student, mask=st['mask'], teacher=student, teacher_mask=st['mask'],
                         theta=np.eye(2, 3, dtype=np.float32))
-        m = self.affine.get_applied_params().get('matrix', np.eye(3))
+        m = applied_matrix(self.affine)
         return dict(student=student, mask=st['mask'], teacher=normalize(weak['image'], self.settings),
                     teacher_mask=weak['mask'], theta=matrix_to_theta(m, st['mask'].shape[:2]))
 

@@ -20,7 +20,7 @@ import kdbus
 from .augment import IMAGENET_MEAN, IMAGENET_STD, normalize
 from .data import IMAGE_EXTS, MASK_SUFFIXES, DataError, _resize, natural_key, read_image
 from .models import PRESETS, ModelSpec, build_model, count_params
-from .train import atomic_write
+from .train import atomic_write, temp_path
 
 # %% auto #0
 __all__ = ['PAPER_SIZE', 'ONNX_OPSET', 'INPUT_NAME', 'OUTPUT_NAME', 'PARITY_MASK', 'PARITY_ATOL', 'PARITY_RTOL',
@@ -133,7 +133,7 @@ def export_onnx(
     d = divisor(model) if example is None else 1
     if size % d: raise ValueError(f"size={size} must be a multiple of {d} for this {type(model).__name__}")
     out = Path(out); out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = temp_path(out, ".onnx")  # unique per writer
     was = model.training; model.eval()
     p = next(model.parameters())
     x = torch.zeros(1, 3, size, size, dtype=p.dtype, device=p.device) if example is None else example.to(p.device, p.dtype)
@@ -243,7 +243,7 @@ def quantize_int8(
     from onnxruntime.quantization import QuantType, quantize_dynamic
     src, dst = Path(src), Path(dst)
     load_onnx(src)  # fail early, naming the file, if it is not one
-    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp = temp_path(dst, ".onnx")  # unique per writer
     log = logging.getLogger(); level = log.level
     try:
         log.setLevel(logging.ERROR)  # quantize_dynamic advises pre-processing through the root logger

@@ -23,7 +23,7 @@ from .train import atomic_write, build_step, fit, load_model, pick_device, weigh
 # %% auto #0
 __all__ = ['check_run', 'run_data', 'duplicate_id_groups', 'split_record', 'git_commit', 'cpu_model', 'env_info', 'write_json',
            'read_json', 'saved_config', 'check_same_run', 'run_lock', 'ensure_teacher', 'check_no_leak',
-           'run_experiment']
+           'portable_config', 'portable_teacher', 'run_experiment']
 
 # %% ../nbs/09_experiment.ipynb #ef9d9548
 def check_run(
@@ -180,6 +180,18 @@ def check_no_leak(
     if leak: raise ValueError(f"teacher {where} was trained or validated on {len(leak)} of this run's test images (e.g. {leak[:3]}): its split differs; use another out_dir")
 
 # %% ../nbs/09_experiment.ipynb #29a18764
+def portable_config(cfg: RunConfig) -> dict:
+    "`cfg` as config.json stores it: `out_dir` is '.', the results folder itself, so the folder can move to another machine."
+    return {**cfg.to_dict(), 'out_dir': '.'}
+
+def portable_teacher(
+    trec: dict,  # from `ensure_teacher`
+    out_dir: str|Path,  # the results folder
+) -> dict:  # the record without its split, its paths relative to `out_dir`
+    "The teacher record config.json stores: paths relative to the results folder (e.g. 'Teacher/fold0/best.pt')."
+    rel = lambda p: Path(os.path.relpath(Path(p).absolute(), Path(out_dir).absolute())).as_posix()
+    return {k: rel(v) if k in ('run_dir', 'checkpoint') else v for k, v in trec.items() if k != 'split'}
+
 def run_experiment(
     cfg: RunConfig,  # from `resolve_config`
     progress: bool = True,  # show progress bars
@@ -200,8 +212,8 @@ def run_experiment(
         models = dict(trained=model_record(step.student))
         if teacher is not None: models['teacher'] = model_record(teacher)
         if not (run_dir/'config.json').exists():
-            write_json(run_dir/'config.json', dict(config=cfg.to_dict(), label=cfg.label, models=models, split=split,
-                                                   teacher={k: v for k, v in trec.items() if k != 'split'} if trec else None))
+            write_json(run_dir/'config.json', dict(config=portable_config(cfg), label=cfg.label, models=models, split=split,
+                                                   teacher=portable_teacher(trec, cfg.out_dir) if trec else None))
         write_json(run_dir/'env.json', env_info(device))
         res = fit(step, cfg, data.subset(fold.train), data.subset(fold.val), run_dir, progress)
         per_image, pred = evaluate(res.model, data.subset(fold.test), cfg.batch_size)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_grid.ipynb #aab7912b
 from __future__ import annotations
-import contextlib, json, os, socket, sys, threading, time, traceback, uuid
+import _thread, contextlib, json, os, socket, sys, threading, time, traceback, uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -14,9 +14,9 @@ from .distill import TABLE3
 
 # %% auto #0
 __all__ = ['LOCK_NAME', 'STALE_AFTER', 'ATTEMPTS_NAME', 'run_params', 'Job', 'grid_jobs', 'run_status', 'check_compatible',
-           'run_notebook', 'execute_job', 'RunLocked', 'lock_owner', 'lock_is_stale', 'run_folder_lock', 'attempts',
-           'run_job', 'teacher_ready', 'teacher_waits', 'GridResult', 'is_collapsed', 'LocalExecutor', 'schedule',
-           'run_grid']
+           'run_notebook', 'execute_job', 'RunLocked', 'LockLost', 'lock_owner', 'lock_is_stale', 'run_folder_lock',
+           'attempts', 'run_job', 'teacher_ready', 'teacher_waits', 'GridResult', 'is_collapsed', 'LocalExecutor',
+           'schedule', 'run_grid']
 
 # %% ../nbs/11_grid.ipynb #a619fa54
 def run_params(
@@ -115,6 +115,9 @@ ATTEMPTS_NAME = 'grid_attempts.jsonl'  # one JSON line per attempt event (start,
 class RunLocked(RuntimeError):
     "Another live process owns the run folder."
 
+class LockLost(RuntimeError):
+    "The run folder's lock was taken over while this process held it (it stalled past `stale_after`): the run was stopped."
+
 def _pid_alive(pid) -> bool:
     try: os.kill(int(pid), 0)
     except (ProcessLookupError, ValueError, TypeError): return False
@@ -176,16 +179,31 @@ def run_folder_lock(
             time.sleep(1.0); continue
         with os.fdopen(fd, 'w') as f: f.write(json.dumps(me))
         break
-    stop = threading.Event()
-    def beat():
+    stop, lost = threading.Event(), threading.Event()
+    on_main = threading.current_thread() is threading.main_thread()
+    def beat():  # refresh the lock while it is still ours; once another process took it over, stop the run
         while not stop.wait(stale_after / 4):
+            owner, _ = lock_owner(lock)
+            if not owner or owner.get('token') != token:
+                lost.set()
+                if on_main: _thread.interrupt_main()  # a KeyboardInterrupt in the run, turned into LockLost below
+                return
             with contextlib.suppress(OSError): os.utime(lock)
     threading.Thread(target=beat, daemon=True).start()
+    def gone():
+        owner = lock_owner(lock)[0] or {}
+        return LockLost(f"{d}: this process (pid {me['pid']} on {me['host']}) lost its lock to pid {owner.get('pid')} on {owner.get('host')} "
+                        f"({owner.get('what')}): it had not refreshed it for {stale_after:.0f} s (a stall), so another took the folder over; "
+                        "this run was stopped so that it does not write beside its successor")
     try: yield lock
+    except KeyboardInterrupt:
+        if lost.is_set(): raise gone() from None
+        raise
     finally:
         stop.set()
         owner, _ = lock_owner(lock)
         if owner and owner.get('token') == token: lock.unlink(missing_ok=True)
+    if lost.is_set(): raise gone()  # finished (off the main thread, or before the interrupt landed), but not as the folder's owner
 
 # %% ../nbs/11_grid.ipynb #a2e09a03
 def _log_attempt(d: Path, **rec):

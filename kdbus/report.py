@@ -17,21 +17,21 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from scipy import ndimage, stats
 
-from .data import SegData, list_cases, load_data, make_folds, natural_key
+from .data import SegData, list_cases, load_data, make_folds, natural_key, same_data
 from .distill import TABLE3, parse_run_name
 
 # %% auto #0
 __all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_PAIRS', 'DATA_CITATIONS', 'RUN_COLS',
-           'CONVERGED_SHARE', 'FIGURE2_RULE', 'HISTORY_COLS', 'REPORT_FILES', 'ReportWarning', 'stars', 'data_citation',
-           'fake_results', 'find_runs', 'read_metrics', 'run_config', 'collect', 'run_summary', 'runs_line',
-           'paired_test', 'table4', 'table4_markdown', 'findings', 'choose_figure2_image', 'load_run_images', 'figure2',
-           'palette', 'dice_distribution', 'read_history', 'learning_curves', 'loss_terms', 'write_report',
-           'plot_history', 'plot_dice', 'plot_overlays']
+           'SPLIT_FIELDS', 'CONVERGED_SHARE', 'FIGURE2_RULE', 'HISTORY_COLS', 'REPORT_FILES', 'ReportWarning', 'stars',
+           'data_citation', 'fake_results', 'find_runs', 'read_metrics', 'run_config', 'split_of', 'check_one_split',
+           'collect', 'run_summary', 'runs_line', 'paired_test', 'table4', 'table4_markdown', 'findings',
+           'choose_figure2_image', 'load_run_images', 'figure2', 'palette', 'dice_distribution', 'read_history',
+           'learning_curves', 'loss_terms', 'write_report', 'plot_history', 'plot_dice', 'plot_overlays']
 
 # %% ../nbs/10_report.ipynb #07d61946
 from .config import ALL_RUNS, label_params  # Table 4's rows (and run folder names), in the paper's order
 from .evaluate import PER_IMAGE_COLUMNS, load_predictions, read_per_image  # the run files' readers (checked)
-from .train import atomic_write
+from .train import atomic_write, temp_path
 
 PAPER = ("Behboodi B., Brooks R., Rivaz H. Optimizing knowledge distillation for efficient breast ultrasound image "
          "segmentation: insights and performance enhancement. Artificial Intelligence in Health 2(2), 2025. "
@@ -198,6 +198,29 @@ def run_config(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
     return cfg
 
 # %% ../nbs/10_report.ipynb #40834e70
+SPLIT_FIELDS = ('data', 'size', 'seed', 'k_folds', 'val_frac')  # config fields that fix a run's folds and its test images
+
+def split_of(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
+            ) -> dict:
+    "What fixes a run's folds and test images: `SPLIT_FIELDS` of its config and the duplicate groups its folds kept whole."
+    cfg = run_config(run_dir)
+    groups = (cfg.get('split') or {}).get('duplicate_groups') or []  # none recorded: none kept whole, the same folds as no duplicates
+    return {**{k: cfg.get(k) for k in SPLIT_FIELDS}, 'duplicate_groups': sorted(map(sorted, groups))}
+
+def check_one_split(runs: Sequence[Path], # complete run folders of one results folder
+                   ):
+    "Raise unless all `runs` share one split: Table 4 pairs their per-image Dice by (fold, image id)."
+    if not runs: return
+    first, a = runs[0], split_of(runs[0])
+    for run in runs[1:]:
+        b = split_of(run)
+        diff = [k for k in a if not (a[k] == b[k] or (k == 'data' and a[k] and b[k] and same_data(a[k], b[k])))]
+        if diff:
+            what = '; '.join(f"{k}: {a[k]!r} in {first}, {b[k]!r} in {run}" if k != 'duplicate_groups' else
+                             f"duplicate groups kept whole: {len(a[k])} in {first}, {len(b[k])} in {run}" for k in diff)
+            raise ValueError(f"runs of one results folder must share one split, since Table 4 pairs them by (fold, image id); {what}. "
+                             "Move one of them to another results folder")
+
 def collect(results_dir: str|Path, # the results folder OUT
            ) -> pd.DataFrame:
     "Per-image rows of every complete run under `results_dir`, with run-level metrics; incomplete runs warned about."
@@ -215,6 +238,7 @@ def collect(results_dir: str|Path, # the results folder OUT
         for k in RUN_COLS: pi[k] = m.get(k, False if k in ('fake', 'collapsed') else np.nan)
         pi['run_dir'] = str(run)
         frames.append(pi)
+    check_one_split(done)
     cols = ['label', 'fold', *PER_IMAGE_COLUMNS, *RUN_COLS, 'run_dir']
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
     df.attrs.update(results_dir=str(root), incomplete=[str(p.relative_to(root)) for p in todo])
@@ -329,6 +353,7 @@ def table4_markdown(t: pd.DataFrame, # from `table4`
         'p vs Student': [_fmt_p(p, m == 'Student') for p, m in zip(t['p vs Student'], t.model)],
         'params (M)': [f"{v:.3g}" if np.isfinite(v) else 'n/a' for v in t['params (M)']],
         'images (folds)': [f"{n} ({f})" for n, f in zip(t.n_images, t.fold_ids)],
+        'pairs vs T / S': [f"{'-' if m == 'Teacher' else a} / {'-' if m == 'Student' else b}" for m, a, b in zip(t.model, t.n_pairs_teacher, t.n_pairs_student)],
         'paper DSC (%)': t['paper DSC (%)'].replace('', '-'),
         'paper p vs Teacher': [_fmt_p(p, m == 'Teacher') for p, m in zip(t['paper p vs Teacher'], t.model)],
         'paper p vs Student': [_fmt_p(p, m == 'Student') for p, m in zip(t['paper p vs Student'], t.model)],
@@ -339,7 +364,7 @@ def table4_markdown(t: pd.DataFrame, # from `table4`
     if t.attrs.get('results_dir'): lines += [f"Results folder: `{t.attrs['results_dir']}`.", ""]
     lines += [show.to_markdown(index=False, disable_numparse=True), "",
               "- **DSC (%)**: mean ± sample standard deviation of the per-image Dice over all test images of all folds "
-              "listed (the paper: \"mean ± std over 3-fold cross-validation\"; its standard deviations are per-image spreads too).",
+              "listed (the paper: \"mean ± std over 3-fold cross-validation\", without saying over what; reading its standard deviations as per-image spreads is kdbus's inference from their size).",
               f"- **p**: {TEST_NAME}; Dice is bounded and skewed, so a non-parametric paired test rather than a t-test. "
               "The paper does not name its test. `*` p < 0.05, `**` p < 0.01; `-` the model itself; "
               f"`n/a` no p-value (all paired differences zero, fewer than {MIN_PAIRS} non-zero ones, or the reference run missing).",
@@ -609,7 +634,7 @@ REPORT_FILES = ('table4.csv', 'table4.md', 'figure2.png', 'figure2.pdf', 'dice_d
                 'learning_curves.png', 'loss_terms.png', 'runs.csv')  # what `write_report` writes
 
 def _save(fig: Figure, path: Path, dpi: int = 150):
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    tmp = temp_path(path, path.suffix)  # unique per writer; savefig picks the format from the suffix
     fig.savefig(tmp, dpi=dpi, bbox_inches='tight', format=path.suffix[1:])
     os.replace(tmp, path)
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb #0cb70658
 from __future__ import annotations
-import hashlib, math, os, time
+import hashlib, math, os, time, uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +23,9 @@ from .losses import KDLosses, sup_loss
 from .models import ModelSpec, build_model, count_params, resolve_specs
 
 # %% auto #0
-__all__ = ['HISTORY_COLUMNS', 'SEGMENTS_DICE', 'pick_device', 'loader_workers', 'atomic_write', 'atomic_save', 'weights_hash',
-           'dice_iou', 'Baseline', 'build_step', 'load_model', 'validate', 'NonFiniteLoss', 'FitResult', 'batch_order',
-           'lr_at', 'Selector', 'fit']
+__all__ = ['HISTORY_COLUMNS', 'SEGMENTS_DICE', 'pick_device', 'loader_workers', 'temp_path', 'atomic_write', 'atomic_save',
+           'weights_hash', 'dice_iou', 'Baseline', 'build_step', 'load_model', 'validate', 'NonFiniteLoss', 'FitResult',
+           'batch_order', 'lr_at', 'Selector', 'fit']
 
 # %% ../nbs/07_train.ipynb #b86ca14f
 def pick_device(
@@ -48,7 +48,20 @@ def loader_workers(
     return 0 if device.type == 'cpu' else min(4, os.cpu_count() or 1)
 
 # %% ../nbs/07_train.ipynb #b15669eb
-def _tmp(path: Path) -> Path: return path.with_name(f".{path.name}.tmp")
+def temp_path(
+    path: Path,  # the file about to be (re)placed
+    suffix: str = '',  # appended, for writers that pick a format from the name (e.g. '.png')
+) -> Path:
+    "A hidden temporary file beside `path`, unique to this writer (pid and a random part): concurrent writers never share one."
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
+
+def _replace_with(tmp: Path, path: Path, write):
+    "Call `write(file)` on `tmp`, sync it, and move it over `path`; remove `tmp` if anything fails."
+    try:
+        with open(tmp, 'wb') as f: write(f); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True); raise
 
 def atomic_write(
     path: Path|str,  # the file to (re)place
@@ -56,10 +69,7 @@ def atomic_write(
 ) -> Path:
     "Write `data` to `path` atomically (temporary file + `os.replace`)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    with open(tmp, 'wb') as f:
-        f.write(data.encode() if isinstance(data, str) else data); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _replace_with(temp_path(path), path, lambda f: f.write(data.encode() if isinstance(data, str) else data))
     return path
 
 def atomic_save(
@@ -68,9 +78,7 @@ def atomic_save(
 ) -> Path:
     "`torch.save(obj, path)` atomically."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    with open(tmp, 'wb') as f: torch.save(obj, f); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _replace_with(temp_path(path), path, lambda f: torch.save(obj, f))
     return path
 
 def weights_hash(

@@ -190,3 +190,26 @@ def test_only_one_process_owns_a_run_folder(tmp_path):
     assert all(o.startswith("locked:") and "is being run by pid" in o for o in outs if o != "won"), outs
     assert not (d / LOCK_NAME).exists()
     with run_folder_lock(d): pass  # free again
+
+STALLER = """
+import json, os, sys, time
+from pathlib import Path
+from kdbus.grid import LockLost, lock_owner, run_folder_lock
+d = Path(sys.argv[1]); lock = d / '.grid.lock'
+try:
+    with run_folder_lock(d, stale_after=0.4):
+        # this process stalls past stale_after; another takes the folder over, as _take_over does
+        lock.unlink(); lock.write_text(json.dumps(dict(host='elsewhere', pid=1, what='successor', token='theirs')))
+        os.utime(lock, (1e9, 1e9))
+        for _ in range(100): time.sleep(0.05)  # the run goes on; its heartbeat must stop it
+    print('not stopped')
+except LockLost as e: print('stopped:', e)
+print('mtime', lock.stat().st_mtime, 'owner', lock_owner(lock)[0]['what'])
+"""
+
+def test_a_holder_that_lost_its_lock_stops(tmp_path):
+    "A run whose lock was taken over after a stall stops at its next heartbeat, and leaves its successor's lock alone."
+    d = tmp_path / "Teacher" / "fold0"
+    out = subprocess.run([sys.executable, "-c", STALLER, str(d)], capture_output=True, text=True, timeout=120).stdout
+    assert out.startswith("stopped:") and "lost its lock to pid 1 on elsewhere (successor)" in out, out
+    assert "mtime 1000000000.0 owner successor" in out, out  # not refreshed, not removed
