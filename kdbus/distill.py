@@ -61,6 +61,7 @@ class Distiller(nn.Module):
                  stage: int = -1,  # encoder stage distilled by H/HR (-1: encoder output, the paper's choice)
                  axis: str = 'channel',  # KLD softmax axis (see `kdbus.losses.distill_loss`)
                  regressor: nn.Module|None = None,  # HR: a regressor of your own; None builds `regressor_for`
+                 regressor_relu: str = 'auto',  # HR: the built regressor's final ReLU (`kdbus.models.REGRESSOR_RELU`)
                 ):
         super().__init__()
         self.path, self.loss = _check(path, KD_PATHS, 'path'), _check(loss, KD_LOSSES, 'loss')
@@ -80,7 +81,7 @@ class Distiller(nn.Module):
             self.stage = stage
             self._t_index = resolve_stages(teacher, stage)[0]  # raises, listing valid stages, if `stage` is not one
             resolve_stages(student, stage)
-        self.regressor = (regressor if regressor is not None else regressor_for(teacher, student, stage)).to(
+        self.regressor = (regressor if regressor is not None else regressor_for(teacher, student, stage, regressor_relu)).to(
             next(student.parameters()).device) if path == 'hidden_regressor' else None
 
     def train(self, mode: bool = True):

@@ -13,10 +13,10 @@ from .config import ALL_RUNS, label_params
 from .distill import TABLE3
 
 # %% auto #0
-__all__ = ['LOCK_NAME', 'STALE_AFTER', 'ATTEMPTS_NAME', 'run_params', 'Job', 'grid_jobs', 'run_status', 'check_compatible',
-           'run_notebook', 'execute_job', 'RunLocked', 'LockLost', 'lock_owner', 'lock_is_stale', 'run_folder_lock',
-           'attempts', 'run_job', 'teacher_ready', 'teacher_waits', 'GridResult', 'is_collapsed', 'LocalExecutor',
-           'schedule', 'run_grid']
+__all__ = ['OVERRIDES', 'LOCK_NAME', 'STALE_AFTER', 'ATTEMPTS_NAME', 'run_params', 'Job', 'grid_jobs', 'run_status',
+           'check_compatible', 'run_notebook', 'execute_job', 'RunLocked', 'LockLost', 'lock_owner', 'lock_is_stale',
+           'run_folder_lock', 'attempts', 'run_job', 'teacher_ready', 'teacher_waits', 'GridResult', 'is_collapsed',
+           'LocalExecutor', 'schedule', 'run_grid']
 
 # %% ../nbs/11_grid.ipynb #a619fa54
 def run_params(
@@ -36,6 +36,8 @@ class Job:
         "The run's folder under the results folder `out`."
         return Path(out) / self.label / f"fold{self.fold}"
 
+OVERRIDES = ('epochs', 'size', 'batch_size', 'model_preset', 'teacher_train_aug', 'regressor_relu')  # profile settings a grid may override (run.ipynb parameters)
+
 def grid_jobs(
     profile: str = 'quick',  # 'paper', 'quick' or 'smoke'
     data: str = 'synth',  # data set spec
@@ -43,12 +45,12 @@ def grid_jobs(
     out: str|Path = 'results',  # results folder
     seed: int = 0,  # seed of splits, initialisation and augmentation
     labels: tuple[str, ...] = ALL_RUNS,  # which runs (default: all 14)
-    **overrides,  # run-notebook overrides: epochs, size, batch_size, model_preset (None = profile's)
+    **overrides,  # run-notebook overrides: `OVERRIDES` (None = profile's)
 ) -> list[Job]:  # teachers first within each fold
     "The jobs of a grid, in the order they run."
     for l in labels: run_params(l)  # validates the names
-    bad = set(overrides) - {'epochs', 'size', 'batch_size', 'model_preset'}
-    if bad: raise ValueError(f"unknown override(s) {sorted(bad)}; valid: epochs, size, batch_size, model_preset")
+    bad = set(overrides) - set(OVERRIDES)
+    if bad: raise ValueError(f"unknown override(s) {sorted(bad)}; valid: {', '.join(OVERRIDES)}")
     ordered = [l for l in ALL_RUNS if l in labels]
     out = Path(out).absolute()  # the notebook may run in another working directory (a Ray worker, say)
     return [Job(l, f, dict(run_params(l), fold=f, profile=profile, data=data, seed=seed, out_dir=str(out),
@@ -77,7 +79,8 @@ def check_compatible(
     record = json.loads(cfg.read_text())
     saved = {**LEGACY_FIELDS, **record['config']}  # runs saved before the recipe fields used the legacy rules
     asked = resolve_config(**job.params).to_dict()  # specs compare in their canonical form
-    for k in ('profile', 'data', 'seed', 'model_preset', 'size', 'batch_size', 'epochs', 'patience', 'lr', *LEGACY_FIELDS):
+    asked_id = resolve_config(**job.params).identity()  # recipe fields count only where they decide this run (e.g. regressor_relu: HReg runs)
+    for k in ('profile', 'data', 'seed', 'model_preset', 'size', 'batch_size', 'epochs', 'patience', 'lr', *(f for f in LEGACY_FIELDS if f in asked_id)):
         if k in saved and not (same_data(saved[k], asked[k]) if k == 'data' else saved[k] == asked[k]):  # data: any spelling of its folder
             raise ValueError(f"{cfg} was made with {k}={saved[k]!r}, but this grid asks for {k}={asked[k]!r}: "
                              f"use another --out folder for another {k}")
@@ -366,7 +369,7 @@ def run_grid(
     max_retries: int|None = None,  # extra attempts for a failing job (None: 0 local, 2 Ray)
     cpus_per_run: float|None = None,  # Ray: CPUs each run asks for (None: `kdbus.ray_grid.CPUS_PER_RUN`)
     gpus_per_run: float|None = None,  # Ray: GPUs each run asks for (None: 1 for the paper profile, else 0)
-    **overrides,  # epochs, size, batch_size, model_preset
+    **overrides,  # `OVERRIDES`: epochs, size, batch_size, model_preset, teacher_train_aug, regressor_relu
 ) -> GridResult:
     "Run (or finish) a grid of experiments and report every failure at the end."
     from kdbus.config import resolve_config

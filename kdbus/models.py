@@ -19,10 +19,10 @@ from torch import nn
 from .weights import OFFLINE_ENCODERS, OFFLINE_WEIGHTS, checkpoint_file, load_offline_weights, offline_checkpoint, offline_source
 
 # %% auto #0
-__all__ = ['UNET_LIKE', 'SMP_UNET_DECODER', 'PRESETS', 'check_arch', 'check_encoder', 'check_weights', 'weights_source',
-           'ModelSpec', 'resolve_specs', 'WeightsUnavailableError', 'hub_reachable', 'build_model', 'build_models',
-           'count_params', 'model_record', 'encoder_stages', 'resolve_stages', 'stage_channels', 'tap_features',
-           'tap_table', 'make_regressor', 'regressor_for', 'param_table']
+__all__ = ['UNET_LIKE', 'SMP_UNET_DECODER', 'PRESETS', 'REGRESSOR_RELU', 'check_arch', 'check_encoder', 'check_weights',
+           'weights_source', 'ModelSpec', 'resolve_specs', 'WeightsUnavailableError', 'hub_reachable', 'build_model',
+           'build_models', 'count_params', 'model_record', 'encoder_stages', 'resolve_stages', 'stage_channels',
+           'tap_features', 'tap_table', 'make_regressor', 'signed_features', 'regressor_for', 'param_table']
 
 # %% ../nbs/03_models.ipynb #880ae9a2
 UNET_LIKE = ('unet', 'unetplusplus', 'manet')  # archs whose `decoder_channels` is one width per encoder stage
@@ -369,8 +369,9 @@ def make_regressor(
     hidden_channels: int|None = None,  # width between the two convolutions; None: `student_channels`
     kernel_sizes: tuple[int, int] = (3, 1),  # odd kernel sizes of the two convolutions
     relu_between: bool = False,  # also put a ReLU between the convolutions (the alternative reading)
-) -> nn.Sequential:  # B x student_channels x h x w -> B x teacher_channels x h x w, >= 0
-    "The HR path's regressor R: two convolutions followed by a ReLU, student channels -> teacher channels."
+    final_relu: bool = True,  # end with the paper's ReLU; False for a teacher whose features are signed
+) -> nn.Sequential:  # B x student_channels x h x w -> B x teacher_channels x h x w (>= 0 with the final ReLU)
+    "The HR path's regressor R: two convolutions followed by a ReLU (unless `final_relu=False`), student channels -> teacher channels."
     h = student_channels if hidden_channels is None else hidden_channels
     for k, v in dict(student_channels=student_channels, teacher_channels=teacher_channels, hidden_channels=h).items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{k}={v!r} must be a positive integer")
@@ -380,16 +381,36 @@ def make_regressor(
     return nn.Sequential(nn.Conv2d(student_channels, h, k1, padding=k1 // 2),
                          *([nn.ReLU()] if relu_between else []),
                          nn.Conv2d(h, teacher_channels, k2, padding=k2 // 2),
-                         nn.ReLU())
+                         *([nn.ReLU()] if final_relu else []))
+
+REGRESSOR_RELU = ('auto', 'always', 'never')  # `regressor_for(final_relu=)`: 'auto' ends R with a ReLU iff the teacher's target is >= 0
+
+@torch.no_grad()
+def signed_features(
+    model: nn.Module,  # an smp model
+    stage: int = -1,  # stage index as in `resolve_stages`
+    size: int = 64,  # side of the probe images
+) -> bool:
+    "Whether `model`'s encoder features at `stage` take negative values, probed in eval mode on a fixed random batch."
+    p = next(model.parameters())
+    was = model.training; model.eval()
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
+    try: return bool((model.encoder(x)[resolve_stages(model, stage)[0]] < 0).any())
+    finally: model.train(was)
 
 def regressor_for(
     teacher: nn.Module,  # smp teacher
     student: nn.Module,  # smp student
     stage: int = -1,  # the tapped stage R maps (-1: encoder output, the paper's HR path)
+    final_relu: str|bool = 'auto',  # one of REGRESSOR_RELU, or a bool; 'auto': a ReLU iff the teacher's features are >= 0
     **kwargs,  # passed to `make_regressor`
 ) -> nn.Sequential:
-    "`make_regressor` sized for `stage` of `student` and `teacher`."
-    return make_regressor(stage_channels(student, stage), stage_channels(teacher, stage), **kwargs)
+    "`make_regressor` sized for `stage` of `student` and `teacher`, its final ReLU decided by the teacher's range."
+    if not isinstance(final_relu, bool):
+        if final_relu not in REGRESSOR_RELU: raise ValueError(f"final_relu={final_relu!r} is not valid; expected one of: {', '.join(map(repr, REGRESSOR_RELU))} or a bool")
+        on_meta = next(teacher.parameters()).device.type == 'meta'  # nothing to probe; the ReLU has no parameters
+        final_relu = final_relu == 'always' or (final_relu == 'auto' and (on_meta or not signed_features(teacher, stage)))
+    return make_regressor(stage_channels(student, stage), stage_channels(teacher, stage), final_relu=final_relu, **kwargs)
 
 # %% ../nbs/03_models.ipynb #dbbfe5c0
 def param_table(

@@ -15,7 +15,7 @@ from torch import nn, Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .augment import KDDataset
+from .augment import AugSettings, KDDataset
 from .config import RunConfig
 from .data import SegData
 from .distill import Distiller
@@ -23,9 +23,9 @@ from .losses import KDLosses, sup_loss
 from .models import ModelSpec, build_model, count_params, resolve_specs
 
 # %% auto #0
-__all__ = ['HISTORY_COLUMNS', 'SEGMENTS_DICE', 'pick_device', 'loader_workers', 'temp_path', 'atomic_write', 'atomic_save',
-           'weights_hash', 'dice_iou', 'Baseline', 'build_step', 'load_model', 'validate', 'NonFiniteLoss', 'FitResult',
-           'batch_order', 'lr_at', 'Selector', 'fit']
+__all__ = ['HISTORY_COLUMNS', 'SEGMENTS_DICE', 'WEAK_ONLY', 'pick_device', 'loader_workers', 'temp_path', 'atomic_write',
+           'atomic_save', 'weights_hash', 'dice_iou', 'Baseline', 'build_step', 'load_model', 'validate',
+           'NonFiniteLoss', 'FitResult', 'batch_order', 'lr_at', 'Selector', 'train_aug', 'fit']
 
 # %% ../nbs/07_train.ipynb #b86ca14f
 def pick_device(
@@ -140,7 +140,7 @@ def build_step(
     student = build_model(sspec, device)
     if cfg.path == 'none': return Baseline(student)
     return Distiller(teacher.to(device), student, path=cfg.path, loss=cfg.loss, teacher_aug=cfg.teacher_aug,
-                     alpha=cfg.alpha, T=cfg.T, stage=cfg.stage)
+                     alpha=cfg.alpha, T=cfg.T, stage=cfg.stage, regressor_relu=cfg.regressor_relu)
 
 # %% ../nbs/07_train.ipynb #4ec1eeea
 def load_model(
@@ -267,6 +267,12 @@ class Selector:
         return self.best is not None and not self.best['score'][0]
 
 # %% ../nbs/07_train.ipynb #df283e7e
+WEAK_ONLY = AugSettings(p_affine=0.0, p_noise=0.0, p_dropout=0.0)  # the strong transforms off: the weak augmentation (random crop) alone
+
+def train_aug(cfg: RunConfig) -> AugSettings:
+    "The augmentation settings a run trains with: `WEAK_ONLY` for a Teacher run with `teacher_train_aug='weak'`, else the defaults (strong)."
+    return WEAK_ONLY if cfg.path == 'teacher' and cfg.teacher_train_aug == 'weak' else AugSettings()
+
 def fit(
     step: nn.Module,  # from `build_step`: a `Baseline` or a `Distiller`
     cfg: RunConfig,  # the run (epochs, patience, lr and its schedule, selection rule, batch size, seed, ...)
@@ -282,7 +288,7 @@ def fit(
     terms = ('sup', 'kd') if is_kd else ('sup',)
     opt = torch.optim.Adam(step.parameters(), lr=cfg.lr)
     workers = loader_workers(cfg, device)
-    train_ds = KDDataset(train.images, train.masks, teacher_aug=cfg.teacher_aug or 'strong', seed=cfg.seed)
+    train_ds = KDDataset(train.images, train.masks, teacher_aug=cfg.teacher_aug or 'strong', seed=cfg.seed, settings=train_aug(cfg))
     val_dl = DataLoader(KDDataset(val.images, val.masks, train=False), batch_size=cfg.batch_size, num_workers=workers)
     drop_last = len(train_ds) > cfg.batch_size and len(train_ds) % cfg.batch_size == 1
     per_epoch = len(train_ds) // cfg.batch_size if drop_last else math.ceil(len(train_ds) / cfg.batch_size)
