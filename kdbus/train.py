@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .augment import AugSettings, KDDataset
-from .config import RunConfig
+from .config import LEGACY_FIELDS, RunConfig
 from .data import SegData
 from .distill import Distiller
 from .losses import KDLosses, sup_loss
@@ -25,7 +25,7 @@ from .models import ModelSpec, build_model, count_params, resolve_specs
 # %% auto #0
 __all__ = ['HISTORY_COLUMNS', 'SEGMENTS_DICE', 'WEAK_ONLY', 'pick_device', 'loader_workers', 'temp_path', 'atomic_write',
            'atomic_save', 'weights_hash', 'dice_iou', 'Baseline', 'build_step', 'load_model', 'validate',
-           'NonFiniteLoss', 'FitResult', 'batch_order', 'lr_at', 'Selector', 'train_aug', 'fit']
+           'NonFiniteLoss', 'FitResult', 'batch_order', 'lr_at', 'Selector', 'saved_identity', 'train_aug', 'fit']
 
 # %% ../nbs/07_train.ipynb #b86ca14f
 def pick_device(
@@ -267,6 +267,13 @@ class Selector:
         return self.best is not None and not self.best['score'][0]
 
 # %% ../nbs/07_train.ipynb #df283e7e
+def saved_identity(
+    identity: dict,  # the identity a checkpoint was saved with
+    cfg: RunConfig,  # the run resuming from it
+) -> dict:  # `identity` with the `LEGACY_FIELDS` it predates filled in (where they decide `cfg`'s run)
+    "A checkpoint's identity as the current kdbus reads it: a run started before a field existed resumes with the value it was made with."
+    return {**{k: v for k, v in LEGACY_FIELDS.items() if k in cfg.identity() and k not in identity}, **identity}
+
 WEAK_ONLY = AugSettings(p_affine=0.0, p_noise=0.0, p_dropout=0.0)  # the strong transforms off: the weak augmentation (random crop) alone
 
 def train_aug(cfg: RunConfig) -> AugSettings:
@@ -297,8 +304,9 @@ def fit(
     history, epoch0, stopped = [], 0, None
     if last_pt.exists():  # resume
         ck = torch.load(last_pt, map_location='cpu', weights_only=True)
-        if ck.get('identity') != cfg.identity():
-            diff = sorted(k for k in set(ck.get('identity', {})) | set(cfg.identity()) if ck.get('identity', {}).get(k) != cfg.identity().get(k))
+        saved, now = saved_identity(ck.get('identity', {}), cfg), cfg.identity()
+        if saved != now:
+            diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             raise ValueError(f"{last_pt} belongs to a different run (differs in {diff}); delete the run folder or use another out_dir")
         step.load_state_dict(ck['model']); opt.load_state_dict(ck['optimizer']); torch.set_rng_state(ck['rng'])
         history, epoch0, sel.best, sel.bad, sel.low_loss, stopped = (ck[k] for k in ('history', 'epoch', 'best', 'bad_epochs', 'low_loss', 'stopped'))
