@@ -81,7 +81,8 @@ def test_run_folder_holds_the_contracts_files(grid):
     assert METRICS <= set(met) and met['complete'] is True and met == m['L_KLD_WAug']
     assert met['stopped'] in ('early', 'max_epochs') and met['regressor_params'] == 0 and met['n_test'] == 5
     c = read_json(d/'config.json')
-    assert RunConfig.from_dict(c['config']) == cfg(out)
+    assert RunConfig.from_dict(c['config']) == cfg(out).replace(out_dir='.')  # paths relative to the results folder
+    assert c['teacher']['checkpoint'] == 'Teacher/fold0/best.pt' and str(out) not in (d/'config.json').read_text()
     assert c['models']['trained']['trainable_params'] == met['params'] and c['models']['trained']['weights_source'] is None
     assert c['models']['teacher']['encoder'] == 'tu-mobilenetv3_small_075'
     env = read_json(d/'env.json')

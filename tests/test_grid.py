@@ -93,3 +93,12 @@ def test_papermill_model_preset_and_grid_refuses_mixing(tmp_path):
     r = sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--out", out)
     assert r.returncode == 2 and "model_preset='quick-pretrained'" in r.stderr and "--out" in r.stderr, r.stderr[-2000:]
     assert not (out / "Student").exists()  # refused before anything ran
+
+def test_run_notebook_parameters_are_typed_and_documented():
+    "`papermill --help-notebook nbs/run.ipynb` shows a type and a help line for every parameter (none unparsed)."
+    import papermill as pm
+    params = pm.inspect_notebook(str(ROOT / "nbs" / "run.ipynb"))
+    from kdbus.grid import OVERRIDES
+    assert {"path", "loss", "teacher_aug", "fold", "data", "profile", "seed", "out_dir", *OVERRIDES} <= set(params)
+    for name, p in params.items():
+        assert p["inferred_type_name"] not in ("None", "", None) and p["help"].strip(), (name, p)

@@ -243,10 +243,13 @@ def test_regressor_maps_student_to_teacher_channels(smoke):
     t, s = smoke
     x = torch.randn(2, 3, 64, 64)
     with tap_features(t) as tt, tap_features(s) as ts: t(x), s(x)
-    r = regressor_for(t, s)
+    r = regressor_for(t, s, final_relu='always')  # the paper's words: conv, conv, ReLU
     y = r(ts.features[0])
     assert y.shape == tt.features[0].shape and bool((y >= 0).all())
     assert [type(l).__name__ for l in r] == ['Conv2d', 'Conv2d', 'ReLU']
+    assert bool((tt.features[0] < 0).any())  # this (smoke, MobileNetV3) teacher's features are signed ...
+    assert [type(l).__name__ for l in regressor_for(t, s)] == ['Conv2d', 'Conv2d']  # ... so 'auto' drops the ReLU
+    assert bool((regressor_for(t, s)(ts.features[0]) < 0).any())
     assert [l.kernel_size for l in r if isinstance(l, torch.nn.Conv2d)] == [(3, 3), (1, 1)]
     keys = set(s.state_dict())
     assert not any(k.startswith(('0.', '1.')) for k in keys)  # R is never saved with the student

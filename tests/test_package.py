@@ -43,3 +43,18 @@ def test_installed_wheel_runs_outside_checkout(wheel, tmp_path):
                        env=env, capture_output=True, text=True, check=True)
     nb = Path(r.stdout.strip())
     assert nb.is_relative_to(target) and not nb.is_symlink() and '"parameters"' in nb.read_text()
+
+
+def test_licence_and_citation_match_the_package():
+    "LICENSE is the Apache-2.0 text settings.ini declares; CITATION.cff cites the paper and BUSI as kdbus's report does."
+    import configparser, re, yaml
+    from kdbus.report import DATA_CITATIONS, PAPER
+    ini = configparser.ConfigParser(); ini.read(ROOT / "settings.ini")
+    assert ini["DEFAULT"]["license"] == "apache2"
+    text = (ROOT / "LICENSE").read_text()
+    assert text.lstrip().startswith("Apache License") and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and cff["license"] == "Apache-2.0" and cff["version"] == ini["DEFAULT"]["version"]
+    doi = lambda s: re.search(r"doi:(\S+?)\.?$", s).group(1)
+    assert cff["preferred-citation"]["doi"] == doi(PAPER)
+    assert [r["doi"] for r in cff["references"]] == [doi(DATA_CITATIONS["busi"])]
