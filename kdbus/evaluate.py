@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
+from scipy import ndimage
 from torch import nn
 
 from .augment import normalize
@@ -18,7 +19,8 @@ from .data import SegData
 from .train import atomic_write, dice_iou
 
 # %% auto #0
-__all__ = ['PER_IMAGE_COLUMNS', 'predict', 'evaluate', 'summarise', 'save_predictions', 'load_predictions', 'read_per_image']
+__all__ = ['PER_IMAGE_COLUMNS', 'BOUNDARY_COLUMNS', 'predict', 'hd95', 'evaluate', 'summarise', 'save_predictions',
+           'load_predictions', 'read_per_image']
 
 # %% ../nbs/08_evaluate.ipynb #0d6bdcc4
 @torch.no_grad()
@@ -42,18 +44,41 @@ def predict(
 
 # %% ../nbs/08_evaluate.ipynb #76a41908
 PER_IMAGE_COLUMNS = ('id', 'class', 'dice', 'iou', 'pred_area', 'gt_area')
+BOUNDARY_COLUMNS = ('hd95', 'hd95_orig')  # per_image.csv columns added later: runs made before them lack them
+
+def _boundary(m: np.ndarray) -> np.ndarray:
+    "The mask's boundary pixels: in the mask, with a 4-neighbour outside it (the image's edge counts as outside)."
+    return m & ~ndimage.binary_erosion(m, border_value=0)
+
+def hd95(
+    pred: np.ndarray,  # bool H x W predicted mask
+    gt: np.ndarray,  # bool H x W ground truth
+    spacing: tuple[float, float] = (1.0, 1.0),  # size of a pixel (rows, columns), e.g. original / evaluated size
+) -> float:  # in units of `spacing`; 0 if both masks are empty, NaN if exactly one is
+    "95 % Hausdorff distance: the larger of the two directed 95th percentiles of boundary-to-boundary distances (MONAI's definition)."
+    pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
+    if not pred.any() and not gt.any(): return 0.0  # nothing to find, nothing found
+    if not pred.any() or not gt.any(): return float('nan')  # no boundary to measure to: undefined
+    bp, bg = _boundary(pred), _boundary(gt)
+    to_gt = ndimage.distance_transform_edt(~bg, sampling=spacing)  # each pixel's distance to the nearest ground-truth boundary pixel
+    to_pred = ndimage.distance_transform_edt(~bp, sampling=spacing)
+    return float(max(np.percentile(to_gt[bp], 95), np.percentile(to_pred[bg], 95)))
 
 def evaluate(
     model: nn.Module,  # a trained smp model
     data: SegData,  # the test images and masks (e.g. `data.subset(fold.test)`)
     batch_size: int = 16,  # images per forward pass
 ) -> tuple[pd.DataFrame, np.ndarray]:  # (per_image with `PER_IMAGE_COLUMNS`, predicted masks bool N x S x S)
-    "Per-image Dice, IoU and areas (pixels at the data's size) of `model` on `data`, and its predictions."
+    "Per-image Dice, IoU, areas and HD95 (pixels at the data's size; HD95 also in original pixels) of `model` on `data`, and its predictions."
     pred = predict(model, data.images, batch_size)
     gt = data.masks.astype(bool)
     dice, iou = dice_iou(torch.from_numpy(pred), torch.from_numpy(gt))
     per_image = pd.DataFrame(dict(id=list(data.ids), **{'class': list(data.labels)}, dice=dice.numpy(), iou=iou.numpy(),
                                   pred_area=pred.sum((1, 2)).astype(np.int64), gt_area=gt.sum((1, 2)).astype(np.int64)))
+    s = pred.shape[1:]
+    per_image['hd95'] = [hd95(p, g) for p, g in zip(pred, gt)]
+    per_image['hd95_orig'] = ([hd95(p, g, (h / s[0], w / s[1])) for p, g, (h, w) in zip(pred, gt, data.sizes)] if data.sizes
+                              else np.nan)  # in pixels of the original image, where its size is known
     return per_image, pred
 
 def summarise(
@@ -99,7 +124,7 @@ def load_predictions(
 # %% ../nbs/08_evaluate.ipynb #024d9db8
 def read_per_image(
     path: Path|str,  # a per_image.csv written by `kdbus.experiment.run_experiment`
-) -> pd.DataFrame:  # `PER_IMAGE_COLUMNS`, ids and classes as strings
+) -> pd.DataFrame:  # `PER_IMAGE_COLUMNS` (and the `BOUNDARY_COLUMNS` it has), ids and classes as strings
     "A run's per-image table (ids kept as strings), checked against the contract."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: file not found; a complete run has per_image.csv with columns {', '.join(PER_IMAGE_COLUMNS)}")
@@ -113,5 +138,9 @@ def read_per_image(
             raise ValueError(f"{path}: {c} of image {bad.id.iloc[0]!r} is {v.item() if hasattr(v, 'item') else v!r}; expected a number in [0, 1]")
     dup = df.id[df.id.duplicated()]
     if len(dup): raise ValueError(f"{path}: image id {dup.iloc[0]!r} appears more than once; expected one row per test image")
-    return df[list(PER_IMAGE_COLUMNS)]
+    extra = [c for c in BOUNDARY_COLUMNS if c in df.columns]  # absent in runs made before HD95 was recorded
+    for c in extra:
+        df[c] = pd.to_numeric(df[c].replace('', np.nan), errors='coerce')
+        if (df[c] < 0).any(): raise ValueError(f"{path}: {c} of image {df.id[df[c] < 0].iloc[0]!r} is negative; expected a distance >= 0 (or empty: undefined)")
+    return df[list(PER_IMAGE_COLUMNS) + extra]
 

@@ -30,7 +30,7 @@ __all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_
 
 # %% ../nbs/10_report.ipynb #07d61946
 from .config import ALL_RUNS, label_params  # Table 4's rows (and run folder names), in the paper's order
-from .evaluate import PER_IMAGE_COLUMNS, load_predictions, read_per_image  # the run files' readers (checked)
+from .evaluate import PER_IMAGE_COLUMNS, hd95, load_predictions, read_per_image  # the run files' readers (checked)
 from .train import atomic_write, temp_path
 
 PAPER = ("Behboodi B., Brooks R., Rivaz H. Optimizing knowledge distillation for efficient breast ultrasound image "
@@ -121,7 +121,7 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
             for i, p in zip(test, preds):
                 dice, iou = _dice_iou(p, d.masks[i])
                 rows.append(dict(id=d.ids[i], **{'class': d.labels[i]}, dice=dice, iou=iou,
-                                 pred_area=int(p.sum()), gt_area=int(d.masks[i].sum())))
+                                 pred_area=int(p.sum()), gt_area=int(d.masks[i].sum()), hd95=hd95(p, d.masks[i].astype(bool))))
             per_image = pd.DataFrame(rows)
             epochs = 6 + li % 5
             e = np.arange(1, epochs + 1)
@@ -320,13 +320,15 @@ def table4(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s Da
         row['paper DSC (%)'] = _pm(*pm[:2]) if pm else ''
         row['paper p vs Teacher'] = pm[2] if pm and pm[2] is not None else float('nan')
         row['paper p vs Student'] = pm[3] if pm and pm[3] is not None else float('nan')
+        hd = g['hd95'].dropna() if 'hd95' in g else pd.Series(dtype=float)  # runs made before HD95 was recorded have none
+        row.update(hd95_median=float(hd.median()) if len(hd) else float('nan'), hd95_images=len(hd))
         row.update(dsc_mean=pct.mean(), dsc_std=pct.std(ddof=1), n_images=len(pct), folds=g.fold.nunique(),
                    fold_ids=','.join(map(str, sorted(g.fold.unique()))), collapsed_folds=','.join(map(str, collapsed)),
                    test=TEST_NAME, note='; '.join(notes))
         rows.append(row)
     t = pd.DataFrame(rows)
     order = ['model', 'DSC (%)', 'p vs Teacher', 'sig vs Teacher', 'p vs Student', 'sig vs Student', 'params (M)',
-             'paper DSC (%)', 'paper p vs Teacher', 'paper p vs Student', 'dsc_mean', 'dsc_std', 'n_images', 'folds',
+             'paper DSC (%)', 'paper p vs Teacher', 'paper p vs Student', 'dsc_mean', 'dsc_std', 'n_images', 'hd95_median', 'hd95_images', 'folds',
              'fold_ids', 'collapsed_folds', 'n_pairs_teacher', 'n_pairs_student', 'test', 'note']
     t = t[order]
     t.attrs.update(results_dir=df.attrs.get('results_dir'), incomplete=list(df.attrs.get('incomplete', [])),
@@ -358,6 +360,8 @@ def table4_markdown(t: pd.DataFrame, # from `table4`
         'paper p vs Teacher': [_fmt_p(p, m == 'Teacher') for p, m in zip(t['paper p vs Teacher'], t.model)],
         'paper p vs Student': [_fmt_p(p, m == 'Student') for p, m in zip(t['paper p vs Student'], t.model)],
     })
+    if 'hd95_median' in t and t.hd95_images.gt(0).any():  # a boundary column where the runs recorded HD95
+        show.insert(3, 'HD95 (px), median', [f"{m:.1f} ({k}/{n})" if k else 'n/a' for m, k, n in zip(t.hd95_median, t.hd95_images, t.n_images)])
     lines = ["# Table 4, reproduced", ""]
     if t.attrs.get('fake'):
         lines += ["**These numbers come from `kdbus.report.fake_results`: made-up placeholders, not trained models.**", ""]
@@ -371,6 +375,10 @@ def table4_markdown(t: pd.DataFrame, # from `table4`
               "- **params (M)**: trainable parameters of the deployed model in millions (the teacher's for Teacher, else the "
               f"student's; a HReg regressor is used only in training). The paper's student: {PAPER_STUDENT_PARAMS_M} M.",
               f"- **paper**: Table 4 of {PAPER}"]
+    if 'HD95 (px), median' in show:
+        lines += ["- **HD95**: median over test images of the 95 % Hausdorff distance between predicted and true outline, in pixels at "
+                  "the evaluation size (`kdbus.evaluate.hd95`), with the number of images where it is defined (it is not where exactly "
+                  "one of the two masks is empty). The paper reports no boundary metric."]
     if data: lines += [f"- **data**: `{data}`" + (f"; {data_citation(data)}" if data_citation(data) else '')]
     if runs is not None and len(runs): lines += [runs_line(runs)]
     notes = [f"  - {m}: {n}" for m, n in zip(t.model, t.note) if n]

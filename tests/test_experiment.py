@@ -10,7 +10,7 @@ from PIL import Image
 
 from kdbus.config import RunConfig, label_params, resolve_config
 from kdbus.data import DataError
-from kdbus.evaluate import PER_IMAGE_COLUMNS, load_predictions, read_per_image
+from kdbus.evaluate import BOUNDARY_COLUMNS, PER_IMAGE_COLUMNS, load_predictions, read_per_image
 from kdbus.experiment import check_run, check_same_run, ensure_teacher, read_json, run_experiment
 from kdbus.train import HISTORY_COLUMNS, load_model, weights_hash
 
@@ -91,7 +91,8 @@ def test_run_folder_holds_the_contracts_files(grid):
     h = pd.read_csv(d/'history.csv')
     assert tuple(h.columns) == HISTORY_COLUMNS and len(h) == met['epochs_run'] and h.train_kd.notna().all()
     pi = read_per_image(d/'per_image.csv')
-    assert tuple(pi.columns) == PER_IMAGE_COLUMNS and pi.id.tolist() == c['split']['test']
+    assert tuple(pi.columns) == PER_IMAGE_COLUMNS + BOUNDARY_COLUMNS and pi.id.tolist() == c['split']['test']
+    assert pi.hd95.dropna().ge(0).all() and pi.hd95_orig.notna().sum() == pi.hd95.notna().sum()  # both where defined
     assert np.isclose(pi.dice.mean(), met['dice_mean']) and pi.dice.between(0, 1).all()
     ids, masks = load_predictions(d/'predictions.npz')
     assert ids == pi.id.tolist() and masks.shape == (5, 64, 64) and masks.sum((1, 2)).tolist() == pi.pred_area.tolist()
