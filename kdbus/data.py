@@ -22,7 +22,7 @@ __all__ = ['KINDS', 'IMAGE_EXTS', 'MASK_SUFFIXES', 'BUSI_CLASSES', 'DUPLICATE_TH
            'read_labels', 'Case', 'natural_key', 'scan_cases', 'list_cases', 'find_problems', 'Fingerprint',
            'fingerprint', 'read_fingerprint', 'similarity', 'scored_pairs', 'group_ids', 'duplicate_pairs',
            'duplicate_groups', 'DuplicateGroup', 'group_duplicates', 'fold_groups', 'DataSummary', 'check_data',
-           'format_summary', 'Fold', 'make_folds', 'SegData', 'load_data']
+           'format_summary', 'Fold', 'make_folds', 'read_splits', 'spec_test_folds', 'SegData', 'load_data']
 
 # %% ../nbs/01_data.ipynb #ccef39e1
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ KINDS = {
 _N_FOLDERS = {'synth': 0, 'udiat': 1, 'busi': 1, 'pairs': 2}
 _OPTIONS = {'synth': {'n': ('n', int), 'seed': ('seed', int)}, 'udiat': {},
             'busi': {'normal': ('include_normal', bool)}, 'pairs': {'suffix': ('suffix', str)}}
+for _o in _OPTIONS.values(): _o['splits'] = ('splits', Path)  # every kind: a user split file (`read_splits`)
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -62,16 +63,18 @@ class DataSpec:
     seed: int = 0                   # synth: generator seed
     include_normal: bool = False    # busi: keep the 'normal' class (images with empty masks)
     suffix: str|None = None         # pairs: mask stem = image stem + suffix (None: detect it)
+    splits: Path|None = None        # a split file (CSV: case, fold) that fixes the folds' test parts (`read_splits`)
     def __post_init__(self):
         if self.kind not in KINDS: raise DataError(f"unknown data set kind {self.kind!r}; valid kinds:\n  " + "\n  ".join(KINDS.values()))
         if self.kind == 'synth' and (self.n < 1 or self.seed < 0): raise DataError(f"synth needs n >= 1 and seed >= 0, got n={self.n}, seed={self.seed}")
         if self.include_normal and self.kind != 'busi': raise DataError(f"include_normal applies to busi data sets only, not {self.kind!r}")
     def __str__(self):
-        if self.kind == 'synth': return 'synth' if (self.n, self.seed) == (163, 0) else f"synth:n={self.n},seed={self.seed}"
+        split = f":splits={self.splits}" if self.splits is not None else ''
+        if self.kind == 'synth': return ('synth' if (self.n, self.seed) == (163, 0) else f"synth:n={self.n},seed={self.seed}") + split
         s = f"{self.kind}:{self.root}" + (f":{self.mask_root}" if self.kind == 'pairs' else '')
         if self.include_normal: s += ':normal'
         if self.suffix is not None: s += f":suffix={self.suffix}"
-        return s
+        return s + split
 
 # %% ../nbs/01_data.ipynb #79fb5e4d
 def parse_spec(spec: str|DataSpec, # a spec string like 'busi:/data/BUSI:normal', or a `DataSpec`
@@ -104,6 +107,9 @@ def parse_spec(spec: str|DataSpec, # a spec string like 'busi:/data/BUSI:normal'
         elif typ is int:
             try: args[name] = int(val)
             except ValueError: raise DataError(f"spec {spec!r}: option {key!r} needs an integer, got {val!r}") from None
+        elif typ is Path:
+            if not val: raise DataError(f"spec {spec!r}: option {key!r} needs a file, e.g. {key}=folds.csv")
+            args[name] = Path(val).expanduser()
         else: args[name] = val
     return replace(DataSpec(kind, **args), **overrides) if overrides else DataSpec(kind, **args)
 
@@ -114,7 +120,7 @@ def same_data(a: str|DataSpec, # a data set spec
     "Whether specs `a` and `b` name the same data set: equal options, folders equal once made absolute and resolved."
     def canon(s):
         s = parse_spec(s)
-        return replace(s, **{k: Path(v).resolve() for k in ('root', 'mask_root') if (v := getattr(s, k)) is not None})
+        return replace(s, **{k: Path(v).resolve() for k in ('root', 'mask_root', 'splits') if (v := getattr(s, k)) is not None})
     return canon(a) == canon(b)
 
 # %% ../nbs/01_data.ipynb #761b1322
@@ -701,19 +707,26 @@ def make_folds(labels: Sequence[str|None]|int, # each image's class (None: unkno
                val_frac: float = 0.15, # share of each training part kept for validation
                n_folds: int|None = None, # return only the first n_folds (None: all k)
                groups: Sequence|None = None, # each image's duplicate group (`fold_groups`): a group never straddles parts
+               test_folds: Sequence[int]|None = None, # each image's test fold, from a user split file (`read_splits`): then k is theirs
               ) -> list[Fold]:
     "Seeded, stratified k-fold partition with a validation part carved from each training part; duplicate groups kept whole."
     from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
     y = np.array([''] * labels if isinstance(labels, (int, np.integer)) else ['' if l is None else str(l) for l in labels])
     n = len(y)
+    if test_folds is not None:
+        t = np.asarray(test_folds)
+        if t.shape != (n,) or (len(t) and (t.min() < 0 or set(np.unique(t)) != set(range(int(t.max()) + 1)))):
+            raise ValueError(f"test_folds: expected one fold number per image ({n}), using every fold 0..K-1, got {t.tolist()[:10]}...")
+        k = int(t.max()) + 1
     if not isinstance(k, (int, np.integer)) or not 2 <= k <= n: raise ValueError(f"k={k!r}: expected an integer with 2 <= k <= {n} (the number of images)")
     if not 0 <= val_frac < 1: raise ValueError(f"val_frac={val_frac!r}: expected 0 <= val_frac < 1")
     if n_folds is not None and not 1 <= n_folds <= k: raise ValueError(f"n_folds={n_folds!r}: expected 1 <= n_folds <= k={k}")
     g = _group_array(groups, n)
-    if g is not None and g.max() + 1 < k: raise ValueError(f"k={k}: the {n} images form only {g.max() + 1} duplicate group(s); expected at least k")
+    if g is not None and test_folds is None and g.max() + 1 < k: raise ValueError(f"k={k}: the {n} images form only {g.max() + 1} duplicate group(s); expected at least k")
     counts = np.unique(y, return_counts=True)[1]
     stratified = len(counts) > 1 and counts.min() >= k
-    if g is None: splits = (StratifiedKFold if stratified else KFold)(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(n), y)
+    if test_folds is not None: splits = [(np.flatnonzero(t != f), np.flatnonzero(t == f)) for f in range(k)]  # the user's partition
+    elif g is None: splits = (StratifiedKFold if stratified else KFold)(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(n), y)
     else: splits = _grouped_split(np.arange(n), y, g, k, seed)
     folds = []
     for train, test in splits:
@@ -730,6 +743,43 @@ def make_folds(labels: Sequence[str|None]|int, # each image's class (None: unkno
             train, val = min(_grouped_split(train, y, g, parts, seed), key=lambda s: abs(len(s[1]) - n_val))
         folds.append(Fold(np.sort(train).astype(np.int64), np.sort(val).astype(np.int64), np.sort(test).astype(np.int64)))
     return folds[:n_folds] if n_folds else folds
+
+# %% ../nbs/01_data.ipynb #e5fe355c
+def read_splits(path: Path|str, # a CSV with columns case (image id) and fold (0..K-1), one line per image
+                ids: Sequence[str], # the data set's image ids (`list_cases`), in case order
+               ) -> np.ndarray:  # each image's test fold, aligned with `ids`
+    "Each image's test fold from a split file, every problem named with its line."
+    import csv
+    path = Path(path)
+    if not path.is_file(): raise DataError("split file not found; expected a CSV with a header line case,fold and one line per image", path)
+    with open(path, newline='') as f: rows = list(csv.reader(f))
+    if not rows: raise DataError("empty split file; expected a header line case,fold and one line per image", path)
+    head = [h.strip().lower() for h in rows[0]]
+    if 'case' not in head or 'fold' not in head: raise DataError(f"line 1: header {rows[0]} lacks 'case' or 'fold'; expected columns case,fold", path)
+    ci, fi, where = head.index('case'), head.index('fold'), {c: i for i, c in enumerate(ids)}
+    fold, line_of = np.full(len(ids), -1, dtype=np.int64), {}
+    for ln, r in enumerate(rows[1:], 2):
+        if not any(x.strip() for x in r): continue  # blank line
+        if len(r) <= max(ci, fi): raise DataError(f"line {ln}: {len(r)} field(s); expected a case and a fold", path)
+        case, v = r[ci].strip(), r[fi].strip()
+        if case not in where: raise DataError(f"line {ln}: case {case!r} is not an image of the data set (its ids are file stems, e.g. {ids[0]!r})", path)
+        if not v.isdigit(): raise DataError(f"line {ln}: fold {v!r} of case {case!r}; expected an integer >= 0", path)
+        if case in line_of: raise DataError(f"line {ln}: case {case!r} is listed again (first on line {line_of[case]}); each image is in one fold's test part", path)
+        line_of[case] = ln; fold[where[case]] = int(v)
+    missing = [ids[i] for i in np.flatnonzero(fold < 0)]
+    if missing: raise DataError(f"{len(missing)} image(s) of the data set are not listed, e.g. {missing[:3]}; expected every image once", path)
+    k = int(fold.max()) + 1
+    gap = sorted(set(range(k)) - set(fold.tolist()))
+    if gap: raise DataError(f"fold(s) {gap} hold no image, yet fold {k - 1} does; expected folds numbered 0..K-1", path)
+    if k < 2: raise DataError("every image is in fold 0; expected at least 2 folds (a test part needs a training part)", path)
+    return fold
+
+def spec_test_folds(spec: str|DataSpec, # a data set spec, maybe with splits=...
+                    ids: Sequence[str], # its image ids, in case order
+                   ) -> np.ndarray|None:  # each image's test fold, or None without a split file
+    "The test folds a spec's split file fixes (None: kdbus makes the folds)."
+    s = parse_spec(spec)
+    return read_splits(s.splits, ids) if s.splits is not None else None
 
 # %% ../nbs/01_data.ipynb #2b1fd940
 @dataclass

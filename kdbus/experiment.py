@@ -15,7 +15,7 @@ from torch import nn
 
 import kdbus
 from .config import RunConfig
-from .data import DataError, Fold, SegData, fold_groups, list_cases, load_data, make_folds, same_data
+from .data import DataError, DataWarning, Fold, SegData, fold_groups, list_cases, load_data, make_folds, same_data, spec_test_folds
 from .evaluate import evaluate, save_predictions, summarise
 from .models import build_model, model_record, resolve_specs, resolve_stages
 from .train import atomic_write, build_step, fit, load_model, pick_device, weights_hash
@@ -36,8 +36,16 @@ def check_run(
     except DataError as e: raise DataError(f"data={cfg.data!r}: {e.message}", e.file) from None
     try: groups = fold_groups(cfg.data)  # reads every image once (duplicate fingerprints): an unreadable one fails here
     except DataError as e: raise DataError(f"{e.message} (data={cfg.data!r}; found while looking for duplicate images)", e.file) from None
-    try: folds = make_folds([c.label for c in cases], k=cfg.k_folds, seed=cfg.seed, val_frac=cfg.val_frac, groups=groups)
+    try: test_folds = spec_test_folds(cfg.data, [c.id for c in cases])  # a user split file: every problem named with its line
+    except DataError as e: raise DataError(f"data={cfg.data!r}: {e.message}", e.file) from None
+    try: folds = make_folds([c.label for c in cases], k=cfg.k_folds, seed=cfg.seed, val_frac=cfg.val_frac, groups=groups, test_folds=test_folds)
     except ValueError as e: raise ValueError(f"data={cfg.data!r} ({len(cases)} images) cannot be split as asked: {e}") from None
+    if test_folds is not None:
+        if cfg.fold >= len(folds): raise ValueError(f"fold={cfg.fold}: the split file of data={cfg.data!r} has folds 0..{len(folds) - 1} only")
+        split = sorted({tuple(sorted({int(test_folds[i]) for i in np.flatnonzero(np.asarray(groups) == g)})) for g in set(groups)} - {()}, key=len)
+        straddle = [f for f in split if len(f) > 1]
+        if straddle: warnings.warn(f"data={cfg.data!r}: the split file puts copies of one scan (kdbus.data.duplicate_groups) in the test parts of "
+                                   f"different folds {straddle[:3]}: their test scores will be too high", DataWarning)
     if cfg.is_kd and cfg.path != 'logits':
         for spec in resolve_specs(cfg.model_preset, None):
             try: resolve_stages(build_model(spec, 'meta'), cfg.stage)
@@ -53,7 +61,8 @@ def run_data(
 ) -> tuple[SegData, Fold]:  # (the whole data set at `cfg.size`, the run's fold)
     "The data set in memory (cached by spec and size) and the fold `cfg.fold` of its split, duplicate groups kept whole."
     data = _load(cfg.data, cfg.size)
-    return data, make_folds(data.labels, k=cfg.k_folds, seed=cfg.seed, val_frac=cfg.val_frac, groups=fold_groups(cfg.data))[cfg.fold]
+    return data, make_folds(data.labels, k=cfg.k_folds, seed=cfg.seed, val_frac=cfg.val_frac, groups=fold_groups(cfg.data),
+                            test_folds=spec_test_folds(cfg.data, data.ids))[cfg.fold]
 
 def duplicate_id_groups(
     data: str,  # a data set spec

@@ -199,3 +199,20 @@ def test_a_killed_run_resumes_at_the_next_epoch_and_completes(tmp_path):
     hu = pd.read_csv(tmp_path/'whole'/'Student'/'fold0'/'history.csv')
     pd.testing.assert_frame_equal(h.drop(columns='seconds'), hu.drop(columns='seconds'))
     assert {k: v for k, v in m.items() if k != 'seconds'} == {k: v for k, v in u.items() if k != 'seconds'}
+
+
+def test_a_split_file_fixes_the_test_parts_and_bad_ones_fail_first(tmp_path):
+    "data='udiat:DIR:splits=FILE': the file's folds are the run's; a bad file is named with its line before anything is written."
+    root = _udiat(tmp_path/'set', n=6)
+    sp = tmp_path/'folds.csv'
+    sp.write_text('case,fold\n' + ''.join(f"{i:06d},{(i - 1) % 2}\n" for i in range(1, 7)))
+    c = resolve_config('smoke', data=f"udiat:{root}:splits={sp}", out_dir=str(tmp_path/'runs'), path='none', fold=1, n_folds=2, val_frac=0.25)
+    folds = check_run(c)
+    assert [f.test.tolist() for f in folds] == [[0, 2, 4], [1, 3, 5]]
+    sp.write_text('case,fold\n000001,0\n000002,7\n')
+    with pytest.raises(DataError, match=r"folds.csv: .*4 image\(s\) of the data set are not listed"):
+        run_experiment(c, progress=False)
+    sp.write_text('case,fold\n' + ''.join(f"{i:06d},0\n" for i in range(1, 4)) + ''.join(f"{i:06d},1\n" for i in range(4, 7)) + '000003,1\n')
+    with pytest.raises(DataError, match=r"line 8: case '000003' is listed again \(first on line 4\)"):
+        run_experiment(c, progress=False)
+    assert not (tmp_path/'runs').exists()
