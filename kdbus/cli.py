@@ -67,6 +67,10 @@ def cmd_report(args) -> int:
     from kdbus.report import write_report
     if not Path(args.results).is_dir(): raise FileNotFoundError(f"{args.results}: results folder not found")
     for p in write_report(args.results, out=args.out, image=args.image, show_image=not args.no_image): print(f"wrote {p}")
+    if args.readme is not None:
+        from kdbus.report import sync_readme
+        done = sync_readme(args.readme, only=args.out or args.results)
+        print(f"{args.readme}: Table 4 of {args.out or args.results} " + ("updated" if done else "already in step"))
     return 0
 
 # %% ../nbs/90_cli.ipynb #59fc608c
@@ -162,6 +166,7 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, default=None, help="where to write (default: the results folder)")
     r.add_argument("--image", default=None, help="Figure 2's test image id (default: the documented rule)")
     r.add_argument("--no-image", action="store_true", help="Figure 2 without the image itself (contours only), for data sets that may not be redistributed")
+    r.add_argument("--readme", type=Path, default=None, help="also rewrite this Markdown file's '<!-- table4: RESULTS -->' block from the new table4.md")
     r.set_defaults(func=cmd_report)
 
     e = sub.add_parser("export", help="export a trained student checkpoint to ONNX and check it against PyTorch")

@@ -22,11 +22,12 @@ from .distill import TABLE3, parse_run_name
 
 # %% auto #0
 __all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_PAIRS', 'DATA_CITATIONS', 'RUN_COLS',
-           'SPLIT_FIELDS', 'CONVERGED_SHARE', 'FIGURE2_RULE', 'HISTORY_COLS', 'REPORT_FILES', 'ReportWarning', 'stars',
-           'data_citation', 'fake_results', 'find_runs', 'read_metrics', 'run_config', 'split_of', 'check_one_split',
-           'collect', 'run_summary', 'runs_line', 'paired_test', 'table4', 'table4_markdown', 'findings',
-           'choose_figure2_image', 'load_run_images', 'figure2', 'palette', 'dice_distribution', 'read_history',
-           'learning_curves', 'loss_terms', 'write_report', 'plot_history', 'plot_dice', 'plot_overlays']
+           'SPLIT_FIELDS', 'CONVERGED_SHARE', 'FIGURE2_RULE', 'HISTORY_COLS', 'REPORT_FILES', 'README_BLOCK',
+           'ReportWarning', 'stars', 'data_citation', 'fake_results', 'find_runs', 'read_metrics', 'run_config',
+           'split_of', 'check_one_split', 'collect', 'run_summary', 'runs_line', 'paired_test', 'table4',
+           'table4_markdown', 'findings', 'choose_figure2_image', 'load_run_images', 'figure2', 'palette',
+           'dice_distribution', 'read_history', 'learning_curves', 'loss_terms', 'write_report', 'table4_table',
+           'sync_readme', 'plot_history', 'plot_dice', 'plot_overlays']
 
 # %% ../nbs/10_report.ipynb #07d61946
 from .config import ALL_RUNS, label_params  # Table 4's rows (and run folder names), in the paper's order
@@ -671,6 +672,38 @@ def write_report(results_dir: str|Path, # the results folder OUT
         try: _save(fig, path, dpi=120)
         finally: plt.close(fig)
     return paths
+
+# %% ../nbs/10_report.ipynb #11dd4dd9
+README_BLOCK = re.compile(r'(<!-- table4: (?P<dir>\S+) -->\n)(?P<body>.*?)(<!-- /table4 -->)', re.S)  # a README's Table 4 block
+
+def table4_table(results_dir: str|Path, # a results folder with a table4.md (`write_report`)
+                ) -> str:
+    "The Markdown table (header, rule and rows) of `results_dir/table4.md`."
+    p = Path(results_dir)/'table4.md'
+    if not p.is_file(): raise FileNotFoundError(f"{p}: not found; run kdbus report {results_dir} first")
+    lines = p.read_text().splitlines()
+    start = next((i for i, l in enumerate(lines) if l.startswith('| model')), None)
+    if start is None: raise ValueError(f"{p}: no table starting with '| model'; expected a table4.md written by kdbus report")
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith('|')), len(lines))
+    return '\n'.join(lines[start:end]) + '\n'
+
+def sync_readme(readme: str|Path, # a Markdown file with `<!-- table4: DIR -->` ... `<!-- /table4 -->` blocks
+                only: str|Path|None = None, # update only the blocks of this results folder (None: all)
+                check: bool = False, # True: change nothing, return the folders whose block differs
+               ) -> list[str]:  # the folders whose block was (or, with check, would be) rewritten
+    "Write each Table 4 block of `readme` from its results folder's table4.md (or, with `check`, list the stale ones)."
+    readme = Path(readme); text = readme.read_text(); changed = []
+    want = lambda d: only is None or (readme.parent/d).resolve() == Path(only).resolve()
+    def sub(m):
+        if not want(m['dir']): return m.group(0)
+        body = table4_table(readme.parent/m['dir'])
+        if body != m['body']: changed.append(m['dir'])
+        return m.group(1) + body + m.group(4)
+    new = README_BLOCK.sub(sub, text)
+    if only is not None and not any(want(m['dir']) for m in README_BLOCK.finditer(text)):
+        raise ValueError(f"{readme}: no '<!-- table4: {only} -->' block; add one where its Table 4 should go")
+    if changed and not check: atomic_write(readme, new)
+    return changed
 
 # %% ../nbs/10_report.ipynb #32e18251
 def plot_history(run_dir: str|Path, # a run folder OUT/<label>/fold<k>

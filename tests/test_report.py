@@ -352,3 +352,11 @@ def test_figure2_can_leave_the_image_out_and_cites_the_data(full, df):
     assert data_citation('busi:/data/BUSI').startswith('Al-Dhabyani') and data_citation('synth') == ''
     md = table4_markdown(table4(df), data='busi:/data/BUSI')
     assert '- **data**: `busi:/data/BUSI`; Al-Dhabyani W.' in md
+
+
+def test_readme_tables_are_the_committed_results():
+    "Every '<!-- table4: DIR -->' block of README.md is DIR/table4.md's table (rewrite with: kdbus report DIR --readme README.md)."
+    from kdbus.report import README_BLOCK, sync_readme
+    readme = Path(__file__).resolve().parents[1] / 'README.md'
+    assert len(README_BLOCK.findall(readme.read_text())) >= 2
+    assert sync_readme(readme, check=True) == []
