@@ -14,14 +14,12 @@ and, as the reference, `none` = the same hidden features without the carry (weak
 
     python bench/hidden_alignment.py results/quick-busi163 --fold 0 --draws 5
 """
-import argparse, json, warnings
+import argparse
 from pathlib import Path
 
 import numpy as np, torch
 from kdbus.augment import AlignedViews, carry_to_student
-from kdbus.config import RunConfig
-from kdbus.experiment import run_data
-from kdbus.train import load_model
+from teacher_range import fold_teacher
 
 def corr(a: torch.Tensor, b: torch.Tensor, valid: torch.Tensor) -> float:
     "Pearson correlation of a and b (C x h x w) over the positions where valid (1 x h x w) is 1."
@@ -34,12 +32,7 @@ def main(argv=None):
     p.add_argument("results"); p.add_argument("--fold", type=int, default=0); p.add_argument("--draws", type=int, default=5)
     a = p.parse_args(argv)
     tdir = Path(a.results) / "Teacher" / f"fold{a.fold}"
-    for f in ("best.pt", "config.json"):
-        if not (tdir / f).is_file(): raise SystemExit(f"{tdir / f} is missing: train that teacher first (kdbus grid ... --folds {a.fold})")
-    warnings.simplefilter("ignore")
-    cfg = RunConfig.from_dict({**json.loads((tdir / "config.json").read_text())["config"], "out_dir": a.results})
-    data, fold = run_data(cfg)
-    t = load_model(tdir / "best.pt").eval()
+    t, cfg, data, fold = fold_teacher(a.results, a.fold)  # bench/teacher_range.py, beside this script
     views = AlignedViews(cfg.size, 'weak', seed=0)
     out = {'logits': [], 'hidden': [], 'none': []}
     with torch.no_grad():

@@ -36,7 +36,7 @@ RECIPES = {  # overrides of the quick profile; per-epoch cost depends only on th
     'after': dict(warmup_epochs=0),  # warm-up changes the learning rate, not the cost; an epoch-1 run needs warmup <= 1
 }
 BUDGET = {'before': 50, 'after': 60}  # the profile's maximum epochs in each recipe
-GRIDS = {'before': 'results/quick-synth/runs.csv', 'after': 'results/quick-busi163/runs.csv'}  # committed grids of each recipe
+GRIDS = {'before': 'results/earlier-recipe-synth/runs.csv', 'after': 'results/quick-busi163/runs.csv'}  # committed grids of each recipe
 KINDS = {'Teacher': 'Teacher', 'Student': 'Student', 'L_KLD_WAug': 'L', 'H_KLD': 'H', 'HReg_KLD': 'HReg'}  # timed run -> path
 PER_FOLD = {'Teacher': 1, 'Student': 1, 'L': 4, 'H': 4, 'HReg': 4}  # runs of each kind in one fold of the grid
 

@@ -20,17 +20,22 @@ from kdbus.train import load_model
 
 HARDSWISH_MIN = -0.375  # min over x of x * relu6(x + 3) / 6, at x = -1.5
 
+def fold_teacher(results: str, fold: int):
+    "The trained Teacher of `fold` in a results folder, with its config, data and fold: (teacher, cfg, data, fold)."
+    tdir = Path(results) / "Teacher" / f"fold{fold}"
+    for f in ("best.pt", "config.json"):
+        if not (tdir / f).is_file(): raise SystemExit(f"{tdir / f} is missing: train that teacher first (kdbus grid ... --folds {fold})")
+    warnings.simplefilter("ignore")
+    cfg = RunConfig.from_dict({**json.loads((tdir / "config.json").read_text())["config"], "out_dir": results})
+    data, f = run_data(cfg)
+    return load_model(tdir / "best.pt").eval(), cfg, data, f
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("results"); p.add_argument("--fold", type=int, default=0)
     a = p.parse_args(argv)
     tdir = Path(a.results) / "Teacher" / f"fold{a.fold}"
-    for f in ("best.pt", "config.json"):
-        if not (tdir / f).is_file(): raise SystemExit(f"{tdir / f} is missing: train that teacher first (kdbus grid ... --folds {a.fold})")
-    warnings.simplefilter("ignore")
-    cfg = RunConfig.from_dict({**json.loads((tdir / "config.json").read_text())["config"], "out_dir": a.results})
-    data, fold = run_data(cfg)
-    teacher = load_model(tdir / "best.pt").eval()
+    teacher, cfg, data, fold = fold_teacher(a.results, a.fold)
     x = torch.from_numpy(np.stack([normalize(im) for im in data.images[fold.val]]))
     with torch.no_grad(), tap_features(teacher, cfg.stage) as tap: teacher(x)
     z = tap.features[0]
