@@ -66,7 +66,7 @@ def test_killed_grid_resumes(tmp_path):
     "Kill a grid once its first run is complete; started again, it skips that run and finishes the rest."
     out = tmp_path / "g"
     code = ("from kdbus.grid import run_grid; "
-            f"run_grid('smoke', {DATA!r}, folds=(0, 1), out={str(out)!r}, labels=('Teacher', 'L_KLD_WAug'), report=False)")
+            f"run_grid('smoke', {DATA!r}, folds=(0, 1), out={str(out)!r}, labels=('Teacher', 'L_KLD_WAug'), report=False, epochs=1)")
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     done = out / "Teacher" / "fold0" / "metrics.json"
