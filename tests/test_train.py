@@ -175,3 +175,21 @@ def test_device_choice():
     assert pick_device('auto').type == ('cuda' if torch.cuda.is_available() else 'cpu')
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="device='cuda:0'"): pick_device('cuda:0')
+
+
+def test_the_paper_profiles_code_path_trains_on_the_cpu(parts, tmp_path):
+    "The paper preset (ResNeXt-101 teacher, its 0.83 M student, the HR regressor of 2048 channels) trains one epoch per KD path."
+    from kdbus.models import build_model, resolve_specs
+    base = dict(data=DATA, out_dir=str(tmp_path), size=64, batch_size=8, epochs=1, encoder_weights='none', device='cpu')  # random weights: no download
+    tspec, _ = resolve_specs('paper', None)
+    torch.manual_seed(0)
+    teacher = build_model(tspec).eval()  # untrained: the cost and the code path do not depend on its weights
+    for path in ('logits', 'hidden', 'hidden_regressor'):
+        c = resolve_config('paper', path=path, loss='kld', teacher_aug='weak', **base)
+        assert (c.select, c.lr_schedule, c.patience, c.model_preset) == ('val_loss', 'constant', 50, 'paper')
+        step = build_step(c, teacher)
+        r = fit(step, c, *parts, progress=False)
+        assert r.epochs_run == 1 and np.isfinite(r.history.train_kd).all() and np.isfinite(r.history.val_loss).all()
+        assert 0.8e6 < r.params < 0.9e6  # the paper's student: 0.82 M
+        assert (r.regressor_params > 2e6) == (path == 'hidden_regressor')  # R maps 432 -> 2048 channels
+        if path == 'hidden_regressor': assert type(step.regressor[-1]).__name__ == 'ReLU'  # ResNeXt's output is >= 0: the paper's R, ReLU kept
