@@ -17,7 +17,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import kdbus
 from .deploy import (DeployError, export_onnx, load_student, ort_session, quantize_int8, read_checkpoint)
 from .models import PRESETS, build_model, count_params, regressor_for, resolve_specs
-from .train import atomic_write, dice_iou
+from .evaluate import dice_iou
+from .files import atomic_write
 
 # %% auto #0
 __all__ = ['BENCH_MODELS', 'MD_COLUMNS', 'TABLE5', 'preset_models', 'checkpoint_bytes', 'count_macs', 'time_interleaved',

@@ -20,7 +20,7 @@ import kdbus
 from .augment import IMAGENET_MEAN, IMAGENET_STD, normalize
 from .data import IMAGE_EXTS, MASK_SUFFIXES, DataError, _resize, natural_key, read_image
 from .models import PRESETS, ModelSpec, build_model, count_params
-from .train import atomic_write, temp_path
+from .files import atomic_write, temp_path
 
 # %% auto #0
 __all__ = ['PAPER_SIZE', 'ONNX_OPSET', 'INPUT_NAME', 'OUTPUT_NAME', 'PARITY_MASK', 'PARITY_ATOL', 'PARITY_RTOL',

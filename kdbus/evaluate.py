@@ -12,15 +12,31 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import ndimage
-from torch import nn
+from torch import nn, Tensor
 
 from .augment import normalize
 from .data import SegData
-from .train import atomic_write, dice_iou
+from .files import atomic_write
 
 # %% auto #0
-__all__ = ['PER_IMAGE_COLUMNS', 'BOUNDARY_COLUMNS', 'predict', 'hd95', 'evaluate', 'summarise', 'save_predictions',
+__all__ = ['PER_IMAGE_COLUMNS', 'BOUNDARY_COLUMNS', 'dice_iou', 'predict', 'hd95', 'evaluate', 'summarise', 'save_predictions',
            'load_predictions', 'read_per_image']
+
+# %% ../nbs/08_evaluate.ipynb #cb4033b3
+def dice_iou(
+    pred: Tensor,  # predicted lesion masks, B x H x W, bool or {0, 1}
+    target: Tensor,  # ground-truth masks, B x H x W, bool or {0, 1}
+) -> tuple[Tensor, Tensor]:  # (dice, iou), float64 tensors of B values in [0, 1]
+    "Per-image Dice and IoU; both are 1 where prediction and ground truth are empty."
+    if pred.shape != target.shape or pred.ndim != 3: raise ValueError(f"pred and target must both be B x H x W, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    p, g = pred.bool().flatten(1), target.bool().flatten(1)
+    inter = (p & g).sum(1).double()
+    total = p.sum(1).double() + g.sum(1).double()
+    union = total - inter
+    empty = total == 0
+    dice = torch.where(empty, torch.ones_like(inter), 2 * inter / total.clamp_min(1))
+    iou = torch.where(empty, torch.ones_like(inter), inter / union.clamp_min(1))
+    return dice, iou
 
 # %% ../nbs/08_evaluate.ipynb #0d6bdcc4
 @torch.no_grad()

@@ -18,7 +18,8 @@ from .config import RunConfig
 from .data import DataError, DataWarning, Fold, SegData, fold_groups, list_cases, load_data, make_folds, same_data, spec_test_folds
 from .evaluate import evaluate, save_predictions, summarise
 from .models import build_model, model_record, resolve_specs, resolve_stages
-from .train import atomic_write, build_step, fit, load_model, pick_device, weights_hash
+from .files import atomic_write
+from .train import build_step, fit, load_model, pick_device, weights_hash
 
 # %% auto #0
 __all__ = ['check_run', 'run_data', 'duplicate_id_groups', 'split_record', 'git_commit', 'cpu_model', 'env_info', 'write_json',

@@ -32,7 +32,7 @@ __all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_
 # %% ../nbs/10_report.ipynb #07d61946
 from .config import ALL_RUNS, label_params  # Table 4's rows (and run folder names), in the paper's order
 from .evaluate import PER_IMAGE_COLUMNS, hd95, load_predictions, read_per_image  # the run files' readers (checked)
-from .train import atomic_write, temp_path
+from .files import atomic_write, temp_path
 
 PAPER = ("Behboodi B., Brooks R., Rivaz H. Optimizing knowledge distillation for efficient breast ultrasound image "
          "segmentation: insights and performance enhancement. Artificial Intelligence in Health 2(2), 2025. "

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb #0cb70658
 from __future__ import annotations
-import hashlib, math, os, time, uuid
+import hashlib, math, os, time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .augment import AugSettings, KDDataset
+from .evaluate import dice_iou  # the metric lives beside evaluation; validation uses it too
+from .files import atomic_save, atomic_write
 from .config import LEGACY_FIELDS, RunConfig
 from .data import SegData
 from .distill import Distiller
@@ -23,9 +25,9 @@ from .losses import KDLosses, sup_loss
 from .models import ModelSpec, build_model, count_params, resolve_specs
 
 # %% auto #0
-__all__ = ['HISTORY_COLUMNS', 'SEGMENTS_DICE', 'WEAK_ONLY', 'pick_device', 'loader_workers', 'temp_path', 'atomic_write',
-           'atomic_save', 'weights_hash', 'dice_iou', 'Baseline', 'build_step', 'load_model', 'validate',
-           'NonFiniteLoss', 'FitResult', 'batch_order', 'lr_at', 'Selector', 'saved_identity', 'train_aug', 'fit']
+__all__ = ['HISTORY_COLUMNS', 'SEGMENTS_DICE', 'WEAK_ONLY', 'pick_device', 'loader_workers', 'weights_hash', 'Baseline',
+           'build_step', 'load_model', 'validate', 'NonFiniteLoss', 'FitResult', 'batch_order', 'lr_at', 'Selector',
+           'saved_identity', 'train_aug', 'fit']
 
 # %% ../nbs/07_train.ipynb #b86ca14f
 def pick_device(
@@ -48,39 +50,6 @@ def loader_workers(
     return 0 if device.type == 'cpu' else min(4, os.cpu_count() or 1)
 
 # %% ../nbs/07_train.ipynb #b15669eb
-def temp_path(
-    path: Path,  # the file about to be (re)placed
-    suffix: str = '',  # appended, for writers that pick a format from the name (e.g. '.png')
-) -> Path:
-    "A hidden temporary file beside `path`, unique to this writer (pid and a random part): concurrent writers never share one."
-    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
-
-def _replace_with(tmp: Path, path: Path, write):
-    "Call `write(file)` on `tmp`, sync it, and move it over `path`; remove `tmp` if anything fails."
-    try:
-        with open(tmp, 'wb') as f: write(f); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True); raise
-
-def atomic_write(
-    path: Path|str,  # the file to (re)place
-    data: str|bytes,  # its whole content
-) -> Path:
-    "Write `data` to `path` atomically (temporary file + `os.replace`)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_with(temp_path(path), path, lambda f: f.write(data.encode() if isinstance(data, str) else data))
-    return path
-
-def atomic_save(
-    obj,  # anything `torch.save` takes
-    path: Path|str,  # the checkpoint file
-) -> Path:
-    "`torch.save(obj, path)` atomically."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_with(temp_path(path), path, lambda f: torch.save(obj, f))
-    return path
-
 def weights_hash(
     state: dict[str, Tensor]|nn.Module,  # a state_dict or a module
 ) -> str:  # hex SHA-256 of the names, shapes, dtypes and values
@@ -91,22 +60,6 @@ def weights_hash(
         t = state[k].detach().cpu().contiguous()
         h.update(f"{k}:{tuple(t.shape)}:{t.dtype};".encode()); h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b'')
     return h.hexdigest()
-
-# %% ../nbs/07_train.ipynb #cb4033b3
-def dice_iou(
-    pred: Tensor,  # predicted lesion masks, B x H x W, bool or {0, 1}
-    target: Tensor,  # ground-truth masks, B x H x W, bool or {0, 1}
-) -> tuple[Tensor, Tensor]:  # (dice, iou), float64 tensors of B values in [0, 1]
-    "Per-image Dice and IoU; both are 1 where prediction and ground truth are empty."
-    if pred.shape != target.shape or pred.ndim != 3: raise ValueError(f"pred and target must both be B x H x W, got {tuple(pred.shape)} and {tuple(target.shape)}")
-    p, g = pred.bool().flatten(1), target.bool().flatten(1)
-    inter = (p & g).sum(1).double()
-    total = p.sum(1).double() + g.sum(1).double()
-    union = total - inter
-    empty = total == 0
-    dice = torch.where(empty, torch.ones_like(inter), 2 * inter / total.clamp_min(1))
-    iou = torch.where(empty, torch.ones_like(inter), inter / union.clamp_min(1))
-    return dice, iou
 
 # %% ../nbs/07_train.ipynb #dc52821a
 class Baseline(nn.Module):
