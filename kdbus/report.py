@@ -362,7 +362,7 @@ def table4_markdown(t: pd.DataFrame, # from `table4`
         'paper p vs Student': [_fmt_p(p, m == 'Student') for p, m in zip(t['paper p vs Student'], t.model)],
     })
     if 'hd95_median' in t and t.hd95_images.gt(0).any():  # a boundary column where the runs recorded HD95
-        show.insert(3, 'HD95 (px), median', [f"{m:.1f} ({k}/{n})" if k else 'n/a' for m, k, n in zip(t.hd95_median, t.hd95_images, t.n_images)])
+        show.insert(2, 'HD95 (px), median', [f"{m:.1f} ({k}/{n})" if k else 'n/a' for m, k, n in zip(t.hd95_median, t.hd95_images, t.n_images)])
     lines = ["# Table 4, reproduced", ""]
     if t.attrs.get('fake'):
         lines += ["**These numbers come from `kdbus.report.fake_results`: made-up placeholders, not trained models.**", ""]
