@@ -27,12 +27,12 @@ from pathlib import Path
 
 import pandas as pd, torch
 from kdbus.bench import time_interleaved
-from kdbus.config import label_params, resolve_config
+from kdbus.config import LEGACY_FIELDS, label_params, resolve_config
 from kdbus.experiment import run_data
 from kdbus.train import build_step, fit
 
 RECIPES = {  # overrides of the quick profile; per-epoch cost depends only on the models, size and batch
-    'before': dict(model_preset='quick', lr_schedule='constant', warmup_epochs=0, select='val_loss'),
+    'before': dict(LEGACY_FIELDS, model_preset='quick'),  # the rules runs made before the recipe fields existed used
     'after': dict(warmup_epochs=0),  # warm-up changes the learning rate, not the cost; an epoch-1 run needs warmup <= 1
 }
 BUDGET = {'before': 50, 'after': 60}  # the profile's maximum epochs in each recipe

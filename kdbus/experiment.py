@@ -43,8 +43,9 @@ def check_run(
     except ValueError as e: raise ValueError(f"data={cfg.data!r} ({len(cases)} images) cannot be split as asked: {e}") from None
     if test_folds is not None:
         if cfg.fold >= len(folds): raise ValueError(f"fold={cfg.fold}: the split file of data={cfg.data!r} has folds 0..{len(folds) - 1} only")
-        split = sorted({tuple(sorted({int(test_folds[i]) for i in np.flatnonzero(np.asarray(groups) == g)})) for g in set(groups)} - {()}, key=len)
-        straddle = [f for f in split if len(f) > 1]
+        folds_of = {}  # duplicate group -> the test folds its copies are in
+        for g, f in zip(groups, test_folds): folds_of.setdefault(g, set()).add(int(f))
+        straddle = sorted({tuple(sorted(s)) for s in folds_of.values() if len(s) > 1})
         if straddle: warnings.warn(f"data={cfg.data!r}: the split file puts copies of one scan (kdbus.data.duplicate_groups) in the test parts of "
                                    f"different folds {straddle[:3]}: their test scores will be too high", DataWarning)
     if cfg.is_kd and cfg.path != 'logits':

@@ -78,8 +78,9 @@ def check_compatible(
     from kdbus.data import same_data
     record = json.loads(cfg.read_text())
     saved = {**LEGACY_FIELDS, **record['config']}  # runs saved before the recipe fields used the legacy rules
-    asked = resolve_config(**job.params).to_dict()  # specs compare in their canonical form
-    asked_id = resolve_config(**job.params).identity()  # recipe fields count only where they decide this run (e.g. regressor_relu: HReg runs)
+    cfg_asked = resolve_config(**job.params)
+    asked = cfg_asked.to_dict()  # specs compare in their canonical form
+    asked_id = cfg_asked.identity()  # recipe fields count only where they decide this run (e.g. regressor_relu: HReg runs)
     for k in ('profile', 'data', 'seed', 'model_preset', 'size', 'batch_size', 'epochs', 'patience', 'lr', *(f for f in LEGACY_FIELDS if f in asked_id)):
         if k in saved and not (same_data(saved[k], asked[k]) if k == 'data' else saved[k] == asked[k]):  # data: any spelling of its folder
             raise ValueError(f"{cfg} was made with {k}={saved[k]!r}, but this grid asks for {k}={asked[k]!r}: "
