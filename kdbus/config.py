@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_config.ipynb #5aa4e020
 from __future__ import annotations
-import json, math, numbers
+import contextlib, json, math, numbers
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -17,8 +17,8 @@ from .losses import KD_LOSSES
 from .models import PRESETS, REGRESSOR_RELU, resolve_specs
 
 # %% auto #0
-__all__ = ['RUN_PATHS', 'ALL_RUNS', 'PROFILES', 'RUNTIME_FIELDS', 'LR_SCHEDULES', 'SELECT_RULES', 'TEACHER_TRAIN_AUGS',
-           'LEGACY_FIELDS', 'run_label', 'label_params', 'RunConfig', 'resolve_config']
+__all__ = ['RUN_PATHS', 'ALL_RUNS', 'PROFILES', 'DATA_EPOCHS', 'RUNTIME_FIELDS', 'LR_SCHEDULES', 'SELECT_RULES',
+           'TEACHER_TRAIN_AUGS', 'LEGACY_FIELDS', 'run_label', 'label_params', 'RunConfig', 'resolve_config']
 
 # %% ../nbs/06_config.ipynb #89b902c6
 RUN_PATHS: tuple[str, ...] = ('teacher', 'none', *KD_PATHS)  # `path` values: a model alone, or a KD path
@@ -57,6 +57,8 @@ PROFILES: dict[str, dict] = {
     'smoke': dict(_RUN_DEFAULTS, size=64, batch_size=8, epochs=2, patience=2, lr=1e-3, lr_schedule='cosine', warmup_epochs=0,
                   select='val_dice', model_preset='smoke', encoder_weights=None),  # tests and CI: seconds
 }  # every default of every `RunConfig` field but `profile`
+
+DATA_EPOCHS: dict[tuple[str, str], int] = {('quick', 'synth'): 90}  # (profile, data kind): its measured epoch budget where it differs from the profile's
 
 # %% ../nbs/06_config.ipynb #2c008808
 def _choice(name, v, allowed):
@@ -225,4 +227,7 @@ def resolve_config(
     _choice('profile', profile, tuple(PROFILES))
     bad = [k for k in overrides if k not in _FIELDS or k == 'profile']
     if bad: raise ValueError(f"unknown parameter(s) {bad}; RunConfig fields: {', '.join(f for f in _FIELDS if f != 'profile')}")
-    return RunConfig(**{**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}, 'profile': profile})
+    values = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}, 'profile': profile}
+    if overrides.get('epochs') is None:  # the profile's budget for this kind of data (`DATA_EPOCHS`)
+        with contextlib.suppress(DataError, TypeError): values['epochs'] = DATA_EPOCHS.get((profile, parse_spec(values['data']).kind), values['epochs'])
+    return RunConfig(**values)

@@ -150,7 +150,7 @@ def test_old_configs_read_back_with_the_rules_they_used():
 def test_bad_recipe_values_are_refused():
     with pytest.raises(ValueError, match="select='dice' is not valid; expected one of: 'val_loss', 'val_dice'"): resolve_config(select='dice')
     with pytest.raises(ValueError, match="lr_schedule='poly'"): resolve_config(lr_schedule='poly')
-    with pytest.raises(ValueError, match=r'warmup_epochs=61 is out of range.*at most epochs=60'): resolve_config(warmup_epochs=61)
+    with pytest.raises(ValueError, match=r'warmup_epochs=61 is out of range.*at most epochs=60'): resolve_config(data='busi:/data/BUSI', warmup_epochs=61)
 
 
 def test_paper_profile_keeps_the_papers_rule():
