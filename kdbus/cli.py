@@ -32,10 +32,24 @@ def cmd_check_data(args) -> int:
     return 1 if problems else 0
 
 # %% ../nbs/90_cli.ipynb #68cd0c00
-def _folds(s: str) -> tuple[int, ...]:
-    "Parse '0,1,2' into (0, 1, 2)."
-    try: return tuple(int(x) for x in s.split(',') if x.strip())
-    except ValueError: raise argparse.ArgumentTypeError(f"--folds {s!r}: expected comma-separated fold numbers, e.g. 0,1,2")
+def _ints(flag: str):
+    "A parser of '0,1,2' into (0, 1, 2) whose error names `flag`."
+    def parse(s: str) -> tuple[int, ...]:
+        try: return tuple(int(x) for x in s.split(',') if x.strip())
+        except ValueError: raise argparse.ArgumentTypeError(f"{flag} {s!r}: expected comma-separated integers, e.g. 0,1,2")
+    return parse
+
+_folds = _ints('--folds')  # '0,1,2' -> (0, 1, 2)
+
+def _labels(s: str) -> tuple[str, ...]:
+    "Parse 'Teacher,Student,L_KLD_WAug' into Table 4 labels, each checked."
+    from kdbus.config import label_params
+    out = tuple(x.strip() for x in s.split(',') if x.strip())
+    for l in out:
+        try: label_params(l)
+        except ValueError as e: raise argparse.ArgumentTypeError(f"--runs {s!r}: {e}")
+    if not out: raise argparse.ArgumentTypeError(f"--runs {s!r}: expected comma-separated runs, e.g. Teacher,Student,L_KLD_WAug")
+    return out
 
 def _similarity(s: str) -> float:
     "Parse a similarity threshold in (0, 1]."
@@ -50,10 +64,13 @@ def _default_out(profile: str, data: str, model_preset: str|None = None) -> Path
 
 def cmd_grid(args) -> int:
     "Run (or finish) the grid; 1 if any run failed."
-    from kdbus.grid import run_grid
+    from kdbus.config import ALL_RUNS
+    from kdbus.grid import parse_sweep, run_grid
     out = args.out or _default_out(args.profile, args.data, args.model_preset)
     try:
-        res = run_grid(args.profile, args.data, folds=args.folds, out=out, seed=args.seed,
+        sweeps = dict(parse_sweep(s) for s in args.sweep or [])
+        if len(sweeps) != len(args.sweep or []): raise ValueError(f"--sweep names a setting twice ({', '.join(args.sweep)}); give each setting once with all its values")
+        res = run_grid(args.profile, args.data, folds=args.folds, out=out, seed=args.seed, labels=args.runs or ALL_RUNS, sweeps=sweeps, seeds=args.seeds,
                        epochs=args.epochs, size=args.size, batch_size=args.batch_size, model_preset=args.model_preset,
                        teacher_train_aug=args.teacher_train_aug, regressor_relu=args.regressor_relu, executor=args.executor,
                        address=args.address, max_retries=args.max_retries, cpus_per_run=args.cpus_per_run,
@@ -143,6 +160,13 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--folds", type=_folds, default=(0, 1, 2), help="comma-separated folds (default: 0,1,2)")
     g.add_argument("--out", type=Path, default=None, help="results folder (default: results/<profile or model preset>-<data kind>)")
     g.add_argument("--seed", type=int, default=0, help="seed of splits, initialisation, augmentation (default: 0)")
+    g.add_argument("--seeds", type=_ints('--seeds'), default=None, metavar="S1,S2,...",
+                   help="replicates: every run once per seed, all on the folds of --seed; runs of another seed go to <run>+seed=S (default: --seed only)")
+    g.add_argument("--runs", type=_labels, default=None, metavar="LABELS",
+                   help="comma-separated runs, e.g. Teacher,Student,L_KLD_WAug (default: all 14 of Table 4)")
+    g.add_argument("--sweep", action="append", default=None, metavar="NAME=V1,V2",
+                   help="vary a setting over values: T, alpha, stage or kd_axis, e.g. --sweep T=1,2,4,8 (repeat for a product); "
+                        "runs of non-default settings go to <run>+NAME=V folders")
     g.add_argument("--epochs", type=int, default=None, help="override the profile's maximum epochs")
     g.add_argument("--size", type=int, default=None, help="override the profile's image size")
     g.add_argument("--batch-size", type=int, default=None, help="override the profile's batch size")

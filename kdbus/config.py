@@ -18,7 +18,8 @@ from .models import PRESETS, REGRESSOR_RELU, resolve_specs
 
 # %% auto #0
 __all__ = ['RUN_PATHS', 'ALL_RUNS', 'PROFILES', 'DATA_EPOCHS', 'RUNTIME_FIELDS', 'LR_SCHEDULES', 'SELECT_RULES',
-           'TEACHER_TRAIN_AUGS', 'LEGACY_FIELDS', 'run_label', 'label_params', 'RunConfig', 'resolve_config']
+           'TEACHER_TRAIN_AUGS', 'KD_AXES', 'LEGACY_FIELDS', 'NAMED_FIELDS', 'run_label', 'label_params', 'RunConfig',
+           'resolve_config']
 
 # %% ../nbs/06_config.ipynb #89b902c6
 RUN_PATHS: tuple[str, ...] = ('teacher', 'none', *KD_PATHS)  # `path` values: a model alone, or a KD path
@@ -46,7 +47,7 @@ def label_params(
 
 # %% ../nbs/06_config.ipynb #6c98728e
 _RUN_DEFAULTS = dict(path='logits', loss='kld', teacher_aug='weak', fold=0, data='synth', seed=0, out_dir='runs',
-                     k_folds=5, n_folds=3, val_frac=0.15, alpha=0.5, T=1.0, stage=-1, regressor_relu='auto', teacher_train_aug='strong',
+                     k_folds=5, n_folds=3, val_frac=0.15, alpha=0.5, T=1.0, stage=-1, kd_axis='channel', split_seed=None, regressor_relu='auto', teacher_train_aug='strong',
                      device='auto', num_workers=None)
 
 PROFILES: dict[str, dict] = {
@@ -83,8 +84,10 @@ RUNTIME_FIELDS = ('out_dir', 'device', 'num_workers')  # where and how a run exe
 LR_SCHEDULES = ('constant', 'cosine')  # `lr_schedule` values
 SELECT_RULES = ('val_loss', 'val_dice')  # `select` values: what picks the checkpoint and drives early stopping
 TEACHER_TRAIN_AUGS = ('strong', 'weak')  # `teacher_train_aug` values: the augmentation the Teacher run trains with
+KD_AXES = ('channel', 'spatial')  # `kd_axis` values: the KLD's softmax over the classes/channels at each pixel (the paper), or over the pixels of each channel (Shu et al. 2021)
 LEGACY_FIELDS = dict(lr_schedule='constant', warmup_epochs=0, select='val_loss', regressor_relu='always',
-                     teacher_train_aug='strong')  # what runs saved before these fields existed used
+                     teacher_train_aug='strong', kd_axis='channel', split_seed=None)  # what runs saved before these fields existed used
+NAMED_FIELDS = ('stage', 'T', 'alpha', 'kd_axis')  # KD settings a sweep varies: a run with a non-default one has it in its name
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -95,7 +98,8 @@ class RunConfig:
     fold: int  # cross-validation fold, 0..n_folds-1
     data: str  # data set spec (`kdbus.data.parse_spec`), e.g. 'synth' or 'udiat:/data/Dataset_B'
     profile: str  # the profile the defaults came from: 'paper', 'quick' or 'smoke'
-    seed: int  # one replicate: split, initial weights, batch order and augmentation
+    seed: int  # one replicate: initial weights, batch order, augmentation, and the split unless `split_seed` says otherwise
+    split_seed: int|None  # the seed of the folds when it differs from `seed` (replicates of one split: `kdbus grid --seeds`); None: `seed`
     out_dir: str  # results root; the run lives in out_dir/label/fold<k>
     size: int  # side S of the square images, pixels (the paper: 224)
     batch_size: int  # images per optimiser step (the paper: 64)
@@ -112,7 +116,8 @@ class RunConfig:
     val_frac: float  # share of each training part held out for validation
     alpha: float  # weight of L_distill in the total loss (the paper: 0.5)
     T: float  # KLD temperature (1: the paper's formula)
-    stage: int  # encoder stage of the hidden paths (-1: encoder output)
+    stage: int  # encoder stage of the hidden paths (-1: encoder output; 1..depth-1 the earlier ones, stride 2**stage)
+    kd_axis: str  # the KLD's softmax axis: 'channel' (over the classes at each pixel: the paper) or 'spatial' (over the pixels of each channel)
     regressor_relu: str  # HR regressor's final ReLU: 'auto' (iff the teacher's features are >= 0), 'always' (the paper's words), 'never'
     teacher_train_aug: str  # what the Teacher run trains with: 'strong' (the student's augmentation) or 'weak' (crop only); the paper does not say
     device: str  # 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...
@@ -134,6 +139,8 @@ class RunConfig:
         try: set_('data', str(parse_spec(self.data)))
         except DataError as e: raise DataError(f"data={self.data!r}: {e}") from None
         set_('seed', _int('seed', self.seed, 0))
+        if self.split_seed is not None: set_('split_seed', _int('split_seed', self.split_seed, 0))
+        if self.split_seed == self.seed: set_('split_seed', None)  # one canonical form: None when the folds follow `seed`
         if not isinstance(self.out_dir, (str, Path)) or not str(self.out_dir).strip(): raise ValueError(f"out_dir={self.out_dir!r} must be a folder path")
         set_('out_dir', str(self.out_dir))
         set_('size', _int('size', self.size, 32, what=' and a multiple of 32 (the U-Nets halve the image 5 times)'))
@@ -152,6 +159,12 @@ class RunConfig:
         set_('T', _float('T', self.T, 0, lo_open=True))
         set_('stage', _int('stage', self.stage, -5, 5, ' (-1 = encoder output; 0 is the input image, not a feature)'))
         if self.stage == 0: raise ValueError("stage=0 is the input image, not a feature; expected -5..-1 or 1..5 (-1 = encoder output)")
+        depths = {s.encoder_depth for s in resolve_specs(self.model_preset, None)}
+        if len(depths) == 1:  # one name per stage: -1 for the encoder output, 1..depth-1 for the others
+            (depth,) = depths
+            if self.stage == depth: set_('stage', -1)
+            elif -depth <= self.stage < -1: set_('stage', depth + 1 + self.stage)
+        _choice('kd_axis', self.kd_axis, KD_AXES)
         _choice('regressor_relu', self.regressor_relu, REGRESSOR_RELU)
         _choice('teacher_train_aug', self.teacher_train_aug, TEACHER_TRAIN_AUGS)
         if not isinstance(self.device, str): raise ValueError(f"device={self.device!r} must be 'auto' or a torch device string such as 'cpu' or 'cuda:0'")
@@ -171,9 +184,23 @@ class RunConfig:
         return run_label(self.path, self.loss, self.teacher_aug)
 
     @property
+    def folds_seed(self) -> int:
+        "The seed of the run's folds: `split_seed`, else `seed`."
+        return self.seed if self.split_seed is None else self.split_seed
+
+    @property
+    def name(self) -> str:
+        "The run's folder name: its `label`, then each `NAMED_FIELDS` setting that differs from the default and decides the run, then the seed of a replicate, e.g. 'H_MSE+stage=3', 'Student+seed=1'."
+        ident, parts = self.identity(), []
+        for k in NAMED_FIELDS:
+            if k in ident and ident[k] != _RUN_DEFAULTS[k]: parts.append(f"{k}={ident[k]:g}" if isinstance(ident[k], float) else f"{k}={ident[k]}")
+        if self.split_seed is not None: parts.append(f"seed={self.seed}")
+        return '+'.join((self.label, *parts))
+
+    @property
     def run_dir(self) -> Path:
-        "The run's folder: out_dir/label/fold<k>."
-        return Path(self.out_dir)/self.label/f"fold{self.fold}"
+        "The run's folder: out_dir/name/fold<k> (Table 3's name for the paper's settings)."
+        return Path(self.out_dir)/self.name/f"fold{self.fold}"
 
     def replace(self, **changes) -> RunConfig:
         "A checked copy with `changes` applied."
@@ -190,7 +217,10 @@ class RunConfig:
         d = self.to_dict()
         for k in (*RUNTIME_FIELDS, 'profile', 'n_folds'): d.pop(k)
         if not self.is_kd:
-            for k in ('loss', 'teacher_aug', 'alpha', 'T', 'stage'): d.pop(k)
+            for k in ('loss', 'teacher_aug', 'alpha', 'T', 'stage', 'kd_axis'): d.pop(k)
+        else:
+            if self.loss == 'mse': d.pop('T'); d.pop('kd_axis')  # MSE has no softmax
+            if self.path == 'logits': d.pop('stage')  # no encoder features
         if self.path != 'hidden_regressor': d.pop('regressor_relu')
         if self.path == 'none': d.pop('teacher_train_aug')  # the student alone has no teacher
         return d

@@ -22,8 +22,8 @@ from .files import atomic_write
 from .train import build_step, fit, load_model, pick_device, weights_hash
 
 # %% auto #0
-__all__ = ['check_run', 'run_data', 'duplicate_id_groups', 'split_record', 'git_commit', 'cpu_model', 'env_info', 'write_json',
-           'read_json', 'saved_config', 'check_same_run', 'run_lock', 'ensure_teacher', 'check_no_leak',
+__all__ = ['check_run', 'check_stage', 'run_data', 'duplicate_id_groups', 'split_record', 'git_commit', 'cpu_model', 'env_info',
+           'write_json', 'read_json', 'saved_config', 'check_same_run', 'run_lock', 'ensure_teacher', 'check_no_leak',
            'portable_config', 'portable_teacher', 'run_experiment']
 
 # %% ../nbs/09_experiment.ipynb #ef9d9548
@@ -39,7 +39,7 @@ def check_run(
     except DataError as e: raise DataError(f"{e.message} (data={cfg.data!r}; found while looking for duplicate images)", e.file) from None
     try: test_folds = spec_test_folds(cfg.data, [c.id for c in cases])  # a user split file: every problem named with its line
     except DataError as e: raise DataError(f"data={cfg.data!r}: {e.message}", e.file) from None
-    try: folds = make_folds([c.label for c in cases], k=cfg.k_folds, seed=cfg.seed, val_frac=cfg.val_frac, groups=groups, test_folds=test_folds)
+    try: folds = make_folds([c.label for c in cases], k=cfg.k_folds, seed=cfg.folds_seed, val_frac=cfg.val_frac, groups=groups, test_folds=test_folds)
     except ValueError as e: raise ValueError(f"data={cfg.data!r} ({len(cases)} images) cannot be split as asked: {e}") from None
     if test_folds is not None:
         if cfg.fold >= len(folds): raise ValueError(f"fold={cfg.fold}: the split file of data={cfg.data!r} has folds 0..{len(folds) - 1} only")
@@ -48,11 +48,17 @@ def check_run(
         straddle = sorted({tuple(sorted(s)) for s in folds_of.values() if len(s) > 1})
         if straddle: warnings.warn(f"data={cfg.data!r}: the split file puts copies of one scan (kdbus.data.duplicate_groups) in the test parts of "
                                    f"different folds {straddle[:3]}: their test scores will be too high", DataWarning)
+    check_stage(cfg)
+    return folds
+
+def check_stage(
+    cfg: RunConfig,  # a run
+):
+    "Raise if a hidden-path run's `stage` is not a stage of both encoders (models built on the meta device: no memory, no time)."
     if cfg.is_kd and cfg.path != 'logits':
         for spec in resolve_specs(cfg.model_preset, None):
             try: resolve_stages(build_model(spec, 'meta'), cfg.stage)
             except ValueError as e: raise ValueError(f"stage={cfg.stage}: {e}") from None
-    return folds
 
 # %% ../nbs/09_experiment.ipynb #b9ee39aa
 @lru_cache(maxsize=4)
@@ -63,7 +69,7 @@ def run_data(
 ) -> tuple[SegData, Fold]:  # (the whole data set at `cfg.size`, the run's fold)
     "The data set in memory (cached by spec and size) and the fold `cfg.fold` of its split, duplicate groups kept whole."
     data = _load(cfg.data, cfg.size)
-    return data, make_folds(data.labels, k=cfg.k_folds, seed=cfg.seed, val_frac=cfg.val_frac, groups=fold_groups(cfg.data),
+    return data, make_folds(data.labels, k=cfg.k_folds, seed=cfg.folds_seed, val_frac=cfg.val_frac, groups=fold_groups(cfg.data),
                             test_folds=spec_test_folds(cfg.data, data.ids))[cfg.fold]
 
 def duplicate_id_groups(
@@ -223,16 +229,16 @@ def run_experiment(
         models = dict(trained=model_record(step.student))
         if teacher is not None: models['teacher'] = model_record(teacher)
         if not (run_dir/'config.json').exists():
-            write_json(run_dir/'config.json', dict(config=portable_config(cfg), label=cfg.label, models=models, split=split,
+            write_json(run_dir/'config.json', dict(config=portable_config(cfg), label=cfg.label, run=cfg.name, models=models, split=split,
                                                    teacher=portable_teacher(trec, cfg.out_dir) if trec else None))
         write_json(run_dir/'env.json', env_info(device))
         res = fit(step, cfg, data.subset(fold.train), data.subset(fold.val), run_dir, progress)
         per_image, pred = evaluate(res.model, data.subset(fold.test), cfg.batch_size)
         atomic_write(run_dir/'per_image.csv', per_image.to_csv(index=False))
         save_predictions(run_dir/'predictions.npz', per_image.id.tolist(), pred)
-        metrics = dict(label=cfg.label, fold=cfg.fold, **summarise(per_image), params=res.params, regressor_params=res.regressor_params,
+        metrics = dict(label=cfg.label, run=cfg.name, fold=cfg.fold, **summarise(per_image), params=res.params, regressor_params=res.regressor_params,
                        best_epoch=res.best_epoch, epochs_run=res.epochs_run, seconds=round(res.seconds, 3), stopped=res.stopped,
-                       path=cfg.path, loss=cfg.loss, teacher_aug=cfg.teacher_aug, profile=cfg.profile, data=cfg.data, seed=cfg.seed,
+                       path=cfg.path, loss=cfg.loss, teacher_aug=cfg.teacher_aug, profile=cfg.profile, data=cfg.data, seed=cfg.seed, split_seed=cfg.folds_seed,
                        best_val_loss=res.best_val_loss, best_val_dice=res.best_val_dice, select=cfg.select, collapsed=res.collapsed,
                        teacher_weights_sha256=trec['weights_sha256'] if trec else None, complete=True)
         write_json(run_dir/'metrics.json', metrics)

@@ -4,255 +4,89 @@
 
 # %% ../nbs/11_grid.ipynb #aab7912b
 from __future__ import annotations
-import _thread, contextlib, json, os, socket, sys, threading, time, traceback, uuid
+import itertools, json, time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
-from .config import ALL_RUNS, label_params
-from .distill import TABLE3
+from .config import ALL_RUNS
+from .jobs import (ATTEMPTS_NAME, LOCK_NAME, STALE_AFTER, Job, LockLost, RunLocked, _reason, attempts, check_compatible,
+                        execute_job, lock_is_stale, lock_owner, run_folder_lock, run_job, run_notebook, run_params, run_status)
 
 # %% auto #0
-__all__ = ['OVERRIDES', 'LOCK_NAME', 'STALE_AFTER', 'ATTEMPTS_NAME', 'run_params', 'Job', 'grid_jobs', 'run_status',
-           'check_compatible', 'run_notebook', 'execute_job', 'RunLocked', 'LockLost', 'lock_owner', 'lock_is_stale',
-           'run_folder_lock', 'attempts', 'run_job', 'teacher_ready', 'teacher_waits', 'GridResult', 'is_collapsed',
+__all__ = ['OVERRIDES', 'SWEEPS', 'parse_sweep', 'grid_jobs', 'teacher_ready', 'teacher_waits', 'GridResult', 'is_collapsed',
            'LocalExecutor', 'schedule', 'run_grid']
 
 # %% ../nbs/11_grid.ipynb #a619fa54
-def run_params(
-    label: str,  # 'Teacher', 'Student' or a Table 3 name such as 'L_KLD_WAug'
-) -> dict:  # the run notebook's `path`, `loss` and `teacher_aug` (only those that apply)
-    "The papermill parameters that select the experiment `label` (`kdbus.config.label_params` without the Nones)."
-    return {k: v for k, v in label_params(label).items() if v is not None}
-
-@dataclass(frozen=True)
-class Job:
-    "One execution of `run.ipynb`."
-    label: str  # Table 4's name of the run
-    fold: int  # fold index
-    params: dict = field(hash=False)  # all papermill parameters
-
-    def run_dir(self, out: Path) -> Path:
-        "The run's folder under the results folder `out`."
-        return Path(out) / self.label / f"fold{self.fold}"
-
 OVERRIDES = ('epochs', 'size', 'batch_size', 'model_preset', 'teacher_train_aug', 'regressor_relu')  # profile settings a grid may override (run.ipynb parameters)
+SWEEPS = {'T': float, 'alpha': float, 'stage': int, 'kd_axis': str}  # the run settings `--sweep` may vary, with their types (run.ipynb parameters)
+
+def parse_sweep(
+    text: str,  # 'NAME=V1,V2,...', e.g. 'T=1,2,4,8'
+) -> tuple[str, tuple]:  # (NAME, values of its type)
+    "One `--sweep` argument, each value converted to the setting's type; a clear error for a bad name or value."
+    name, eq, values = text.partition('=')
+    name = name.strip()
+    if not eq or name not in SWEEPS: raise ValueError(f"--sweep {text!r}: expected NAME=V1,V2,... with NAME one of {', '.join(SWEEPS)}")
+    out = []
+    for v in (v.strip() for v in values.split(',')):
+        try: out.append(SWEEPS[name](v) if v else None)
+        except ValueError: out.append(None)
+        if out[-1] is None: raise ValueError(f"--sweep {text!r}: {name}={v!r} is not {'an integer' if SWEEPS[name] is int else 'a number' if SWEEPS[name] is float else 'a value'}")
+    return name, tuple(dict.fromkeys(out))
 
 def grid_jobs(
     profile: str = 'quick',  # 'paper', 'quick' or 'smoke'
     data: str = 'synth',  # data set spec
     folds: tuple[int, ...] = (0, 1, 2),  # folds to run (the paper: 3)
     out: str|Path = 'results',  # results folder
-    seed: int = 0,  # seed of splits, initialisation and augmentation
+    seed: int = 0,  # seed of the folds (and of everything else for the runs of this seed)
     labels: tuple[str, ...] = ALL_RUNS,  # which runs (default: all 14)
+    sweeps: dict|None = None,  # {setting: values}, e.g. {'T': (1, 2, 4, 8)}: every combination for every run it applies to (`SWEEPS`)
+    seeds: tuple[int, ...]|None = None,  # replicates: every run once per seed, all on the folds of `seed` (None: `seed` only)
     **overrides,  # run-notebook overrides: `OVERRIDES` (None = profile's)
-) -> list[Job]:  # teachers first within each fold
+) -> list[Job]:  # teachers first within each fold and seed; one job per run folder
     "The jobs of a grid, in the order they run."
+    from kdbus.config import resolve_config
     for l in labels: run_params(l)  # validates the names
     bad = set(overrides) - set(OVERRIDES)
     if bad: raise ValueError(f"unknown override(s) {sorted(bad)}; valid: {', '.join(OVERRIDES)}")
+    sweeps = dict(sweeps or {})
+    for k, vs in sweeps.items():
+        if k not in SWEEPS: raise ValueError(f"cannot sweep {k!r}; sweepable settings: {', '.join(SWEEPS)}")
+        if not vs: raise ValueError(f"the sweep of {k} has no values")
+    seeds = (seed,) if seeds is None else tuple(dict.fromkeys(seeds))
+    if not seeds: raise ValueError("seeds is empty; give at least one seed, e.g. 0,1,2")
     ordered = [l for l in ALL_RUNS if l in labels]
     out = Path(out).absolute()  # the notebook may run in another working directory (a Ray worker, say)
-    return [Job(l, f, dict(run_params(l), fold=f, profile=profile, data=data, seed=seed, out_dir=str(out),
-                           **{k: v for k, v in overrides.items() if v is not None}))
-            for f in folds for l in ordered]
-
-# %% ../nbs/11_grid.ipynb #843a2b79
-def run_status(
-    run_dir: str|Path,  # OUT/<label>/fold<k>
-) -> str:  # 'complete', 'broken' or 'missing'
-    "Whether a run folder holds a finished run."
-    d = Path(run_dir)
-    if (d / 'metrics.json').is_file(): return 'complete'
-    return 'broken' if d.exists() else 'missing'
-
-def check_compatible(
-    job: Job,  # a job of this grid
-    out: Path,  # results folder
-):
-    "Refuse to mix runs of another profile, data set, seed, model preset, budget or training recipe into a results folder."
-    from kdbus.config import resolve_config
-    cfg = job.run_dir(out) / 'config.json'
-    if not cfg.is_file(): return
-    from kdbus.config import LEGACY_FIELDS
-    from kdbus.data import same_data
-    record = json.loads(cfg.read_text())
-    saved = {**LEGACY_FIELDS, **record['config']}  # runs saved before the recipe fields used the legacy rules
-    cfg_asked = resolve_config(**job.params)
-    asked = cfg_asked.to_dict()  # specs compare in their canonical form
-    asked_id = cfg_asked.identity()  # recipe fields count only where they decide this run (e.g. regressor_relu: HReg runs)
-    for k in ('profile', 'data', 'seed', 'model_preset', 'size', 'batch_size', 'epochs', 'patience', 'lr', *(f for f in LEGACY_FIELDS if f in asked_id)):
-        if k in saved and not (same_data(saved[k], asked[k]) if k == 'data' else saved[k] == asked[k]):  # data: any spelling of its folder
-            raise ValueError(f"{cfg} was made with {k}={saved[k]!r}, but this grid asks for {k}={asked[k]!r}: "
-                             f"use another --out folder for another {k}")
-    from kdbus.experiment import duplicate_id_groups
-    made, now = record.get('split', {}).get('duplicate_groups'), duplicate_id_groups(asked['data'])
-    if (made is None and now) or (made is not None and made != now):
-        was = "folds that ignore duplicates (made before kdbus grouped them)" if made is None else f"{len(made)} other duplicate group(s)"
-        raise ValueError(f"{cfg} was made with {was}, but this grid keeps {len(now)} duplicate group(s) of {asked['data']} whole "
-                         "in its folds: results of both kinds cannot share a Table 4; use another --out folder")
-
-# %% ../nbs/11_grid.ipynb #2d396d69
-def run_notebook() -> Path:
-    "The parametrised experiment notebook shipped with the package."
-    p = Path(str(resources.files('kdbus') / 'run.ipynb'))
-    if not p.is_file(): raise FileNotFoundError(f"{p} is missing: the kdbus installation is incomplete (run.ipynb is package data)")
-    return p
-
-def execute_job(
-    job: Job,  # what to run
-    out: Path,  # results folder
-    kernel_name: str|None = None,  # Jupyter kernel; None: the one of this Python (papermill's default)
-    log_output: bool = False,  # stream the notebook's output to this process's log
-):
-    "Execute `run.ipynb` for `job` with papermill, saving the executed notebook in the run folder."
-    import papermill as pm
-    d = job.run_dir(out); d.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(run_notebook()), str(d / 'run.ipynb'), parameters=job.params,
-                        kernel_name=kernel_name, progress_bar=False, log_output=log_output)
-
-# %% ../nbs/11_grid.ipynb #0a193c6a
-LOCK_NAME = '.grid.lock'  # the lock file inside a run folder
-STALE_AFTER = 120.0  # seconds without a heartbeat after which another host's lock counts as left by a dead process
-ATTEMPTS_NAME = 'grid_attempts.jsonl'  # one JSON line per attempt event (start, done, failed) inside a run folder
-
-class RunLocked(RuntimeError):
-    "Another live process owns the run folder."
-
-class LockLost(RuntimeError):
-    "The run folder's lock was taken over while this process held it (it stalled past `stale_after`): the run was stopped."
-
-def _pid_alive(pid) -> bool:
-    try: os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError, TypeError): return False
-    except PermissionError: return True
-    return True
-
-def lock_owner(
-    lock: Path,  # a `.grid.lock` file
-) -> tuple[dict|None, float|None]:  # (its content, {} while being written; its mtime), (None, None) if absent
-    "Who holds `lock`, and when it was last refreshed."
-    try: mtime, text = lock.stat().st_mtime, lock.read_text()
-    except FileNotFoundError: return None, None
-    try: return json.loads(text), mtime
-    except ValueError: return {}, mtime
-
-def lock_is_stale(
-    owner: dict,  # the lock's content
-    mtime: float,  # its last refresh
-    stale_after: float,  # seconds without refresh after which another host's lock is stale
-) -> bool:
-    "Whether the owner of a lock is gone."
-    if owner.get('host') == socket.gethostname() and 'pid' in owner: return not _pid_alive(owner['pid'])
-    return time.time() - mtime > stale_after
-
-def _take_over(lock: Path, stale_after: float):
-    "Remove a stale `lock`, re-checked under a takeover guard so that only one process does it."
-    guard = lock.with_name(lock.name + '.takeover')
-    try: os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        with contextlib.suppress(FileNotFoundError):
-            if time.time() - guard.stat().st_mtime > 30: guard.unlink()  # a taker died half-way
-        time.sleep(0.2); return
-    try:
-        owner, mtime = lock_owner(lock)
-        if owner is not None and lock_is_stale(owner, mtime, stale_after): lock.unlink(missing_ok=True)
-    finally: guard.unlink(missing_ok=True)
-
-@contextlib.contextmanager
-def run_folder_lock(
-    run_dir: str|Path,  # the run folder to own
-    stale_after: float = STALE_AFTER,  # seconds without heartbeat after which another host's lock is stale
-    wait: float|None = None,  # how long to wait for another host's lock; None: stale_after + 5
-    what: str = '',  # what the owner runs, written into the lock
-):
-    "Own `run_dir` exclusively (the `.grid.lock` file, created with O_EXCL, kept fresh by a heartbeat)."
-    d = Path(run_dir); d.mkdir(parents=True, exist_ok=True)
-    lock, token = d / LOCK_NAME, uuid.uuid4().hex
-    me = dict(host=socket.gethostname(), pid=os.getpid(), started=time.strftime('%Y-%m-%dT%H:%M:%S%z'), what=what, token=token)
-    t0 = time.time(); wait = stale_after + 5 if wait is None else wait
-    while True:
-        try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner, mtime = lock_owner(lock)
-            if owner is None: continue  # released meanwhile
-            if lock_is_stale(owner, mtime, stale_after): _take_over(lock, stale_after); continue
-            if owner.get('host') == me['host'] or time.time() - t0 > wait:
-                raise RunLocked(f"{d} is being run by pid {owner.get('pid')} on {owner.get('host')} since {owner.get('started')} "
-                                f"({owner.get('what')}); if that process is gone, delete {lock}") from None
-            time.sleep(1.0); continue
-        with os.fdopen(fd, 'w') as f: f.write(json.dumps(me))
-        break
-    stop, lost = threading.Event(), threading.Event()
-    on_main = threading.current_thread() is threading.main_thread()
-    def beat():  # refresh the lock while it is still ours; once another process took it over, stop the run
-        while not stop.wait(stale_after / 4):
-            owner, _ = lock_owner(lock)
-            if not owner or owner.get('token') != token:
-                lost.set()
-                if on_main: _thread.interrupt_main()  # a KeyboardInterrupt in the run, turned into LockLost below
-                return
-            with contextlib.suppress(OSError): os.utime(lock)
-    threading.Thread(target=beat, daemon=True).start()
-    def gone():
-        owner = lock_owner(lock)[0] or {}
-        return LockLost(f"{d}: this process (pid {me['pid']} on {me['host']}) lost its lock to pid {owner.get('pid')} on {owner.get('host')} "
-                        f"({owner.get('what')}): it had not refreshed it for {stale_after:.0f} s (a stall), so another took the folder over; "
-                        "this run was stopped so that it does not write beside its successor")
-    try: yield lock
-    except KeyboardInterrupt:
-        if lost.is_set(): raise gone() from None
-        raise
-    finally:
-        stop.set()
-        owner, _ = lock_owner(lock)
-        if owner and owner.get('token') == token: lock.unlink(missing_ok=True)
-    if lost.is_set(): raise gone()  # finished (off the main thread, or before the interrupt landed), but not as the folder's owner
-
-# %% ../nbs/11_grid.ipynb #a2e09a03
-def _log_attempt(d: Path, **rec):
-    with open(d / ATTEMPTS_NAME, 'a') as f: f.write(json.dumps(dict(time=time.strftime('%Y-%m-%dT%H:%M:%S%z'), t=round(time.time(), 3), **rec)) + '\n')
-
-def attempts(
-    run_dir: str|Path,  # a run folder
-) -> list[dict]:  # the events of `grid_attempts.jsonl`, oldest first
-    "The attempt log of a run folder."
-    p = Path(run_dir) / ATTEMPTS_NAME
-    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.is_file() else []
-
-def run_job(
-    job: Job,  # what to run
-    out: str|Path,  # results folder
-    execute=execute_job,  # execute(job, out) runs it
-    executor: str = 'local',  # who runs it, for the attempt log
-    stale_after: float = STALE_AFTER,  # see `run_folder_lock`
-) -> dict:  # status ('done' or 'complete': finished by someone else), host, pid, seconds
-    "Run one job in its run folder: own the folder, skip it if complete, log the attempt, execute."
-    out = Path(out); d = job.run_dir(out)
-    who = dict(host=socket.gethostname(), pid=os.getpid(), executor=executor)
-    with run_folder_lock(d, stale_after, what=f"{job.label}/fold{job.fold} ({executor})"):
-        if run_status(d) == 'complete': return dict(status='complete', seconds=0.0, **who)
-        _log_attempt(d, event='start', **who)
-        t = time.time()
-        try: execute(job, out)
-        except BaseException as e:
-            _log_attempt(d, event='failed', seconds=round(time.time() - t, 3), error=_reason(e), **who); raise
-        _log_attempt(d, event='done', seconds=round(time.time() - t, 3), **who)
-    return dict(status='done', seconds=time.time() - t, **who)
-
-def _reason(e: BaseException) -> str:
-    "The last informative line of an error (papermill's carry the notebook's traceback)."
-    lines = [l for l in str(e).strip().splitlines() if l.strip()]
-    named = [l for l in lines if 'Error' in l or 'Exception' in l]
-    return (named or lines or [type(e).__name__])[-1].strip()[:500]
+    combos = [dict(zip(sweeps, vs)) for vs in itertools.product(*sweeps.values())]
+    jobs, named = [], set()
+    for f in folds:
+        for s in seeds:
+            for l in ordered:
+                for combo in combos:
+                    params = dict(run_params(l), fold=f, profile=profile, data=data, seed=s, out_dir=str(out),
+                                  **({} if s == seed else dict(split_seed=seed)), **combo, **{k: v for k, v in overrides.items() if v is not None})
+                    try: cfg = resolve_config(**params)
+                    except ValueError as e: raise ValueError(f"{l} with {', '.join(f'{k}={v!r}' for k, v in combo.items()) or 'the profile settings'}: {e}") from None
+                    if (cfg.name, f) in named: continue  # a setting that does not apply to this run (e.g. T of an MSE run): one run
+                    named.add((cfg.name, f))
+                    jobs.append(Job(cfg.name, f, {k: v for k, v in params.items() if k not in combo or k in cfg.identity()},
+                                    cfg.teacher_config().name if cfg.is_kd else None))
+    for k in sweeps:
+        if not any(k in resolve_config(**j.params).identity() for j in jobs):
+            raise ValueError(f"--sweep {k}: no chosen run uses {k} ({', '.join(ordered)}); "
+                             + {'T': "T and kd_axis apply to KLD runs", 'kd_axis': "T and kd_axis apply to KLD runs",
+                                'stage': "stage applies to the hidden paths (H_*, HReg_*)", 'alpha': "alpha applies to KD runs"}[k])
+    return jobs
 
 # %% ../nbs/11_grid.ipynb #96fb4394
 def teacher_ready(
     out: str|Path,  # results folder
     fold: int,  # fold index
+    name: str = 'Teacher',  # the teacher run's folder name ('Teacher+seed=S' for a replicate)
 ) -> bool:
     "Whether fold `fold`'s teacher can be loaded by a KD run without training it."
-    d = Path(out) / 'Teacher' / f"fold{fold}"
+    d = Path(out) / name / f"fold{fold}"
     return (d / 'metrics.json').is_file() and (d / 'best.pt').is_file()
 
 def teacher_waits(
@@ -261,12 +95,13 @@ def teacher_waits(
 ) -> dict:  # {KD job: the job it waits for}
     "What each KD job of `todo` must wait for before it starts."
     waits, makers = {}, {}
-    teachers = {j.fold: j for j in todo if j.label == 'Teacher'}
+    teachers = {(j.fold, j.label): j for j in todo if j.params.get('path') == 'teacher'}
     for j in todo:
-        if j.label not in TABLE3 or teacher_ready(out, j.fold): continue
-        if j.fold in teachers: waits[j] = teachers[j.fold]
-        elif j.fold in makers: waits[j] = makers[j.fold]
-        else: makers[j.fold] = j  # trains the fold's teacher itself
+        if j.teacher is None or teacher_ready(out, j.fold, j.teacher): continue
+        key = (j.fold, j.teacher)
+        if key in teachers: waits[j] = teachers[key]
+        elif key in makers: waits[j] = makers[key]
+        else: makers[key] = j  # trains its teacher itself
     return waits
 
 # %% ../nbs/11_grid.ipynb #b787a3c7
@@ -333,8 +168,8 @@ def schedule(
             if dep is not None and dep not in ended: continue
             if dep is not None and dep not in ok and not teacher_ready(out, j.fold):
                 waiting.remove(j)
-                why = (f"not run: the Teacher of fold {j.fold} failed" if dep.label == 'Teacher' else
-                       f"not run: {dep.label}/fold{j.fold}, which was to train the fold's teacher, failed")
+                why = (f"not run: its teacher {j.teacher}/fold{j.fold} failed" if dep.label == j.teacher else
+                       f"not run: {dep.label}/fold{j.fold}, which was to train its teacher {j.teacher}, failed")
                 res.failed.append((j.label, j.fold, why)); log(f"{tags[j]}: {why}"); continue
             if len(running) >= executor.capacity: break
             waiting.remove(j); running[executor.submit(j, out)] = j; t[j] = time.time(); log(f"{tags[j]}: {executor.verb}")
@@ -362,6 +197,8 @@ def run_grid(
     out: str|Path = 'results',  # results folder (created)
     seed: int = 0,  # seed of splits, initialisation and augmentation
     labels: tuple[str, ...] = ALL_RUNS,  # which runs
+    sweeps: dict|None = None,  # {setting: values} to vary (`SWEEPS`: T, alpha, stage, kd_axis), e.g. {'T': (1, 2, 4, 8)}
+    seeds: tuple[int, ...]|None = None,  # replicate seeds, all on the folds of `seed` (None: `seed` only)
     execute=execute_job,  # how to run one job: execute(job, out)
     report: bool = True,  # write Table 4, Figure 2 and the plots at the end
     log=print,  # where progress lines go
@@ -381,9 +218,10 @@ def run_grid(
     if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
         raise ValueError(f"max_retries={max_retries!r} must be an integer >= 0")
     out = Path(out).absolute()
-    jobs = grid_jobs(profile, data, tuple(folds), out, seed, tuple(labels), **overrides)
+    jobs = grid_jobs(profile, data, tuple(folds), out, seed, tuple(labels), sweeps, seeds, **overrides)
+    from kdbus.experiment import check_stage
     for j in jobs:  # every parameter checked before the first run starts
-        resolve_config(**{k: v for k, v in j.params.items()})
+        check_stage(resolve_config(**{k: v for k, v in j.params.items()}))  # e.g. a stage the encoders do not have
         check_compatible(j, out)
     res, t0 = GridResult(), time.time()
     tags = {j: f"[{i}/{len(jobs)}] {j.label}/fold{j.fold}" for i, j in enumerate(jobs, 1)}

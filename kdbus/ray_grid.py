@@ -6,7 +6,7 @@
 from __future__ import annotations
 from pathlib import Path
 
-from .grid import STALE_AFTER, Job, execute_job
+from .jobs import STALE_AFTER, Job, execute_job
 
 # %% auto #0
 __all__ = ['INSTALL_HINT', 'CPUS_PER_RUN', 'MAX_RETRIES', 'require_ray', 'run_resources', 'check_shared_paths', 'check_feasible',
@@ -69,7 +69,7 @@ MAX_RETRIES = 2  # extra attempts for a Ray task unless told otherwise (`--max-r
 
 def _on_worker(job: Job, out: str, execute, stale_after: float) -> dict:
     "The body of a Ray task (runs on a worker)."
-    from kdbus.grid import run_job
+    from kdbus.jobs import run_job
     return run_job(job, out, execute, 'ray', stale_after)
 
 class RayExecutor:
@@ -81,7 +81,7 @@ class RayExecutor:
                  max_retries: int|None = None,  # extra attempts for a task that raises or whose worker dies; None: `MAX_RETRIES`
                  cpus_per_run: float|None = None,  # CPUs each run asks for (None: `CPUS_PER_RUN`)
                  gpus_per_run: float|None = None,  # GPUs each run asks for (None: 1 for the paper profile, else 0)
-                 stale_after: float = STALE_AFTER,  # see `kdbus.grid.run_folder_lock`
+                 stale_after: float = STALE_AFTER,  # see `kdbus.jobs.run_folder_lock`
                 ):
         ray = self.ray = require_ray()
         self.execute, self.cpus, self.gpus, self.stale_after = execute, cpus_per_run, gpus_per_run, stale_after

@@ -15,22 +15,22 @@ import matplotlib.pyplot as plt
 import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from scipy import ndimage, stats
+from scipy import stats
 
-from .data import SegData, list_cases, load_data, make_folds, natural_key, same_data
+from .data import SegData, list_cases, load_data, natural_key, same_data
 from .distill import TABLE3, parse_run_name
 
 # %% auto #0
 __all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_PAIRS', 'DATA_CITATIONS', 'RUN_COLS',
-           'SPLIT_FIELDS', 'CONVERGED_SHARE', 'FIGURE2_RULE', 'HISTORY_COLS', 'REPORT_FILES', 'README_BLOCK',
-           'ReportWarning', 'stars', 'data_citation', 'fake_results', 'find_runs', 'read_metrics', 'run_config',
-           'split_of', 'check_one_split', 'collect', 'run_summary', 'runs_line', 'paired_test', 'table4',
-           'table4_markdown', 'findings', 'choose_figure2_image', 'load_run_images', 'figure2', 'palette',
+           'SPLIT_FIELDS', 'SETTING_COLS', 'CONVERGED_SHARE', 'FIGURE2_RULE', 'HISTORY_COLS', 'REPORT_FILES',
+           'README_BLOCK', 'ReportWarning', 'stars', 'data_citation', 'find_runs', 'read_metrics', 'run_config',
+           'split_of', 'check_one_split', 'run_settings', 'collect', 'run_summary', 'runs_line', 'paired_test',
+           'table4', 'table4_markdown', 'findings', 'choose_figure2_image', 'load_run_images', 'figure2', 'palette',
            'dice_distribution', 'read_history', 'learning_curves', 'loss_terms', 'write_report', 'table4_table',
            'sync_readme', 'plot_history', 'plot_dice', 'plot_overlays']
 
 # %% ../nbs/10_report.ipynb #07d61946
-from .config import ALL_RUNS, label_params  # Table 4's rows (and run folder names), in the paper's order
+from .config import ALL_RUNS, NAMED_FIELDS, PROFILES  # Table 4's rows (and run folder names), in the paper's order
 from .evaluate import PER_IMAGE_COLUMNS, hd95, load_predictions, read_per_image  # the run files' readers (checked)
 from .files import atomic_write, temp_path
 
@@ -78,78 +78,6 @@ def data_citation(data: str, # a data set spec, e.g. 'busi:/data/BUSI'
     "The citation of a data set spec's kind (`DATA_CITATIONS`)."
     return DATA_CITATIONS.get(str(data).split(':', 1)[0], '')
 
-# %% ../nbs/10_report.ipynb #1f1b49ca
-def _dice_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
-    "Dice and IoU of two binary masks (both empty: 1, 1)."
-    inter, a, b = np.logical_and(pred, gt).sum(), pred.sum(), gt.sum()
-    if a + b == 0: return 1.0, 1.0
-    return float(2 * inter / (a + b)), float(inter / (a + b - inter))
-
-def _fake_prediction(gt: np.ndarray, rng: np.random.Generator, miss: float) -> np.ndarray:
-    "A prediction made by perturbing `gt` (miss 0: perfect, larger: worse)."
-    if rng.random() < 0.2 * miss: return np.zeros_like(gt, bool)  # a missed lesion
-    r = max(1.0, math.sqrt(gt.sum() / math.pi))
-    dy, dx = np.round(rng.normal(0, 0.6 * miss * r, 2)).astype(int)
-    p = ndimage.shift(gt.astype(np.uint8), (int(dy), int(dx)), order=0, mode='constant') > 0
-    k = int(round(rng.normal(0, 0.4 * miss * r)))
-    if k > 0: p = ndimage.binary_dilation(p, iterations=k)
-    elif k < 0: p = ndimage.binary_erosion(p, iterations=-k)
-    return p
-
-def fake_results(out: str|Path, # the results folder OUT to write runs into
-                 data: str, # data set spec the runs claim (images and masks are read from it), e.g. 'udiat:/tmp/synth'
-                 size: int = 64, # evaluation size S (pixels)
-                 n_folds: int = 2, # folds 0..n_folds-1
-                 labels: Sequence[str] = ALL_RUNS, # the runs to write
-                 incomplete: Sequence[tuple[str, int]] = (), # (label, fold) runs written without metrics.json
-                 k_folds: int = 5, # partition of `make_folds` (as the grid's)
-                 seed: int = 0, # seed of the folds and of the made-up numbers
-                ) -> Path:
-    "Write a results folder of made-up runs that follows the run-folder contract; return `out`."
-    out = Path(out)
-    d = load_data(data, size=size)
-    folds = make_folds(d.labels, k=k_folds, seed=seed, n_folds=n_folds)
-    for li, label in enumerate(labels):
-        quality = PAPER_TABLE4.get(label, (75.0,))[0]
-        miss = 1.6 * (100 - quality) / 100
-        kd = label in TABLE3
-        for k, fold in enumerate(folds):
-            run = out/label/f"fold{k}"; run.mkdir(parents=True, exist_ok=True)
-            rng = np.random.default_rng([seed, li, k])
-            test = fold.test
-            preds = np.stack([_fake_prediction(d.masks[i], rng, miss) for i in test])
-            rows = []
-            for i, p in zip(test, preds):
-                dice, iou = _dice_iou(p, d.masks[i])
-                rows.append(dict(id=d.ids[i], **{'class': d.labels[i]}, dice=dice, iou=iou,
-                                 pred_area=int(p.sum()), gt_area=int(d.masks[i].sum()), hd95=hd95(p, d.masks[i].astype(bool))))
-            per_image = pd.DataFrame(rows)
-            epochs = 6 + li % 5
-            e = np.arange(1, epochs + 1)
-            sup = 0.6 * np.exp(-e / 3) + 0.1 + rng.normal(0, 0.01, epochs)
-            kd_term = 0.3 * np.exp(-e / 4) + 0.05 + rng.normal(0, 0.01, epochs) if kd else np.full(epochs, np.nan)
-            val_loss = sup + 0.05 + rng.normal(0, 0.02, epochs)
-            history = pd.DataFrame(dict(epoch=e, train_loss=0.5 * sup + 0.5 * kd_term if kd else sup, train_sup=sup,
-                                        train_kd=kd_term, val_loss=val_loss,
-                                        val_dice=per_image.dice.mean() * (1 - np.exp(-e / 2)), lr=1e-4, seconds=1.0))
-            config = dict(label=label, **label_params(label), fold=k, data=str(data), profile='fake', seed=seed,
-                          out_dir=str(out), size=size, k_folds=k_folds, n_folds=n_folds, fake=True)
-            atomic_write(run/'config.json', json.dumps(config, indent=1))
-            atomic_write(run/'env.json', json.dumps(dict(fake=True), indent=1))
-            atomic_write(run/'history.csv', history.to_csv(index=False))
-            atomic_write(run/'per_image.csv', per_image.to_csv(index=False))
-            np.savez_compressed(run/'predictions.npz', ids=np.array([d.ids[i] for i in test]),
-                                masks=np.packbits(preds.astype(bool)), shape=np.array(preds.shape))
-            if (label, k) in set(map(tuple, incomplete)): continue
-            metrics = dict(label=label, fold=k, dice_mean=float(per_image.dice.mean()), dice_std=float(per_image.dice.std(ddof=0)),
-                           iou_mean=float(per_image.iou.mean()), n_test=len(per_image),
-                           params=82_000_000 if label == 'Teacher' else 820_000,
-                           regressor_params=12_345 if label.startswith('HReg') else 0,
-                           best_epoch=int(np.argmin(val_loss)) + 1, epochs_run=epochs, seconds=float(epochs),
-                           stopped='max_epochs', complete=True, fake=True)
-            atomic_write(run/'metrics.json', json.dumps(metrics, indent=1))
-    return out
-
 # %% ../nbs/10_report.ipynb #2846e5f9
 RUN_COLS = ('params', 'regressor_params', 'best_epoch', 'epochs_run', 'seconds', 'stopped', 'collapsed', 'fake')  # metrics.json fields `collect` adds to each row
 _FOLD = re.compile(r'fold(\d+)')
@@ -182,9 +110,10 @@ def read_metrics(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
     run = Path(run_dir)
     m = _read_json(run/'metrics.json')
     fold = int(_FOLD.fullmatch(run.name).group(1)) if _FOLD.fullmatch(run.name) else None
-    if m.get('label', run.parent.name) != run.parent.name or (fold is not None and m.get('fold', fold) != fold):
-        raise ValueError(f"{run/'metrics.json'}: label={m.get('label')!r}, fold={m.get('fold')!r}, but the folder is "
-                         f"{run.parent.name}/{run.name}; expected the run folder OUT/<label>/fold<k> of that run")
+    key = 'run' if 'run' in m else 'label'  # the folder name: `RunConfig.name` (runs made before it: the label)
+    if m.get(key, run.parent.name) != run.parent.name or (fold is not None and m.get('fold', fold) != fold):
+        raise ValueError(f"{run/'metrics.json'}: {key}={m.get(key)!r}, fold={m.get('fold')!r}, but the folder is "
+                         f"{run.parent.name}/{run.name}; expected the run folder OUT/<{key}>/fold<k> of that run")
     return dict(m, label=run.parent.name, fold=fold if fold is not None else m.get('fold'))
 
 def run_config(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
@@ -206,7 +135,9 @@ def split_of(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
     "What fixes a run's folds and test images: `SPLIT_FIELDS` of its config and the duplicate groups its folds kept whole."
     cfg = run_config(run_dir)
     groups = (cfg.get('split') or {}).get('duplicate_groups') or []  # none recorded: none kept whole, the same folds as no duplicates
-    return {**{k: cfg.get(k) for k in SPLIT_FIELDS}, 'duplicate_groups': sorted(map(sorted, groups))}
+    split = {k: cfg.get(k) for k in SPLIT_FIELDS}
+    if cfg.get('split_seed') is not None: split['seed'] = cfg['split_seed']  # a replicate: the folds of its split seed
+    return {**split, 'duplicate_groups': sorted(map(sorted, groups))}
 
 def check_one_split(runs: Sequence[Path], # complete run folders of one results folder
                    ):
@@ -221,6 +152,16 @@ def check_one_split(runs: Sequence[Path], # complete run folders of one results 
                              f"duplicate groups kept whole: {len(a[k])} in {first}, {len(b[k])} in {run}" for k in diff)
             raise ValueError(f"runs of one results folder must share one split, since Table 4 pairs them by (fold, image id); {what}. "
                              "Move one of them to another results folder")
+
+SETTING_COLS = ('base', *NAMED_FIELDS, 'seed')  # what `collect` adds from each run's config: its Table 4 row, KD settings and seed
+
+def run_settings(run_dir: str|Path, # a run folder OUT/<run>/fold<k>
+                ) -> dict:
+    "The run's Table 4 row (`base`), its `NAMED_FIELDS` (the defaults where config.json predates them) and its seed."
+    cfg = run_config(run_dir)
+    out = dict(base=Path(run_dir).parent.name.split('+')[0], seed=cfg.get('seed', 0))
+    for k in NAMED_FIELDS: out[k] = cfg.get(k, PROFILES['quick'][k])
+    return out
 
 def collect(results_dir: str|Path, # the results folder OUT
            ) -> pd.DataFrame:
@@ -237,10 +178,11 @@ def collect(results_dir: str|Path, # the results folder OUT
             raise ValueError(f"{run/'metrics.json'}: n_test={m['n_test']} but per_image.csv has {len(pi)} rows; expected them to agree")
         pi.insert(0, 'label', m['label']); pi.insert(1, 'fold', int(m['fold']))
         for k in RUN_COLS: pi[k] = m.get(k, False if k in ('fake', 'collapsed') else np.nan)
+        for k, v in run_settings(run).items(): pi[k] = v
         pi['run_dir'] = str(run)
         frames.append(pi)
     check_one_split(done)
-    cols = ['label', 'fold', *PER_IMAGE_COLUMNS, *RUN_COLS, 'run_dir']
+    cols = ['label', 'fold', *PER_IMAGE_COLUMNS, *RUN_COLS, *SETTING_COLS, 'run_dir']
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
     df.attrs.update(results_dir=str(root), incomplete=[str(p.relative_to(root)) for p in todo])
     return df
@@ -365,7 +307,7 @@ def table4_markdown(t: pd.DataFrame, # from `table4`
         show.insert(2, 'HD95 (px), median', [f"{m:.1f} ({k}/{n})" if k else 'n/a' for m, k, n in zip(t.hd95_median, t.hd95_images, t.n_images)])
     lines = ["# Table 4, reproduced", ""]
     if t.attrs.get('fake'):
-        lines += ["**These numbers come from `kdbus.report.fake_results`: made-up placeholders, not trained models.**", ""]
+        lines += ["**These numbers come from `kdbus.testing.fake_results`: made-up placeholders, not trained models.**", ""]
     if t.attrs.get('results_dir'): lines += [f"Results folder: `{t.attrs['results_dir']}`.", ""]
     lines += [show.to_markdown(index=False, disable_numparse=True), "",
               "- **DSC (%)**: mean ± sample standard deviation of the per-image Dice over all test images of all folds "
@@ -653,10 +595,16 @@ def write_report(results_dir: str|Path, # the results folder OUT
                  fold: int|None = None, # the fold `image` was tested in (None: the first that tested it)
                  show_image: bool = True, # Figure 2 shows the image (False: contours only, for images that may not be redistributed)
                 ) -> list[Path]:
-    "Write Table 4 (csv, md), Figure 2 (png, pdf) and the Dice, learning-curve and loss-term figures; return their paths."
-    df = collect(results_dir)
-    t = table4(df)  # raises on a folder without complete runs, before anything is written
+    "Write Table 4 (csv, md), Figure 2 (png, pdf) and the Dice, learning-curve and loss-term figures, and the sweep and seed reports of runs beyond Table 4 (`kdbus.sweeps`); return their paths."
+    from kdbus.sweeps import write_sweep_report
+    everything = collect(results_dir)
+    df = everything[everything.label.isin(ALL_RUNS)]  # Table 4: the paper's settings, the folder's seed
+    df.attrs.update(everything.attrs)
     out = Path(out) if out is not None else Path(results_dir)
+    if df.empty and len(everything):  # a sweep of its own: no Table 4
+        out.mkdir(parents=True, exist_ok=True)
+        return write_sweep_report(everything, out)
+    t = table4(df)  # raises on a folder without complete runs, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     paths = [out/n for n in REPORT_FILES]
     fig = figure2(df, image=image, fold=fold, show_image=show_image)
@@ -671,7 +619,7 @@ def write_report(results_dir: str|Path, # the results folder OUT
         fig = make(df)
         try: _save(fig, path, dpi=120)
         finally: plt.close(fig)
-    return paths
+    return paths + write_sweep_report(everything, out)
 
 # %% ../nbs/10_report.ipynb #11dd4dd9
 README_BLOCK = re.compile(r'(<!-- table4: (?P<dir>\S+) -->\n)(?P<body>.*?)(<!-- /table4 -->)', re.S)  # a README's Table 4 block

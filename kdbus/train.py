@@ -93,7 +93,7 @@ def build_step(
     student = build_model(sspec, device)
     if cfg.path == 'none': return Baseline(student)
     return Distiller(teacher.to(device), student, path=cfg.path, loss=cfg.loss, teacher_aug=cfg.teacher_aug,
-                     alpha=cfg.alpha, T=cfg.T, stage=cfg.stage, regressor_relu=cfg.regressor_relu)
+                     alpha=cfg.alpha, T=cfg.T, stage=cfg.stage, axis=cfg.kd_axis, regressor_relu=cfg.regressor_relu)
 
 # %% ../nbs/07_train.ipynb #4ec1eeea
 def load_model(
@@ -225,7 +225,8 @@ def saved_identity(
     cfg: RunConfig,  # the run resuming from it
 ) -> dict:  # `identity` with the `LEGACY_FIELDS` it predates filled in (where they decide `cfg`'s run)
     "A checkpoint's identity as the current kdbus reads it: a run started before a field existed resumes with the value it was made with."
-    return {**{k: v for k, v in LEGACY_FIELDS.items() if k in cfg.identity() and k not in identity}, **identity}
+    now = cfg.identity()  # a field that no longer decides this run (e.g. T of an MSE run) is not compared
+    return {k: v for k, v in {**{k: v for k, v in LEGACY_FIELDS.items() if k in now and k not in identity}, **identity}.items() if k in now}
 
 WEAK_ONLY = AugSettings(p_affine=0.0, p_noise=0.0, p_dropout=0.0)  # the strong transforms off: the weak augmentation (random crop) alone
 

@@ -99,6 +99,59 @@ def test_run_notebook_parameters_are_typed_and_documented():
     import papermill as pm
     params = pm.inspect_notebook(str(ROOT / "nbs" / "run.ipynb"))
     from kdbus.grid import OVERRIDES
-    assert {"path", "loss", "teacher_aug", "fold", "data", "profile", "seed", "out_dir", *OVERRIDES} <= set(params)
+    from kdbus.grid import SWEEPS
+    assert {"path", "loss", "teacher_aug", "fold", "data", "profile", "seed", "split_seed", "out_dir", *OVERRIDES, *SWEEPS} <= set(params)
     for name, p in params.items():
         assert p["inferred_type_name"] not in ("None", "", None) and p["help"].strip(), (name, p)
+
+# --- sweeps and seeds (issue: beyond Table 3) --------------------------------------------------------------------
+
+SWEEP_ARGS = ("--runs", "Student,L_KLD_WAug,H_MSE", "--sweep", "T=1,2", "--sweep", "stage=-1,3", "--seeds", "0,1")
+NEW_RUNS = ["L_KLD_WAug+T=2", "H_MSE+stage=3", "Student+seed=1", "L_KLD_WAug+seed=1", "L_KLD_WAug+T=2+seed=1",
+            "H_MSE+seed=1", "H_MSE+stage=3+seed=1"]
+
+@pytest.fixture(scope="module")
+def sweep(grid, tmp_path_factory):
+    "The smoke grid's folder, copied, then a sweep of T and stage over 2 seeds added to it (7 new runs, 3 reused)."
+    import shutil
+    out = tmp_path_factory.mktemp("sweep") / "smoke"
+    shutil.copytree(grid[0], out)
+    r = sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out, *SWEEP_ARGS)
+    return out, r
+
+def test_sweep_and_seeds_run_in_named_folders_and_reuse_the_rest(sweep):
+    out, r = sweep
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "7 run, 3 already complete, 0 failed" in r.stdout, r.stdout[-2000:]
+    for name in NEW_RUNS + ["Teacher+seed=1"]:  # the replicate's teacher was trained by its first KD run
+        assert (out / name / "fold0" / "metrics.json").is_file(), name
+    cfg = lambda n: json.loads((out / n / "fold0" / "config.json").read_text())["config"]
+    assert (cfg("L_KLD_WAug+T=2")["T"], cfg("H_MSE+stage=3")["stage"]) == (2.0, 3)
+    rep = cfg("L_KLD_WAug+seed=1")
+    assert (rep["seed"], rep["split_seed"]) == (1, 0)
+    assert json.loads((out / "L_KLD_WAug+seed=1" / "fold0" / "config.json").read_text())["teacher"]["run_dir"] == "Teacher+seed=1/fold0"
+    split = lambda n: json.loads((out / n / "fold0" / "config.json").read_text())["split"]["test"]
+    assert split("Student+seed=1") == split("Student")  # a replicate keeps the folds
+    assert not (out / "Student+T=2").exists() and not (out / "L_KLD_WAug+stage=3").exists()  # settings that do not apply: no run
+
+def test_sweep_and_seed_reports_beside_an_unchanged_table4(sweep):
+    out, _ = sweep
+    assert list(pd.read_csv(out / "table4.csv")["model"]) == LABELS  # Table 4: the paper's settings only
+    s = pd.read_csv(out / "sweep.csv")
+    got = {(m, st) for m, st in zip(s.model, s.setting)}
+    assert {("L_KLD_WAug", "T=2"), ("H_MSE", "stage=3"), ("L_KLD_WAug", "paper"), ("H_MSE", "paper")} <= got
+    assert s[s.setting != "paper"]["n_pairs"].gt(0).all() and set(s.seeds) == {"0,1"}
+    assert (out / "sweep.png").stat().st_size > 10_000 and "p (Holm)" in (out / "sweep.md").read_text()
+    t = pd.read_csv(out / "table4_seeds.csv").set_index("model")
+    assert list(t.index) == ["Teacher", "Student", "L_KLD_WAug", "H_MSE"] and (t.n_seeds == 2).all()
+    assert t.loc[["L_KLD_WAug", "H_MSE"], "ci_low"].le(t.loc[["L_KLD_WAug", "H_MSE"], "diff_vs_student"]).all()
+    assert "p (Holm)" in (out / "table4_seeds.md").read_text()
+
+def test_bad_sweeps_are_refused_before_anything_runs(grid, tmp_path):
+    for args, msg in ((("--sweep", "T=0"), "T=0.0 is out of range"), (("--sweep", "T=1,two"), "T='two' is not a number"),
+                      (("--sweep", "lr=1,2"), "NAME one of T, alpha, stage, kd_axis"), (("--sweep", "stage=7"), "stage=7"),
+                      (("--sweep", "kd_axis=pixel"), "kd_axis='pixel'"), (("--runs", "Student", "--sweep", "T=2"), "no chosen run uses T"),
+                      (("--seeds", "0,x"), "--seeds '0,x'"), (("--runs", "L_KL"), "'L_KL' is not a run of Table 4")):
+        r = sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--out", tmp_path / "g", *args)
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr[-1500:])
+        assert not (tmp_path / "g").exists(), args

@@ -51,8 +51,9 @@ def test_ray_smoke_grid_completes_like_the_local_one(ray_grid):
         assert {p.name for p in d.iterdir()} == RUN_FILES, f"{d}: {sorted(p.name for p in d.iterdir())}"  # no lock, no last.pt left
         assert [a["executor"] for a in attempts(d)] == ["ray", "ray"]  # one attempt: start, done
     assert REPORT_FILES <= {p.name for p in out.iterdir()}
-    # the same report as from run folders made anywhere else (here: kdbus.report.fake_results, written locally)
-    from kdbus.report import fake_results, table4
+    # the same report as from run folders made anywhere else (here: kdbus.testing.fake_results, written locally)
+    from kdbus.report import table4
+    from kdbus.testing import fake_results
     ours, local = pd.read_csv(out / "table4.csv"), table4(fake_results(out.parent / "local", DATA, n_folds=1))
     assert list(ours.columns) == list(local.columns)
     assert list(ours.iloc[:, 0]) == list(local.iloc[:, 0]) == list(ALL_RUNS)
@@ -214,3 +215,26 @@ def test_a_holder_that_lost_its_lock_stops(tmp_path):
     out = subprocess.run([sys.executable, "-c", STALLER, str(d)], capture_output=True, text=True, timeout=120).stdout
     assert out.startswith("stopped:") and "lost its lock to pid 1 on elsewhere (successor)" in out, out
     assert "mtime 1000000000.0 owner successor" in out, out  # not refreshed, not removed
+
+def test_ray_sweep_with_seeds(ray_grid, cluster, tmp_path):
+    "The same sweep and seed flags on Ray: replicates wait for their own seed's teacher, and the reports are written."
+    import shutil
+    out = tmp_path / "smoke"
+    shutil.copytree(ray_grid[0], out)
+    r = sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out,
+           "--runs", "L_KLD_WAug", "--sweep", "T=1,2", "--seeds", "0,1", "--executor", "ray", "--address", cluster)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "3 run, 1 already complete, 0 failed" in r.stdout, r.stdout[-2000:]
+    for name in ("L_KLD_WAug+T=2", "L_KLD_WAug+seed=1", "L_KLD_WAug+T=2+seed=1"):
+        assert [a["event"] for a in attempts(out / name / "fold0")] == ["start", "done"], name
+    assert (out / "Teacher+seed=1" / "fold0" / "metrics.json").is_file()  # trained by the first of its KD runs
+    t = lambda n: json.loads((out / n / "fold0" / "config.json").read_text())["teacher"]["run_dir"]
+    assert t("L_KLD_WAug+T=2+seed=1") == t("L_KLD_WAug+seed=1") == "Teacher+seed=1/fold0"
+    assert {"sweep.csv", "sweep.md", "table4_seeds.md"} <= {p.name for p in out.iterdir()}
+
+def test_no_import_cycle_between_grid_and_ray_grid():
+    "kdbus.jobs is the layer below both: the Ray executor loads without the grid, and the grid loads without Ray's module."
+    r = sh(sys.executable, "-c", "import sys, kdbus.ray_grid; print('kdbus.grid' in sys.modules)")
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]
+    r = sh(sys.executable, "-c", "import sys, kdbus.grid; print('kdbus.ray_grid' in sys.modules)")
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]

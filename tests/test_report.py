@@ -13,9 +13,10 @@ from scipy import stats
 from kdbus.distill import TABLE3
 from kdbus.evaluate import load_predictions
 from kdbus.report import (ALL_RUNS, MIN_PAIRS, PAPER_TABLE4, REPORT_FILES, ReportWarning, choose_figure2_image, collect,
-                          dice_distribution, fake_results, figure2, find_runs, learning_curves, loss_terms, plot_dice,
+                          dice_distribution, figure2, find_runs, learning_curves, loss_terms, plot_dice,
                           plot_history, plot_overlays, stars, table4, table4_markdown, data_citation, write_report)
 from kdbus.synth import write_synth
+from kdbus.testing import fake_results
 
 PAPER_MD = Path(__file__).resolve().parents[1].parent / 'shared/paper/PAPER.md'
 
