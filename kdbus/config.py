@@ -18,8 +18,8 @@ from .models import PRESETS, REGRESSOR_RELU, resolve_specs
 
 # %% auto #0
 __all__ = ['RUN_PATHS', 'ALL_RUNS', 'PROFILES', 'DATA_EPOCHS', 'RUNTIME_FIELDS', 'LR_SCHEDULES', 'SELECT_RULES',
-           'TEACHER_TRAIN_AUGS', 'KD_AXES', 'LEGACY_FIELDS', 'NAMED_FIELDS', 'run_label', 'label_params', 'RunConfig',
-           'resolve_config']
+           'TEACHER_TRAIN_AUGS', 'KD_AXES', 'LEGACY_FIELDS', 'NAMED_FIELDS', 'NAMED_TYPES', 'run_label', 'label_params',
+           'RunConfig', 'resolve_config']
 
 # %% ../nbs/06_config.ipynb #89b902c6
 RUN_PATHS: tuple[str, ...] = ('teacher', 'none', *KD_PATHS)  # `path` values: a model alone, or a KD path
@@ -87,7 +87,8 @@ TEACHER_TRAIN_AUGS = ('strong', 'weak')  # `teacher_train_aug` values: the augme
 KD_AXES = ('channel', 'spatial')  # `kd_axis` values: the KLD's softmax over the classes/channels at each pixel (the paper), or over the pixels of each channel (Shu et al. 2021)
 LEGACY_FIELDS = dict(lr_schedule='constant', warmup_epochs=0, select='val_loss', regressor_relu='always',
                      teacher_train_aug='strong', kd_axis='channel', split_seed=None)  # what runs saved before these fields existed used
-NAMED_FIELDS = ('stage', 'T', 'alpha', 'kd_axis')  # KD settings a sweep varies: a run with a non-default one has it in its name
+NAMED_FIELDS = ('stage', 'T', 'alpha', 'kd_axis')  # KD settings a sweep varies: a run with a non-default one has it in its name, in this order
+NAMED_TYPES = {'T': float, 'alpha': float, 'stage': int, 'kd_axis': str}  # their types: how `--sweep` values and folder names read back
 
 @dataclass(frozen=True)
 class RunConfig:

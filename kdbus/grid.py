@@ -8,7 +8,7 @@ import itertools, json, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import ALL_RUNS
+from .config import ALL_RUNS, NAMED_TYPES
 from .jobs import (ATTEMPTS_NAME, LOCK_NAME, STALE_AFTER, Job, LockLost, RunLocked, _reason, attempts, check_compatible,
                         execute_job, lock_is_stale, lock_owner, run_folder_lock, run_job, run_notebook, run_params, run_status)
 
@@ -18,7 +18,7 @@ __all__ = ['OVERRIDES', 'SWEEPS', 'parse_sweep', 'grid_jobs', 'teacher_ready', '
 
 # %% ../nbs/11_grid.ipynb #a619fa54
 OVERRIDES = ('epochs', 'size', 'batch_size', 'model_preset', 'teacher_train_aug', 'regressor_relu')  # profile settings a grid may override (run.ipynb parameters)
-SWEEPS = {'T': float, 'alpha': float, 'stage': int, 'kd_axis': str}  # the run settings `--sweep` may vary, with their types (run.ipynb parameters)
+SWEEPS = NAMED_TYPES  # the run settings `--sweep` may vary, with their types (run.ipynb parameters; `kdbus.config.NAMED_TYPES`)
 
 def parse_sweep(
     text: str,  # 'NAME=V1,V2,...', e.g. 'T=1,2,4,8'

@@ -13,13 +13,13 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from scipy import stats
 
-from .config import ALL_RUNS, NAMED_FIELDS, PROFILES
+from .config import ALL_RUNS, NAMED_FIELDS, NAMED_TYPES, PROFILES
 from .files import atomic_write
 from .report import _fmt_p, _label_key, _quiet_seaborn, _save, paired_test, palette, run_summary, runs_line
 
 # %% auto #0
-__all__ = ['N_RESAMPLES', 'SWEEP_TYPES', 'SWEEP_FILES', 'holm', 'bootstrap_ci', 'settings_of', 'seed_averaged', 'seeds_table',
-           'seeds_markdown', 'sweep_table', 'sweep_plot', 'sweep_markdown', 'write_sweep_report']
+__all__ = ['N_RESAMPLES', 'SWEEP_FILES', 'holm', 'bootstrap_ci', 'settings_of', 'seed_averaged', 'seeds_table', 'seeds_markdown',
+           'sweep_table', 'sweep_plot', 'sweep_markdown', 'write_sweep_report']
 
 # %% ../nbs/10a_sweeps.ipynb #37d4998a
 def holm(
@@ -54,8 +54,6 @@ def bootstrap_ci(
     return float(ci.low), float(ci.high)
 
 # %% ../nbs/10a_sweeps.ipynb #3a6a1b7b
-SWEEP_TYPES = {'T': float, 'alpha': float, 'stage': int, 'kd_axis': str}  # how each named setting's value reads back from a folder name
-
 def settings_of(
     name: str,  # a run folder's name, e.g. 'H_MSE+stage=3+seed=1'
 ) -> tuple[str, tuple, int|None]:  # (Table 4 row, ((setting, value), ...) in name order, replicate seed or None)
@@ -64,9 +62,9 @@ def settings_of(
     named, seed = [], None
     for part in parts:
         k, eq, v = part.partition('=')
-        if not eq or (k not in SWEEP_TYPES and k != 'seed'): raise ValueError(f"run folder {name!r}: {part!r} is not NAME=VALUE with NAME one of {', '.join((*SWEEP_TYPES, 'seed'))}")
+        if not eq or (k not in NAMED_TYPES and k != 'seed'): raise ValueError(f"run folder {name!r}: {part!r} is not NAME=VALUE with NAME one of {', '.join((*NAMED_TYPES, 'seed'))}")
         if k == 'seed': seed = int(v)
-        else: named.append((k, SWEEP_TYPES[k](v)))
+        else: named.append((k, NAMED_TYPES[k](v)))
     return base, tuple(named), seed
 
 def seed_averaged(
@@ -98,16 +96,22 @@ def seeds_table(
         row = dict(model=base, seeds=','.join(map(str, seeds[key])), n_seeds=len(seeds[key]), dsc_mean=seed_means.mean(),
                    seed_sd=seed_means.std(ddof=1) if len(seed_means) > 1 else float('nan'), n_images=len(dice[key]))
         if base != 'Student' and ref is not None:
-            both = pd.concat([dice[key].rename('a'), ref.rename('b')], axis=1, join='inner').dropna()
-            diff = 100 * (both.a - both.b)
-            row.update(diff_vs_student=diff.mean(), ci_low=bootstrap_ci(diff)[0], ci_high=bootstrap_ci(diff)[1])
-            row['p_vs_student'], row['n_pairs'], row['note'] = paired_test(dice[key], ref)
+            c = _vs(dice[key], ref)
+            row.update(diff_vs_student=c['diff'], ci_low=c['ci_low'], ci_high=c['ci_high'], p_vs_student=c['p'], n_pairs=c['n_pairs'], note=c['note'])
         rows.append(row)
     t = pd.DataFrame(rows)
     for c in ('diff_vs_student', 'ci_low', 'ci_high', 'p_vs_student', 'n_pairs', 'note'):
         if c not in t: t[c] = np.nan
     t['p_holm'] = holm(t.p_vs_student)
     return t[['model', 'seeds', 'n_seeds', 'dsc_mean', 'seed_sd', 'diff_vs_student', 'ci_low', 'ci_high', 'p_vs_student', 'p_holm', 'n_pairs', 'n_images', 'note']]
+
+def _vs(a: pd.Series, ref: pd.Series, ci: bool = True) -> dict:
+    "A setting's seed-averaged per-image Dice against a reference's: mean difference (points), its bootstrap CI, Wilcoxon p, pairs, note."
+    both = pd.concat([a.rename('a'), ref.rename('b')], axis=1, join='inner').dropna()
+    diff = 100 * (both.a - both.b)
+    lo, hi = bootstrap_ci(diff) if ci else (float('nan'), float('nan'))
+    p, n, note = paired_test(a, ref)
+    return dict(diff=diff.mean(), ci_low=lo, ci_high=hi, p=p, n_pairs=n, note=note)
 
 def _num(v, fmt='{:.2f}') -> str: return fmt.format(v) if v is not None and np.isfinite(v) else 'n/a'
 
@@ -162,9 +166,8 @@ def sweep_table(
                    dsc_mean=x.mean(), ci_low=lo, ci_high=hi, n_images=len(x), seeds=','.join(map(str, seeds[key])))
         ref = dice.get((base, ()))
         if named and ref is not None:
-            both = pd.concat([dice[key].rename('a'), ref.rename('b')], axis=1, join='inner').dropna()
-            row['diff_vs_paper'] = 100 * (both.a - both.b).mean()
-            row['p_vs_paper'], row['n_pairs'], row['note'] = paired_test(dice[key], ref)
+            c = _vs(dice[key], ref, ci=False)  # the row's own CI is that of its DSC
+            row.update(diff_vs_paper=c['diff'], p_vs_paper=c['p'], n_pairs=c['n_pairs'], note=c['note'])
         rows.append(row)
     t = pd.DataFrame(rows)
     for c in ('diff_vs_paper', 'p_vs_paper', 'n_pairs', 'note'):
