@@ -9,7 +9,7 @@ DATA    ?= synth
 PROFILE ?= quick
 LOSS    ?= kld
 
-.PHONY: setup run test clean
+.PHONY: setup run test book docs clean
 setup: $(STAMP)
 
 $(STAMP): settings.ini setup.py
@@ -35,6 +35,15 @@ test: $(STAMP)
 	  git status --short; exit 1; fi
 	$(BIN)/python -m pytest -n 2 --dist loadfile tests
 	$(BIN)/nbdev_test --n_workers 2
+
+# Every notebook of nbs/ executed in place (smoke profile, as nbdev_test runs them) and cleaned: commit the result.
+book: $(STAMP)
+	$(BIN)/python tools/book.py
+	$(BIN)/nbdev_clean
+
+# The site of the executed notebooks, in _site/ (not committed): open _site/index.html.
+docs: $(STAMP)
+	$(BIN)/python tools/docsite.py --out _site
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
