@@ -72,5 +72,6 @@ def test_chromium_renders_the_page_with_every_image(site, name, tmp_path):
     m = re.search(r'<body[^>]*data-images="(\d+)/(\d+)"', dom)
     assert m, f"{name}: the page's load event never ran: {dom[:500]!r}"
     loaded, total = map(int, m.groups())
-    assert total > 0 and loaded == total, f"{name}: {total - loaded} of {total} images did not load: {re.search(r'data-broken=\"([^\"]*)\"', dom)}"
+    broken = re.search(r'data-broken="([^"]*)"', dom)
+    assert total > 0 and loaded == total, f"{name}: {total - loaded} of {total} images did not load: {broken and broken.group(1)}"
     assert shot.is_file() and shot.stat().st_size > 20_000  # a rendered page, not a blank one

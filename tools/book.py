@@ -8,7 +8,8 @@ Each executed notebook records, in its metadata (`kdbus.book`), the SHA-256 of i
 files it declares as inputs, so `book.py --check` (and tests/test_book.py) can tell a stale notebook from a
 fresh one without running it.
 
-    python tools/book.py               # every notebook
+    python tools/book.py               # the notebooks not executed yet or stale (the others are left as committed)
+    python tools/book.py --all         # every notebook
     python tools/book.py 02_augment     # some, by name
     python tools/book.py --check        # exit 1, naming each notebook without outputs or stale
 """
@@ -136,7 +137,7 @@ def execute(path: Path) -> dict:
     return raw
 
 
-def check(paths: list[Path]) -> list[str]:
+def check(paths: list[Path], budget: bool = True) -> list[str]:
     "What is wrong with the committed notebooks: no outputs, a figure missing, stale (code or inputs changed), the size budget."
     problems = []
     for p in paths:
@@ -151,7 +152,7 @@ def check(paths: list[Path]) -> list[str]:
         if p.stem in FIGURES and not any('image/png' in o.get('data', {}) for o in outs):
             problems.append(f"{p.name}: no figure among its outputs")
     size = sum(p.stat().st_size for p in NBS.glob('*.ipynb'))
-    if size > MAX_BYTES: problems.append(f"nbs/ is {size / 1e6:.1f} MB with outputs: over the {MAX_BYTES / 1e6:.0f} MB budget")
+    if budget and size > MAX_BYTES: problems.append(f"nbs/ is {size / 1e6:.1f} MB with outputs: over the {MAX_BYTES / 1e6:.0f} MB budget")
     return problems
 
 
@@ -159,6 +160,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('names', nargs='*', help='notebooks to run (default: all of nbs/)')
     ap.add_argument('--check', action='store_true', help='run nothing: list notebooks without outputs or stale, exit 1 if any')
+    ap.add_argument('--all', action='store_true', help='run every notebook, fresh ones too (their timings will change)')
     ap.add_argument('--jobs', type=int, default=2, help='notebooks run at once (default: 2)')
     ap.add_argument('--one', action='store_true', help=argparse.SUPPRESS)  # internal: run the one named notebook here
     a = ap.parse_args(argv)
@@ -168,6 +170,9 @@ def main(argv=None) -> int:
         print('\n'.join(problems) or f"{len(paths)} notebooks executed and up to date")
         return 1 if problems else 0
     if a.one: return write(paths[0])
+    if not a.names and not a.all:  # only what is missing or stale: outputs of fresh notebooks (timings) do not churn
+        paths = [p for p in paths if check([p], budget=False)]
+        if not paths: print("every notebook is executed and up to date (--all runs them anyway)"); return 0
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
     one = lambda p: subprocess.run([sys.executable, __file__, '--one', p.stem], capture_output=True, text=True)

@@ -60,8 +60,17 @@ def page(title: str, body: str, nav: str = '') -> str:
 def notebook_page(p: Path, prev: Path | None, nxt: Path | None) -> str:
     "One notebook as HTML (nbconvert's `basic` template: no external script), with a navigation bar."
     from nbconvert import HTMLExporter
+    import nbformat
+    nb = nbformat.read(str(p), as_version=4)
+    cells = []
+    for c in nb.cells:  # as nbdev's docs show them: `#| hide` cells left out, the `#|` directive lines dropped
+        if c.cell_type == 'code':
+            if re.search(r'^#\|\s*hide\s*$', c.source, re.M): continue
+            c.source = re.sub(r'^#\|.*\n?', '', c.source, flags=re.M)
+        cells.append(c)
+    nb.cells = cells
     ex = HTMLExporter(template_name='basic', exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = ex.from_filename(str(p))
+    body, _ = ex.from_notebook_node(nb)
     link = lambda q, s: f'<a href="{q.stem}.html">{s} {html.escape(q.stem)}</a>' if q else '<span></span>'
     nav = f'<nav><a href="index.html">kdbus: index</a>{link(prev, "previous:")}{link(nxt, "next:")}</nav>'
     return page(title_of(json.loads(p.read_text()), p.stem)[0], body, nav)
@@ -75,7 +84,7 @@ def index_page(paths: list[Path], out: Path) -> str:
         t, d = title_of(json.loads(p.read_text()), p.stem)
         rows.append(f'<li><a href="{p.stem}.html">{html.escape(t)}</a> <code>{p.name}</code>'
                     + (f'<br><small>{html.escape(d)}</small>' if d else '') + '</li>')
-    table4 = (RESULTS / 'table4.md').read_text()
+    table4 = re.sub(r'^#.*\n', '', (RESULTS / 'table4.md').read_text(), count=1)  # its own title: the heading below says it
     (out / 'img').mkdir(exist_ok=True)
     shutil.copy(RESULTS / 'figure2.png', out / 'img' / 'figure2.png')
     body = f"""<h1>kdbus</h1>
