@@ -33,7 +33,7 @@ test: $(STAMP)
 	if [ "$$before" != "$$after" ]; then \
 	  echo "nbdev_clean/nbdev_export changed files: run them and commit the result."; \
 	  git status --short; exit 1; fi
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 tests
+	$(BIN)/python -m pytest -n 3 --dist loadfile --durations=25 tests
 	$(BIN)/nbdev_test --n_workers 2
 
 # Every notebook of nbs/ executed in place (smoke profile, as nbdev_test runs them) and cleaned: commit the result.

@@ -45,10 +45,18 @@ def test_second_grid_does_no_work(grid):
     assert r.returncode == 0
     assert "0 run, 14 already complete, 0 failed" in r.stdout
 
-def test_grid_refuses_a_folder_of_another_profile(grid):
+def cli(capsys, *args):
+    "`kdbus ARGS` in this process (a refusal needs no subprocess): (exit code, stderr)."
+    from kdbus.cli import main
+    capsys.readouterr()
+    try: code = main([str(a) for a in args])
+    except SystemExit as e: code = e.code
+    return code, capsys.readouterr().err
+
+def test_grid_refuses_a_folder_of_another_profile(grid, capsys):
     out, _ = grid
-    r = sh(BIN / "kdbus", "grid", "--profile", "quick", "--data", DATA, "--folds", "0", "--out", out)
-    assert r.returncode == 2 and "profile" in r.stderr
+    code, err = cli(capsys, "grid", "--profile", "quick", "--data", DATA, "--folds", "0", "--out", out)
+    assert code == 2 and "profile" in err
 
 # --- sweeps and seeds (issue: beyond Table 3) --------------------------------------------------------------------
 
@@ -95,11 +103,11 @@ def test_sweep_and_seed_reports_beside_an_unchanged_table4(sweep):
     assert t.loc["L_KLD_WAug", "ci_low"] <= t.loc["L_KLD_WAug", "diff_vs_student"] <= t.loc["L_KLD_WAug", "ci_high"]
     assert "p (Holm)" in (out / "table4_seeds.md").read_text()
 
-def test_bad_sweeps_are_refused_before_anything_runs(grid, tmp_path):
+def test_bad_sweeps_are_refused_before_anything_runs(grid, tmp_path, capsys):
     for args, msg in ((("--sweep", "T=0"), "T=0.0 is out of range"), (("--sweep", "T=1,two"), "T='two' is not a number"),
                       (("--sweep", "lr=1,2"), "NAME one of T, alpha, stage, kd_axis"), (("--sweep", "stage=7"), "stage=7"),
                       (("--sweep", "kd_axis=pixel"), "kd_axis='pixel'"), (("--runs", "Student", "--sweep", "T=2"), "no chosen run uses T"),
                       (("--seeds", "0,x"), "--seeds '0,x'"), (("--runs", "L_KL"), "'L_KL' is not a run of Table 4")):
-        r = sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--out", tmp_path / "g", *args)
-        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr[-1500:])
+        code, err = cli(capsys, "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--out", tmp_path / "g", *args)
+        assert code == 2 and msg in err, (args, err[-1500:])
         assert not (tmp_path / "g").exists(), args

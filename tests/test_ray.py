@@ -164,10 +164,14 @@ def test_importing_kdbus_does_not_import_ray():
     r = sh(sys.executable, "-c", "import sys, kdbus.cli, kdbus.grid, kdbus.ray_grid; print('ray' in sys.modules)")
     assert r.stdout.strip() == "False", r.stderr[-2000:]
 
-def test_ray_options_refused_for_the_local_executor(tmp_path):
+def test_ray_options_refused_for_the_local_executor(tmp_path, capsys):
+    from kdbus.cli import main
     for opt in (("--address", "head:6379"), ("--cpus-per-run", "1"), ("--gpus-per-run", "0")):
-        r = sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--out", tmp_path, *opt)
-        assert r.returncode == 2 and "--executor ray" in r.stderr, (opt, r.stderr[-500:])
+        capsys.readouterr()
+        try: code = main(["grid", "--profile", "smoke", "--data", DATA, "--out", str(tmp_path), *opt])
+        except SystemExit as e: code = e.code
+        err = capsys.readouterr().err
+        assert code == 2 and "--executor ray" in err, (opt, err[-500:])
     assert not any(tmp_path.iterdir())
 
 LOCKER = """
