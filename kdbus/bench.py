@@ -15,15 +15,15 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import kdbus
-from .deploy import (DeployError, export_onnx, load_student, ort_session, quantize_int8, read_checkpoint)
+from .deploy import (DeployError, export_onnx, load_student, ort_session, quantize_int8, quantize_int8_static, read_checkpoint)
 from .models import PRESETS, build_model, count_params, regressor_for, resolve_specs
 from .evaluate import dice_iou
 from .files import atomic_write
 
 # %% auto #0
 __all__ = ['BENCH_MODELS', 'MD_COLUMNS', 'TABLE5', 'preset_models', 'checkpoint_bytes', 'count_macs', 'time_interleaved',
-           'summarise_times', 'peak_memory', 'int8_dice', 'bench_preset', 'machine', 'ratios', 'bench_markdown',
-           'results_preset', 'cost_plot', 'bench']
+           'summarise_times', 'peak_memory', 'calibration_images', 'int8_dice', 'bench_preset', 'machine', 'ratios',
+           'bench_markdown', 'results_preset', 'cost_plot', 'bench']
 
 # %% ../nbs/13_bench.ipynb #ad730290
 BENCH_MODELS = ('teacher', 'student', 'regressor')  # the rows of a preset, in this order
@@ -190,6 +190,25 @@ def _gpu_cols(models: dict, batch: int, warmup: int, repeats: int, batch_repeats
         m.to('cpu')
     return out
 
+def calibration_images(
+    student: str|Path|None,  # a trained student's best.pt in its run folder, or None (random weights)
+    size: int,  # image side S of the random images (a trained student's are at its run's size)
+    n: int = 32,  # images
+) -> np.ndarray:  # float32 n x 3 x S x S, normalised
+    "Static int8's calibration inputs: the first `n` training images of the student's run (never its test images), or, for random weights, random images."
+    from kdbus.augment import normalize
+    if student is None:
+        rng = np.random.default_rng(0)
+        ims = rng.random((n, size, size, 3), dtype=np.float32)  # random weights: what is measured is the cost, not the ranges
+    else:
+        from kdbus.report import load_run_images
+        cfg_file = Path(student).parent/'config.json'
+        if not cfg_file.is_file(): raise DeployError(f"{student}: no config.json beside it, so its training images are unknown; static int8 calibrates on them")
+        train = (json.loads(cfg_file.read_text()).get('split') or {}).get('train')
+        if not train: raise DeployError(f"{cfg_file}: no split.train image ids; expected a run's config.json")
+        ims = load_run_images(cfg_file.parent, train[:n]).images  # at the run's size: the ONNX file takes any size
+    return np.stack([normalize(im) for im in ims]).astype(np.float32)
+
 def int8_dice(
     checkpoint: str|Path,  # a trained student's best.pt, in its run folder (config.json beside it)
     fp32: str|Path,  # its float32 ONNX file
@@ -271,6 +290,12 @@ def bench_preset(
                                             **{k: rows[role][k] for k in ('input', 'params')}, onnx_MB=q.stat().st_size / 1e6,
                                             **{k: rows[role][k] for k in ('MACs_G', 'threads', 'batch')}, onnx=q)
                 calls['student_int8', 'ort'] = (ort_session(q, threads), x)
+                say(f"{preset} student_int8_static: calibrate and quantise")
+                qs = quantize_int8_static(onnx_file, wd/f"{preset}-student.qdq.onnx", calibration_images(student, size))
+                rows['student_int8_static'] = dict(preset=preset, model='student_int8_static', encoder=rows[role]['encoder'] + ' (ONNX static int8, QDQ)',
+                                                   **{k: rows[role][k] for k in ('input', 'params')}, onnx_MB=qs.stat().st_size / 1e6,
+                                                   **{k: rows[role][k] for k in ('MACs_G', 'threads', 'batch')}, onnx=qs)
+                calls['student_int8_static', 'ort'] = (ort_session(qs, threads), x)
         say(f"{preset}: timing {len(calls)} (model, runtime) pairs in interleaved rounds (up to {repeats} x 1 image, "
             f"{batch_repeats} x {batch} images, budget {budget} s per series, {threads} thread(s))")
         one = time_interleaved({k: _runner(e, x) for k, (e, x) in calls.items()}, warmup, repeats, budget=budget)
@@ -280,7 +305,7 @@ def bench_preset(
             row.update({'repeats': len(t), 'batch_repeats': len(many[role, eng]), 'FLOPs_G': 2 * row['MACs_G'],
                         f'cpu_ms_{eng}': a['ms'], f'cpu_ms_{eng}_iqr': a['iqr_ms'], f'cpu_ips_{eng}': b['ips']})
         for role, row in rows.items():
-            if role == 'student_int8': row['int8_over_fp32'] = row['cpu_ms_ort'] / rows['student']['cpu_ms_ort']
+            if role.startswith('student_int8'): row['int8_over_fp32'] = row['cpu_ms_ort'] / rows['student']['cpu_ms_ort']
             else: row['ort_speedup'] = row['cpu_ms_torch'] / row['cpu_ms_ort']
         for role, row in rows.items() if memory else ():
             say(f"{preset} {role}: peak memory (fresh processes)")
@@ -294,7 +319,8 @@ def bench_preset(
             for role, cols in _gpu_cols(models, batch, warmup, repeats, batch_repeats, budget).items(): rows[role].update(cols)
         if student is not None and int8:
             say(f"{preset} student_int8: Dice on the test part of {student}'s run")
-            rows['student_int8'].update(int8_dice(student, rows['student']['onnx'], rows['student_int8']['onnx'], threads))
+            for q in ('student_int8', 'student_int8_static'):
+                rows[q].update(int8_dice(student, rows['student']['onnx'], rows[q]['onnx'], threads))
     finally:
         torch.set_num_threads(old_threads)
         if tmpdir: tmpdir.cleanup()
@@ -339,6 +365,7 @@ def ratios(
                  macs_ratio=t.MACs_G / s.MACs_G, latency_ratio_torch=t.cpu_ms_torch / s.cpu_ms_torch,
                  latency_ratio_ort=t.cpu_ms_ort / s.cpu_ms_ort, student_ort_over_torch=s.cpu_ms_ort / s.cpu_ms_torch)
         if 'student_int8' in g.model.values: r['int8_over_fp32_ort'] = g.set_index('model').loc['student_int8', 'int8_over_fp32']
+        if 'student_int8_static' in g.model.values: r['int8_static_over_fp32_ort'] = g.set_index('model').loc['student_int8_static', 'int8_over_fp32']
         out.append(r)
     return pd.DataFrame(out)
 
@@ -355,7 +382,8 @@ def bench_markdown(
         s = (f"- `{x.preset}`: student {x.student_params_M:.3f} M, teacher {x.teacher_params_M:.1f} M parameters ({x.params_ratio:.1f}x); "
              f"teacher/student MACs {x.macs_ratio:.1f}x; CPU latency teacher/student {x.latency_ratio_torch:.1f}x (PyTorch), "
              f"{x.latency_ratio_ort:.1f}x (ORT); student ORT / PyTorch latency {x.student_ort_over_torch:.2f}")
-        if pd.notna(x.get('int8_over_fp32_ort', np.nan)): s += f"; int8 / float32 ORT latency {x['int8_over_fp32_ort']:.2f}"
+        if pd.notna(x.get('int8_over_fp32_ort', np.nan)): s += f"; int8 / float32 ORT latency {x['int8_over_fp32_ort']:.2f} (dynamic)"
+        if pd.notna(x.get('int8_static_over_fp32_ort', np.nan)): s += f", {x['int8_static_over_fp32_ort']:.2f} (static QDQ)"
         return s + "\n"
     rt = ''.join(line(x) for _, x in r.iterrows())
     a = df.attrs
@@ -370,9 +398,9 @@ def bench_markdown(
              "peak MB: memory of the loaded model and one inference of one image (peak RSS of a fresh process, minus its RSS before the model was loaded); bench.csv also has mem_MB (what the inference alone adds) and rss_MB (the whole process).",
              f"Machine: {machine()}."]
     if not a.get('gpu'): notes.append("No GPU on this machine: the GPU columns were skipped.")
-    if 'dice_set' in df.columns and df.dice_set.notna().any():
-        d = df[df.dice_set.notna()].iloc[0]
-        notes.append(f"int8 Dice: {d.dice_fp32:.2f} % (float32 ONNX) -> {d.dice_int8:.2f} % (int8) on {d.dice_set}; masks agree on {100 * d.mask_agree_int8:.2f} % of pixels.")
+    for _, d in (df[df.dice_set.notna()].iterrows() if 'dice_set' in df.columns else ()):
+        kind = 'static QDQ int8' if d.model == 'student_int8_static' else 'dynamic int8'
+        notes.append(f"{kind} Dice: {d.dice_fp32:.2f} % (float32 ONNX) -> {d.dice_int8:.2f} % ({kind}) on {d.dice_set}; masks agree on {100 * d.mask_agree_int8:.2f} % of pixels.")
     return ((f"```bash\n{command}\n```\n\n" if command else '') + head + body + "\nRatios:\n" + rt + "\n" + ''.join(f"- {n}\n" for n in notes))
 
 # %% ../nbs/13_bench.ipynb #707398a7

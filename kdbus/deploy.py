@@ -25,8 +25,9 @@ from .files import atomic_write, temp_path
 # %% auto #0
 __all__ = ['PAPER_SIZE', 'ONNX_OPSET', 'INPUT_NAME', 'OUTPUT_NAME', 'PARITY_MASK', 'PARITY_ATOL', 'PARITY_RTOL',
            'PREDICT_COLUMNS', 'DeployError', 'read_checkpoint', 'load_student', 'divisor', 'export_onnx', 'ort_session',
-           'load_onnx', 'onnx_meta', 'check_parity', 'parity_inputs', 'quantize_int8', 'export_student', 'Segmenter',
-           'load_segmenter', 'find_images', 'resize_prob', 'overlay', 'prepare', 'predict_paths']
+           'load_onnx', 'onnx_meta', 'check_parity', 'parity_inputs', 'quantize_int8', 'quantize_int8_static',
+           'export_student', 'Segmenter', 'load_segmenter', 'find_images', 'resize_prob', 'overlay', 'prepare',
+           'predict_paths']
 
 # %% ../nbs/12_deploy.ipynb #5c4411de
 class DeployError(ValueError):
@@ -255,6 +256,46 @@ def quantize_int8(
         os.replace(tmp, dst)
     finally:
         log.setLevel(level); tmp.unlink(missing_ok=True)
+    return dst
+
+# %% ../nbs/12_deploy.ipynb #ede81a73
+def quantize_int8_static(
+    src: Path|str,  # a float32 .onnx file (from `export_onnx`)
+    dst: Path|str,  # the int8 .onnx file to write (atomically)
+    calibration: np.ndarray,  # float32 N x 3 x S x S normalised inputs (`kdbus.augment.normalize`), N >= 1, never test images
+    batch: int = 8,  # calibration images per forward pass
+) -> Path:
+    "Static int8 quantisation of `src` (QDQ: uint8 activations with ranges calibrated on `calibration`, int8 per-channel weights), metadata kept."
+    import logging, onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    src, dst = Path(src), Path(dst)
+    sess = load_onnx(src)  # fail early, naming the file, if it is not one
+    x = np.asarray(calibration)
+    if x.ndim != 4 or x.shape[1] != 3 or x.dtype != np.float32 or len(x) == 0:
+        raise ValueError(f"calibration must be a non-empty float32 N x 3 x S x S array of normalised images, got {x.dtype} {x.shape}")
+    name = sess.get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self): self.it = iter(range(0, len(x), batch))
+        def get_next(self):
+            i = next(self.it, None)
+            return None if i is None else {name: x[i:i + batch]}
+
+    tmp = temp_path(dst, ".onnx")
+    log = logging.getLogger(); level = log.level
+    try:
+        log.setLevel(logging.ERROR)  # quantize_static advises pre-processing through the root logger
+        quantize_static(str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+        m = onnx.load(str(tmp))
+        meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+        onnx.helper.set_model_props(m, {**meta, 'kdbus_quantization': f'static int8 QDQ (onnxruntime.quantization.quantize_static, '
+                                        f'MinMax on {len(x)} images, uint8 activations, int8 per-channel weights)'})
+        onnx.save(m, str(tmp))
+        os.replace(tmp, dst)
+    finally:
+        log.setLevel(level); tmp.unlink(missing_ok=True)
+        for f in Path('.').glob('augmented_model*.onnx'): f.unlink(missing_ok=True)  # older ORT leaves its calibration model here
     return dst
 
 # %% ../nbs/12_deploy.ipynb #eb38123e

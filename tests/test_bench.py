@@ -66,7 +66,7 @@ def test_macs_are_counted_as_multiply_accumulates():
 def test_bench_files_and_columns(table):
     out, df, stdout, _ = table
     assert (out/'bench.csv').is_file() and (out/'bench.md').is_file() and (out/'bench.png').stat().st_size > 10_000
-    assert df.model.tolist() == ['teacher', 'student', 'student_int8', 'regressor']
+    assert df.model.tolist() == ['teacher', 'student', 'student_int8', 'student_int8_static', 'regressor']
     for c in ('params', 'checkpoint_MB', 'onnx_MB', 'MACs_G', 'FLOPs_G', 'cpu_ms_torch', 'cpu_ms_torch_iqr', 'cpu_ms_ort', 'cpu_ips_torch',
               'cpu_ips_ort', 'threads', 'ort_speedup'):
         assert c in df.columns, c
@@ -75,7 +75,8 @@ def test_bench_files_and_columns(table):
     for role in BENCH_MODELS: assert rows.loc[role, 'params'] == count_params(models[role][0])
     assert (df.threads == 1).all() and (df.cpu_ms_ort > 0).all() and (rows.loc[['teacher', 'student', 'regressor'], 'cpu_ms_torch'] > 0).all()
     np.testing.assert_allclose(df.FLOPs_G, 2 * df.MACs_G)
-    assert rows.loc['student_int8', 'onnx_MB'] < rows.loc['student', 'onnx_MB']
+    assert rows.loc[['student_int8', 'student_int8_static'], 'onnx_MB'].lt(rows.loc['student', 'onnx_MB']).all()
+    assert rows.loc['student_int8_static', 'int8_over_fp32'] > 0 and 'static QDQ' in (out/'bench.md').read_text()
     md = (out/'bench.md').read_text()
     assert '| smoke | student |' in md and 'CPU ms, PyTorch' in md and 'multiply-accumulates' in md
     assert 'Repeats are interleaved across models and runtimes' in md and 'same load' in md
@@ -86,10 +87,10 @@ def test_bench_files_and_columns(table):
 def test_all_models_and_runtimes_are_timed_in_the_same_rounds(table):
     "One series for the whole preset (not one per model), and within it the calls alternate: every pair once per round."
     _, df, _, series = table
-    pairs = {(m, e) for m in BENCH_MODELS for e in ('torch', 'ort')} | {('student_int8', 'ort')}
+    pairs = {(m, e) for m in BENCH_MODELS for e in ('torch', 'ort')} | {('student_int8', 'ort'), ('student_int8_static', 'ort')}
     (one_keys, one_order), (batch_keys, batch_order) = series[:2]  # CPU: one image, then the batch (a GPU adds its own after)
     assert set(one_keys) == pairs and set(batch_keys) == pairs, (one_keys, batch_keys)
-    assert one_order == one_keys * 2  # --warmup 0 --repeats 2: two rounds of all seven pairs
+    assert one_order == one_keys * 2  # --warmup 0 --repeats 2: two rounds of all eight pairs
     assert batch_order == batch_keys * 1  # --batch-repeats 1
     assert (df.repeats == 2).all() and (df.batch_repeats == 1).all()
 
@@ -118,11 +119,25 @@ def test_rounds_alternate_and_the_budget_sets_their_number(monkeypatch):
 def test_int8_dice_is_measured_on_the_runs_test_part(table, results):
     _, df, _, _ = table
     _, metrics = results
-    r = df.set_index('model').loc['student_int8']
-    # the float32 ONNX student scores what the PyTorch evaluation scored (same masks, parity)
-    assert abs(r.dice_fp32 - 100 * metrics['dice_mean']) < 0.5, (r.dice_fp32, metrics['dice_mean'])
-    assert r.n_test == metrics['n_test'] and abs(r.dice_change - (r.dice_int8 - r.dice_fp32)) < 1e-9
-    assert 0.9 < r.mask_agree_int8 <= 1 and 'Student fold 0 test part' in r.dice_set
+    for q in ('student_int8', 'student_int8_static'):  # dynamic, and static calibrated on the run's training images
+        r = df.set_index('model').loc[q]
+        # the float32 ONNX student scores what the PyTorch evaluation scored (same masks, parity)
+        assert abs(r.dice_fp32 - 100 * metrics['dice_mean']) < 0.5, (r.dice_fp32, metrics['dice_mean'])
+        assert r.n_test == metrics['n_test'] and abs(r.dice_change - (r.dice_int8 - r.dice_fp32)) < 1e-9
+        assert 0.9 < r.mask_agree_int8 <= 1 and 'Student fold 0 test part' in r.dice_set, (q, r.mask_agree_int8)
+
+
+def test_static_calibration_never_uses_test_images(results):
+    from kdbus.bench import calibration_images
+    from kdbus.report import load_run_images
+    from kdbus.augment import normalize
+    out, _ = results
+    ck = next(out.rglob('best.pt'))
+    cfg = json.loads((ck.parent / 'config.json').read_text())
+    x = calibration_images(ck, 64, n=4)
+    want = np.stack([normalize(im) for im in load_run_images(ck.parent, cfg['split']['train'][:4]).images])
+    np.testing.assert_array_equal(x, want)  # the first training images, normalised as in training
+    assert not set(cfg['split']['train'][:4]) & set(cfg['split']['test'])
 
 
 def test_peak_memory_sees_the_activations():
