@@ -74,7 +74,7 @@ def cmd_grid(args) -> int:
                        epochs=args.epochs, size=args.size, batch_size=args.batch_size, model_preset=args.model_preset,
                        teacher_train_aug=args.teacher_train_aug, regressor_relu=args.regressor_relu, executor=args.executor,
                        address=args.address, max_retries=args.max_retries, cpus_per_run=args.cpus_per_run,
-                       gpus_per_run=args.gpus_per_run)
+                       gpus_per_run=args.gpus_per_run, parallel=args.parallel)
     except ImportError as e:  # --executor ray without Ray: the message says how to install it
         print(f"kdbus grid: error: {e}", file=sys.stderr); return 2
     return 1 if res.failed else 0
@@ -178,6 +178,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="the HReg regressor's final ReLU: auto (iff the teacher's features are >= 0; the default), always (the paper's words), never")
     g.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: one run at a time here (default); ray: runs as Ray tasks (pip install 'kdbus[ray]')")
+    g.add_argument("--parallel", type=int, default=1, metavar="N",
+                   help="local: N runs at once, each in its own process, KD runs after their teacher (default: 1; "
+                        "e.g. several small runs sharing one GPU, or one thread each on N cores)")
     g.add_argument("--address", default=None, help="Ray: the cluster's address HEAD:6379 (default: RAY_ADDRESS, else a local Ray)")
     g.add_argument("--max-retries", type=int, default=None, help="extra attempts for a failing run (default: 0 local, 2 ray)")
     g.add_argument("--cpus-per-run", type=float, default=None, help="Ray: CPUs each run asks for (default: 1)")

@@ -21,7 +21,7 @@ from .files import atomic_write
 from .report import PAPER_TABLE4
 
 # %% auto #0
-__all__ = ['fake_results']
+__all__ = ['fake_results', 'fake_execute']
 
 # %% ../nbs/10b_testing.ipynb #a0ddc1d0
 def _fake_prediction(gt: np.ndarray, rng: np.random.Generator, miss: float) -> np.ndarray:
@@ -88,3 +88,16 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
                            stopped='max_epochs', complete=True, fake=True)
             atomic_write(run/'metrics.json', json.dumps(metrics, indent=1))
     return out
+
+# %% ../nbs/10b_testing.ipynb #3f47779d
+def fake_execute(
+    job,  # a `kdbus.jobs.Job`
+    out: str|Path,  # results folder
+    teacher_seconds: float = 2.0,  # how long a Teacher "trains": a KD run started too early would see no teacher
+) -> None:
+    "Stand-in for `kdbus.jobs.execute_job` (tests, lessons): `teacher_seen`, then `best.pt` and `metrics.json` in the run folder."
+    import time
+    d = job.run_dir(out)
+    (d / 'teacher_seen').write_text(str((Path(out) / (job.teacher or 'Teacher') / f"fold{job.fold}" / 'metrics.json').is_file()))
+    if job.label.startswith('Teacher'): time.sleep(teacher_seconds)
+    for f in ('best.pt', 'metrics.json'): (d / f).write_text('{}')

@@ -64,3 +64,34 @@ def test_killed_grid_resumes(tmp_path):
     assert "Teacher/fold0: complete, skipped" in r.stdout
     for label in ("Teacher", "L_KLD_WAug"): assert (out / label / "fold0" / "metrics.json").is_file()
     assert [a["event"] for a in attempts(out / "Teacher" / "fold0")].count("start") == 1  # not started again
+
+
+# --- several local runs at once (--parallel N) --------------------------------------------------------------------
+
+def test_parallel_runs_overlap_and_kd_runs_wait_for_their_teacher(tmp_path):
+    "`run_grid(parallel=3)`: worker processes run jobs side by side, and no KD run starts before its fold's Teacher is done."
+    from kdbus.grid import run_grid
+    from kdbus.testing import fake_execute
+    labels = ("Teacher", "Student", "L_MSE", "L_KLD_WAug", "H_MSE")
+    r = run_grid("smoke", DATA, folds=(0, 1), out=tmp_path, labels=labels, execute=fake_execute, parallel=3, report=False, log=lambda *a: None)
+    assert not r.failed and len(r.done) == 10, r
+    span = lambda l, f: [a["t"] for a in attempts(tmp_path / l / f"fold{f}") if a["event"] in ("start", "done")]
+    for f in (0, 1):
+        for l in labels[2:]:
+            assert (tmp_path / l / f"fold{f}" / "teacher_seen").read_text() == "True", (l, f)
+            assert span(l, f)[0] >= span("Teacher", f)[1], (l, f)
+    t0, t1 = span("Teacher", 0), span("Teacher", 1)
+    assert t1[0] < t0[1], "the two folds' teachers never ran at the same time"  # 3 workers: both start at once
+    pids = {json.loads(line)["pid"] for l in labels for f in (0, 1)
+            for line in (tmp_path / l / f"fold{f}" / "grid_attempts.jsonl").read_text().splitlines()}
+    assert len(pids) >= 2 and os.getpid() not in pids, pids  # other processes than this one, more than one
+
+
+def test_parallel_is_refused_where_it_does_not_apply(tmp_path):
+    import pytest
+    from kdbus.grid import run_grid
+    from kdbus.testing import fake_execute
+    for kw, msg in ((dict(parallel=0), "parallel=0"), (dict(parallel=2, executor="ray"), "applies to --executor local only")):
+        with pytest.raises((ValueError, ImportError), match=msg):
+            run_grid("smoke", DATA, folds=(0,), out=tmp_path / "g", execute=fake_execute, report=False, log=lambda *a: None, **kw)
+        assert not (tmp_path / "g").exists()
