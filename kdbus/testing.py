@@ -89,7 +89,7 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
             atomic_write(run/'metrics.json', json.dumps(metrics, indent=1))
     return out
 
-# %% ../nbs/10b_testing.ipynb #3f47779d
+# %% ../nbs/10b_testing.ipynb #72453d0f
 def fake_execute(
     job,  # a `kdbus.jobs.Job`
     out: str|Path,  # results folder
