@@ -15,7 +15,7 @@ setup: $(STAMP)
 $(STAMP): settings.ini setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q --no-compile -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 # Main job: one experiment of the paper through papermill (default: the paper's best student,
@@ -26,6 +26,7 @@ run: $(STAMP)
 	$(BIN)/papermill nbs/run.ipynb runs/run.ipynb -p loss $(LOSS) -p profile $(PROFILE) -p data $(DATA) -p out_dir runs
 
 # The test command: notebooks clean and exported (nothing may change), pytest, then every notebook.
+# pytest gets the three files of subprocess grids first, so that they start at once on the two workers.
 test: $(STAMP)
 	@before="$$(git status --porcelain; git diff)"; \
 	$(BIN)/nbdev_clean && $(BIN)/nbdev_export || exit 1; \
@@ -33,7 +34,7 @@ test: $(STAMP)
 	if [ "$$before" != "$$after" ]; then \
 	  echo "nbdev_clean/nbdev_export changed files: run them and commit the result."; \
 	  git status --short; exit 1; fi
-	$(BIN)/python -m pytest -n 3 --dist loadfile --durations=25 tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 tests/test_grid.py tests/test_ray.py tests/test_papermill.py tests
 	$(BIN)/nbdev_test --n_workers 2
 
 # Every notebook of nbs/ executed in place (smoke profile, as nbdev_test runs them) and cleaned: commit the result.
