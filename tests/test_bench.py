@@ -178,3 +178,20 @@ def test_cli_leaves_the_settings_to_bench_preset_and_states_its_defaults():
     for a in (a for a in sub._actions if a.dest in BENCH_SETTINGS):
         stated = re.search(r'\(default: ([\d.]+)\)', a.help)
         assert stated and float(stated[1]) == defaults[a.dest].default, (a.dest, a.help, defaults[a.dest].default)
+
+
+def test_gpu_device_check_dry_run_on_the_cpu(tmp_path):
+    "`bash bench/gpu.sh --dry-run` exercises everything but CUDA (tiny sizes) and writes gpu.md and gpu.csv; without CUDA and without --dry-run it refuses."
+    import subprocess, sys
+    root = Path(__file__).resolve().parents[1]
+    env = {**__import__('os').environ, 'PYTHON': sys.executable, 'OMP_NUM_THREADS': '1'}
+    r = subprocess.run(["bash", str(root / "bench" / "gpu.sh"), "--dry-run", "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    df = pd.read_csv(tmp_path / "gpu.csv")
+    assert sorted(set(df.amp)) == ["bfloat16", "float32"] and len(df) == 10 and (df.images_per_s > 0).all()
+    assert set(df.step) == {"teacher", "student", "L_KLD_WAug", "H_KLD_WAug", "HReg_KLD_WAug"}
+    md = (tmp_path / "gpu.md").read_text()
+    assert "dry run" in md and "Data pipeline" in md and "h with 1 at once" in md and "2 student(s) at once" in md
+    if not torch.cuda.is_available():
+        r = subprocess.run(["bash", str(root / "bench" / "gpu.sh")], capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 2 and "no CUDA device here" in r.stderr
