@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_losses.ipynb #408b123b
 from __future__ import annotations
-import math, numbers
+import math, numbers, os
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['KDLoss', 'KD_LOSSES', 'SoftmaxAxis', 'SOFTMAX_AXES', 'sup_loss', 'align_channels', 'resize_to', 'align_pair',
-           'distill_loss', 'KDLosses', 'total_loss']
+__all__ = ['KDLoss', 'KD_LOSSES', 'SoftmaxAxis', 'SOFTMAX_AXES', 'check_values', 'sup_loss', 'align_channels', 'resize_to',
+           'align_pair', 'distill_loss', 'KDLosses', 'total_loss']
 
 # %% ../nbs/04_losses.ipynb #debd5341
 KDLoss = Literal['mse', 'kld']  # the paper's two distillation losses (Table 3)
@@ -42,6 +42,13 @@ def _fp32(x: Tensor):
     "A context that turns autocast off on `x`'s device, so the loss is computed in float32."
     return torch.autocast(x.device.type, enabled=False)
 
+# %% ../nbs/04_losses.ipynb #c4ec0a11
+def check_values(
+    x: Tensor,  # a tensor a loss is about to check
+) -> bool:  # whether to check its values
+    "Whether a loss checks the *values* of `x` (mask classes, `valid` range): always on the CPU, where it is free; on a GPU only with KDBUS_CHECK_VALUES=1, since reading a tensor back to the host stalls every training step (the masks are checked once, when the data are loaded)."
+    return x.device.type == 'cpu' or os.environ.get('KDBUS_CHECK_VALUES') == '1'
+
 # %% ../nbs/04_losses.ipynb #5137c5b6
 def sup_loss(
     logits: Tensor,  # student's raw logits B x K x H x W, K >= 2 classes (background, lesion)
@@ -55,8 +62,9 @@ def sup_loss(
         raise TypeError(f"mask must be an integer tensor of class indices (int64), got {getattr(mask, 'dtype', type(mask).__name__)}")
     if tuple(mask.shape) != (B, H, W):
         raise ValueError(f"mask must be B x H x W = {(B, H, W)} to match logits {tuple(logits.shape)}, got {tuple(mask.shape)}")
-    lo, hi = torch.stack(torch.aminmax(mask)).tolist()  # one device sync
-    if lo < 0 or hi >= K: raise ValueError(f"mask values must be class indices in 0..{K-1}, got values in {lo}..{hi}")
+    if check_values(mask):  # reads the mask back to the host: free on the CPU, a sync per step on a GPU
+        lo, hi = torch.stack(torch.aminmax(mask)).tolist()
+        if lo < 0 or hi >= K: raise ValueError(f"mask values must be class indices in 0..{K-1}, got values in {lo}..{hi}")
     with _fp32(logits): return F.cross_entropy(logits.float(), mask.long())
 
 # %% ../nbs/04_losses.ipynb #d00fbf97
@@ -102,7 +110,7 @@ def align_pair(
             raise ValueError(f"valid must be B x 1 x h x w on the teacher's grid {(B, 1, *t.shape[-2:])} or the "
                              f"student's {(B, 1, hs, ws)}, got {tuple(getattr(valid, 'shape', ())) or type(valid).__name__}")
         v = valid.detach().float()
-        if bool(((v < 0) | (v > 1) | v.isnan()).any()): raise ValueError("valid must hold values in [0, 1] (1 = usable pixel)")
+        if check_values(v) and bool(((v < 0) | (v > 1) | v.isnan()).any()): raise ValueError("valid must hold values in [0, 1] (1 = usable pixel)")
         v = (resize_to(v, (hs, ws)) >= 1 - 1e-4).float()  # only pixels whose whole footprint is valid
     Ct = t.shape[1]
     if Ct > Cs: t = align_channels(t, Cs)
