@@ -22,8 +22,8 @@ from .files import atomic_write
 
 # %% auto #0
 __all__ = ['BENCH_MODELS', 'MD_COLUMNS', 'TABLE5', 'preset_models', 'checkpoint_bytes', 'count_macs', 'time_interleaved',
-           'summarise_times', 'peak_memory', 'calibration_images', 'int8_dice', 'bench_preset', 'machine', 'ratios',
-           'bench_markdown', 'results_preset', 'cost_plot', 'bench']
+           'summarise_times', 'peak_memory', 'run_part', 'calibration_images', 'int8_dice', 'bench_preset', 'machine',
+           'ratios', 'bench_markdown', 'results_preset', 'cost_plot', 'bench']
 
 # %% ../nbs/13_bench.ipynb #ad730290
 BENCH_MODELS = ('teacher', 'student', 'regressor')  # the rows of a preset, in this order
@@ -190,6 +190,20 @@ def _gpu_cols(models: dict, batch: int, warmup: int, repeats: int, batch_repeats
         m.to('cpu')
     return out
 
+def run_part(
+    checkpoint: str|Path,  # a trained student's best.pt, in its run folder (config.json beside it)
+    part: str,  # 'train' or 'test': which part of the run's split
+    n: int|None = None,  # the first n images of it; None: all
+) -> tuple:  # (SegData of those images at the run's size, the run's config.json as a dict)
+    "Images of one part of a checkpoint's run, read from its data set: what the int8 rows calibrate on (train) and score on (test)."
+    from kdbus.report import load_run_images
+    cfg_file = Path(checkpoint).parent/'config.json'
+    if not cfg_file.is_file(): raise DeployError(f"{checkpoint}: no config.json beside it, so its {part} images are unknown; the int8 rows need a run folder's best.pt")
+    cfg = json.loads(cfg_file.read_text())
+    ids = (cfg.get('split') or {}).get(part)
+    if not ids: raise DeployError(f"{cfg_file}: no split.{part} image ids; expected a run's config.json")
+    return load_run_images(cfg_file.parent, ids[:n]), cfg
+
 def calibration_images(
     student: str|Path|None,  # a trained student's best.pt in its run folder, or None (random weights)
     size: int,  # image side S of the random images (a trained student's are at its run's size)
@@ -201,12 +215,7 @@ def calibration_images(
         rng = np.random.default_rng(0)
         ims = rng.random((n, size, size, 3), dtype=np.float32)  # random weights: what is measured is the cost, not the ranges
     else:
-        from kdbus.report import load_run_images
-        cfg_file = Path(student).parent/'config.json'
-        if not cfg_file.is_file(): raise DeployError(f"{student}: no config.json beside it, so its training images are unknown; static int8 calibrates on them")
-        train = (json.loads(cfg_file.read_text()).get('split') or {}).get('train')
-        if not train: raise DeployError(f"{cfg_file}: no split.train image ids; expected a run's config.json")
-        ims = load_run_images(cfg_file.parent, train[:n]).images  # at the run's size: the ONNX file takes any size
+        ims = run_part(student, 'train', n)[0].images  # at the run's size: the ONNX file takes any size
     return np.stack([normalize(im) for im in ims]).astype(np.float32)
 
 def int8_dice(
@@ -216,13 +225,8 @@ def int8_dice(
     threads: int|None = None,  # ONNX Runtime threads
 ) -> dict:  # dice_fp32, dice_int8 (means, %), dice_change (points), mask_agree_int8, n_test, dice_set
     "Mean Dice of the float32 and int8 ONNX student on the test part of the checkpoint's run."
-    from kdbus.report import load_run_images
-    cfg_file = Path(checkpoint).parent/'config.json'
-    if not cfg_file.is_file(): raise DeployError(f"{checkpoint}: no config.json beside it, so its test images are unknown; the int8 Dice needs a run folder's best.pt")
-    cfg = json.loads(cfg_file.read_text())
-    test = (cfg.get('split') or {}).get('test')
-    if not test: raise DeployError(f"{cfg_file}: no split.test image ids; expected a run's config.json")
-    data = load_run_images(cfg_file.parent, test)
+    data, cfg = run_part(checkpoint, 'test')
+    test = cfg['split']['test']
     from kdbus.deploy import Segmenter
     masks = {}
     for k, f in (('fp32', fp32), ('int8', int8)):

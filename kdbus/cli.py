@@ -178,7 +178,7 @@ def make_parser() -> argparse.ArgumentParser:
                    help="the HReg regressor's final ReLU: auto (iff the teacher's features are >= 0; the default), always (the paper's words), never")
     g.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: one run at a time here (default); ray: runs as Ray tasks (pip install 'kdbus[ray]')")
-    g.add_argument("--parallel", type=int, default=1, metavar="N",
+    g.add_argument("--parallel", type=int, default=None, metavar="N",
                    help="local: N runs at once, each in its own process, KD runs after their teacher (default: 1; "
                         "e.g. several small runs sharing one GPU, or one thread each on N cores)")
     g.add_argument("--address", default=None, help="Ray: the cluster's address HEAD:6379 (default: RAY_ADDRESS, else a local Ray)")

@@ -235,28 +235,34 @@ def parity_inputs(
     return [np.stack([im(size, size) for _ in range(n)]), im(size + 32, size)[None]]
 
 # %% ../nbs/12_deploy.ipynb #07e7f0fa
-def quantize_int8(
-    src: Path|str,  # a float32 .onnx file (from `export_onnx`)
-    dst: Path|str,  # the int8 .onnx file to write (atomically)
-) -> Path:
-    "Dynamic int8 quantisation of `src` (weights int8, activations quantised at run time), metadata kept."
+def _quantize(src: Path, dst: Path, quantize, what: str) -> Path:
+    "Run `quantize(src, tmp)` (an ONNX Runtime quantiser), keep `src`'s metadata plus `kdbus_quantization=what`, and write `dst` atomically."
     import logging, onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    src, dst = Path(src), Path(dst)
-    load_onnx(src)  # fail early, naming the file, if it is not one
     tmp = temp_path(dst, ".onnx")  # unique per writer
     log = logging.getLogger(); level = log.level
     try:
-        log.setLevel(logging.ERROR)  # quantize_dynamic advises pre-processing through the root logger
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
+        log.setLevel(logging.ERROR)  # ORT's quantisers advise pre-processing through the root logger
+        quantize(str(src), str(tmp))
         m = onnx.load(str(tmp))
         meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
-        onnx.helper.set_model_props(m, {**meta, 'kdbus_quantization': 'dynamic int8 (onnxruntime.quantization.quantize_dynamic, QInt8 weights)'})
+        onnx.helper.set_model_props(m, {**meta, 'kdbus_quantization': what})
         onnx.save(m, str(tmp))
         os.replace(tmp, dst)
     finally:
         log.setLevel(level); tmp.unlink(missing_ok=True)
     return dst
+
+def quantize_int8(
+    src: Path|str,  # a float32 .onnx file (from `export_onnx`)
+    dst: Path|str,  # the int8 .onnx file to write (atomically)
+) -> Path:
+    "Dynamic int8 quantisation of `src` (weights int8, activations quantised at run time), metadata kept."
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    src, dst = Path(src), Path(dst)
+    load_onnx(src)  # fail early, naming the file, if it is not one
+    return _quantize(src, dst, lambda s, t: quantize_dynamic(s, t, weight_type=QuantType.QInt8),
+                     'dynamic int8 (onnxruntime.quantization.quantize_dynamic, QInt8 weights)')
+
 
 # %% ../nbs/12_deploy.ipynb #ede81a73
 def quantize_int8_static(
@@ -266,7 +272,6 @@ def quantize_int8_static(
     batch: int = 8,  # calibration images per forward pass
 ) -> Path:
     "Static int8 quantisation of `src` (QDQ: uint8 activations with ranges calibrated on `calibration`, int8 per-channel weights), metadata kept."
-    import logging, onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
     src, dst = Path(src), Path(dst)
     sess = load_onnx(src)  # fail early, naming the file, if it is not one
@@ -281,22 +286,15 @@ def quantize_int8_static(
             i = next(self.it, None)
             return None if i is None else {name: x[i:i + batch]}
 
-    tmp = temp_path(dst, ".onnx")
-    log = logging.getLogger(); level = log.level
     try:
-        log.setLevel(logging.ERROR)  # quantize_static advises pre-processing through the root logger
-        quantize_static(str(src), str(tmp), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
-        m = onnx.load(str(tmp))
-        meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
-        onnx.helper.set_model_props(m, {**meta, 'kdbus_quantization': f'static int8 QDQ (onnxruntime.quantization.quantize_static, '
-                                        f'MinMax on {len(x)} images, uint8 activations, int8 per-channel weights)'})
-        onnx.save(m, str(tmp))
-        os.replace(tmp, dst)
+        return _quantize(src, dst, lambda s, t: quantize_static(s, t, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                                                calibrate_method=CalibrationMethod.MinMax),
+                         f'static int8 QDQ (onnxruntime.quantization.quantize_static, MinMax on {len(x)} images, '
+                         'uint8 activations, int8 per-channel weights)')
     finally:
-        log.setLevel(level); tmp.unlink(missing_ok=True)
         for f in Path('.').glob('augmented_model*.onnx'): f.unlink(missing_ok=True)  # older ORT leaves its calibration model here
-    return dst
+
 
 # %% ../nbs/12_deploy.ipynb #eb38123e
 def export_student(

@@ -145,17 +145,14 @@ class LocalExecutor:
     def wait(self, handles: list) -> list[tuple]:
         "Run the first queued job; [(job, error or None, info)]."
         job = handles[0]; out = self.queue.pop(job)
-        for attempt in range(self.max_retries + 1):
-            try: return [(job, None, run_job(job, out, self.execute, self.name))]
-            except Exception as e: err = e
-        return [(job, err, None)]
+        return [(job, *_attempts(job, out, self.execute, self.max_retries, self.name))]
     def close(self): pass
 
 def _attempts(job: Job, out: Path, execute, max_retries: int, name: str) -> tuple:
-    "A job in a worker process of `ParallelExecutor`: `run_job` with retries; (error or None, info). Errors travel as text."
+    "`run_job` with retries, here or in a worker process: (error or None, info). Errors travel as text (papermill's do not unpickle)."
     for attempt in range(max_retries + 1):
         try: return None, run_job(job, out, execute, name)
-        except Exception as e: err = RuntimeError(str(e) or type(e).__name__)  # papermill's errors do not unpickle
+        except Exception as e: err = RuntimeError(str(e) or type(e).__name__)
     return err, None
 
 class ParallelExecutor:
@@ -168,21 +165,17 @@ class ParallelExecutor:
                 ):
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise ValueError(f"parallel={n!r} must be an integer >= 1")
         self.capacity, self.execute, self.max_retries = n, execute, max_retries
         # spawn: a fresh interpreter per worker, never a fork of a process that has started torch's thread pools
         self.pool = ProcessPoolExecutor(n, mp_context=mp.get_context('spawn'))
-        self.jobs = {}
     def submit(self, job: Job, out: Path):
-        f = self.pool.submit(_attempts, job, out, self.execute, self.max_retries, self.name)
-        self.jobs[f] = job; return f
+        return self.pool.submit(_attempts, job, out, self.execute, self.max_retries, self.name)
     def wait(self, handles: list) -> list[tuple]:
         "The jobs that ended first: [(handle, error or None, info)]; a dead worker process is that job's error."
         from concurrent.futures import FIRST_COMPLETED, wait
         done, _ = wait(handles, return_when=FIRST_COMPLETED)
         out = []
         for f in done:
-            self.jobs.pop(f, None)
             try: err, info = f.result()
             except Exception as e: err, info = e, None  # e.g. BrokenProcessPool: the worker died
             out.append((f, err, info))
@@ -245,7 +238,7 @@ def run_grid(
     max_retries: int|None = None,  # extra attempts for a failing job (None: 0 local, 2 Ray)
     cpus_per_run: float|None = None,  # Ray: CPUs each run asks for (None: `kdbus.ray_grid.CPUS_PER_RUN`)
     gpus_per_run: float|None = None,  # Ray: GPUs each run asks for (None: 1 for the paper profile, else 0)
-    parallel: int = 1,  # local: runs at once, each in its own process (KD runs still wait for their teacher)
+    parallel: int|None = None,  # local: runs at once, each in its own process (KD runs still wait for their teacher); None: 1
     **overrides,  # `OVERRIDES`: epochs, size, batch_size, model_preset, teacher_train_aug, regressor_relu
 ) -> GridResult:
     "Run (or finish) a grid of experiments and report every failure at the end."
@@ -254,6 +247,7 @@ def run_grid(
         from kdbus.ray_grid import require_ray; require_ray()  # no Ray: say how to install it, before anything else
     elif executor == 'local' and (address, cpus_per_run, gpus_per_run) != (None, None, None):
         raise ValueError("--address, --cpus-per-run and --gpus-per-run (address, cpus_per_run, gpus_per_run) apply to --executor ray only")
+    parallel = 1 if parallel is None else parallel
     if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1: raise ValueError(f"parallel={parallel!r} (--parallel) must be an integer >= 1")
     if parallel != 1 and executor != 'local': raise ValueError(f"parallel={parallel} (--parallel) applies to --executor local only; Ray runs as many as the cluster holds")
     if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):

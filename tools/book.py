@@ -40,26 +40,15 @@ def notebooks(names=()) -> list[Path]:
     return [by[n.removesuffix('.ipynb')] for n in names]
 
 
-def _directives(src: str) -> set[str]:
-    "The `#|` flags of a cell (`notest`, `slow`, `eval: false`, ...)."
-    out = set()
-    for line in src.splitlines():
-        m = re.match(r'\s*#\|\s*(.*)', line)
-        if not m:
-            if line.strip(): break
-            continue
-        d = m.group(1).strip().lower()
-        out.add('eval: false' if re.fullmatch(r'eval:\s*false', d) else d.split()[0] if d else '')
-    return out
-
-
 def skipped(cell: dict) -> bool:
     "True for a cell the book does not run: markdown, the export call, flagged `notest`/`slow`, `eval: false`."
     if cell['cell_type'] != 'code': return True
     src = ''.join(cell['source']) if isinstance(cell['source'], list) else cell['source']
     if 'nbdev_export' + '(' in src: return True
-    d = _directives(src)
-    return bool(d & SKIP_FLAGS) or 'eval: false' in d
+    from nbdev.process import extract_directives  # nbdev's own reading of `#|` lines, as nbdev_test uses it
+    from fastcore.basics import AttrDict
+    d = extract_directives(AttrDict(source=src), remove=False)
+    return bool(SKIP_FLAGS & d.keys()) or str(d.get('eval:', [''])[0]).lower() == 'false'
 
 
 def code_hash(nb: dict, name: str) -> str:
