@@ -21,17 +21,21 @@ from pathlib import Path
 import numpy as np, pandas as pd, torch
 
 from kdbus.augment import KDDataset
+from kdbus.config import resolve_config
 from kdbus.distill import Distiller, KD_PATHS, run_name
 from kdbus.losses import sup_loss
 from kdbus.models import build_models
+from kdbus.train import amp_dtype as run_amp_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
+PAPER = resolve_config('paper', path='logits')  # its amp='auto': bf16 on a CUDA GPU that has it, else fp16
+
+
 def amp_dtype(device: torch.device):
-    "bf16 where supported (no scaler needed), else fp16 (with a GradScaler); the CPU dry run uses bf16."
-    if device.type == 'cuda' and not torch.cuda.is_bf16_supported(): return torch.float16
-    return torch.bfloat16
+    "The trainer's mixed precision (`kdbus.train.amp_dtype`) for the paper profile on `device`; the CPU dry run forces bf16."
+    return run_amp_dtype(PAPER.replace(amp='auto' if device.type == 'cuda' else 'bf16'), device)
 
 
 def sync(device):

@@ -273,18 +273,18 @@ class KDDataset(Dataset):
         self.views = AlignedViews(images.shape[1], self.teacher_aug, self.settings)
 
     def set_epoch(self, epoch: int):
-        "Use `epoch`'s random states from now on (the trainer calls this before each epoch)."
+        "Use `epoch`'s random states from now on, for plain integer indices."
         self.epoch = int(epoch)
 
     def __len__(self): return len(self.images)
 
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        i = int(i)
+    def __getitem__(self, i: int|tuple[int, int]) -> dict[str, Tensor]:  # an image index, or (epoch, index): see `EpochOrder`
+        epoch, i = (int(i[0]), int(i[1])) if isinstance(i, tuple) else (self.epoch, int(i))
         if not self.train:
             x = torch.from_numpy(normalize(self.images[i], self.settings))
             return dict(student=x, mask=torch.from_numpy(self.masks[i].astype(np.int64)), teacher=x,
                         theta=identity_theta())
-        self.views.set_seed(None if self.seed is None else np.random.SeedSequence([self.seed, self.epoch, i % len(self)]))
+        self.views.set_seed(None if self.seed is None else np.random.SeedSequence([self.seed, epoch, i % len(self)]))
         o = self.views(self.images[i], self.masks[i])
         student = torch.from_numpy(o['student'])
         teacher = student if o['teacher'] is o['student'] else torch.from_numpy(o['teacher'])

@@ -17,9 +17,9 @@ from .losses import KD_LOSSES
 from .models import PRESETS, REGRESSOR_RELU, resolve_specs
 
 # %% auto #0
-__all__ = ['RUN_PATHS', 'ALL_RUNS', 'PROFILES', 'DATA_EPOCHS', 'RUNTIME_FIELDS', 'LR_SCHEDULES', 'SELECT_RULES',
-           'TEACHER_TRAIN_AUGS', 'KD_AXES', 'LEGACY_FIELDS', 'NAMED_FIELDS', 'NAMED_TYPES', 'run_label', 'label_params',
-           'RunConfig', 'resolve_config']
+__all__ = ['RUN_PATHS', 'ALL_RUNS', 'PROFILES', 'DATA_EPOCHS', 'RUNTIME_FIELDS', 'AMP_MODES', 'SWITCHES', 'LR_SCHEDULES',
+           'SELECT_RULES', 'TEACHER_TRAIN_AUGS', 'KD_AXES', 'LEGACY_FIELDS', 'NAMED_FIELDS', 'NAMED_TYPES', 'run_label',
+           'label_params', 'RunConfig', 'resolve_config']
 
 # %% ../nbs/06_config.ipynb #89b902c6
 RUN_PATHS: tuple[str, ...] = ('teacher', 'none', *KD_PATHS)  # `path` values: a model alone, or a KD path
@@ -48,7 +48,7 @@ def label_params(
 # %% ../nbs/06_config.ipynb #6c98728e
 _RUN_DEFAULTS = dict(path='logits', loss='kld', teacher_aug='weak', fold=0, data='synth', seed=0, out_dir='runs',
                      k_folds=5, n_folds=3, val_frac=0.15, alpha=0.5, T=1.0, stage=-1, kd_axis='channel', split_seed=None, regressor_relu='auto', teacher_train_aug='strong',
-                     device='auto', num_workers=None)
+                     device='auto', num_workers=None, amp='auto', channels_last='auto')
 
 PROFILES: dict[str, dict] = {
     'paper': dict(_RUN_DEFAULTS, size=224, batch_size=64, epochs=500, patience=50, lr=1e-4, lr_schedule='constant', warmup_epochs=0,
@@ -80,13 +80,15 @@ def _float(name, v, lo=None, hi=None, lo_open=False, what=''):
     return float(v)
 
 # %% ../nbs/06_config.ipynb #c41689ae
-RUNTIME_FIELDS = ('out_dir', 'device', 'num_workers')  # where and how a run executes; never changes its results
+RUNTIME_FIELDS = ('out_dir', 'device', 'num_workers', 'amp', 'channels_last')  # where and how a run executes: not its identity (on the CPU, no change at all)
+AMP_MODES = ('auto', 'off', 'bf16', 'fp16')  # `amp` values: 'auto' is bf16 (else fp16) on CUDA and off elsewhere
+SWITCHES = ('auto', 'on', 'off')  # `channels_last` values: 'auto' is on for CUDA, off elsewhere
 LR_SCHEDULES = ('constant', 'cosine')  # `lr_schedule` values
 SELECT_RULES = ('val_loss', 'val_dice')  # `select` values: what picks the checkpoint and drives early stopping
 TEACHER_TRAIN_AUGS = ('strong', 'weak')  # `teacher_train_aug` values: the augmentation the Teacher run trains with
 KD_AXES = ('channel', 'spatial')  # `kd_axis` values: the KLD's softmax over the classes/channels at each pixel (the paper), or over the pixels of each channel (Shu et al. 2021)
 LEGACY_FIELDS = dict(lr_schedule='constant', warmup_epochs=0, select='val_loss', regressor_relu='always',
-                     teacher_train_aug='strong', kd_axis='channel', split_seed=None)  # what runs saved before these fields existed used
+                     teacher_train_aug='strong', kd_axis='channel', split_seed=None, amp='off', channels_last='off')  # what runs saved before these fields existed used
 NAMED_FIELDS = ('stage', 'T', 'alpha', 'kd_axis')  # KD settings a sweep varies: a run with a non-default one has it in its name, in this order
 NAMED_TYPES = {'T': float, 'alpha': float, 'stage': int, 'kd_axis': str}  # their types: how `--sweep` values and folder names read back
 
@@ -123,6 +125,8 @@ class RunConfig:
     teacher_train_aug: str  # what the Teacher run trains with: 'strong' (the student's augmentation) or 'weak' (crop only); the paper does not say
     device: str  # 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...
     num_workers: int|None  # DataLoader workers; None: 0 on the CPU, 4 on a GPU
+    amp: str  # mixed precision: 'auto' (bf16, else fp16 with a gradient scaler, on CUDA; off elsewhere), 'off', 'bf16', 'fp16'
+    channels_last: str  # channels-last memory layout of the models and batches: 'auto' (on for CUDA), 'on', 'off'
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -173,6 +177,7 @@ class RunConfig:
             try: torch.device(self.device)
             except (RuntimeError, ValueError): raise ValueError(f"device={self.device!r} is not a device; expected 'auto', 'cpu', 'cuda', 'cuda:0', ...") from None
         if self.num_workers is not None: set_('num_workers', _int('num_workers', self.num_workers, 0))
+        _choice('amp', self.amp, AMP_MODES); _choice('channels_last', self.channels_last, SWITCHES)
 
     @property
     def is_kd(self) -> bool:

@@ -21,13 +21,13 @@ from .files import atomic_save, atomic_write
 from .config import LEGACY_FIELDS, RunConfig
 from .data import SegData
 from .distill import Distiller
-from .losses import KDLosses, sup_loss
+from .losses import KDLosses, check_values, sup_loss
 from .models import ModelSpec, build_model, count_params, resolve_specs
 
 # %% auto #0
-__all__ = ['HISTORY_COLUMNS', 'SEGMENTS_DICE', 'WEAK_ONLY', 'pick_device', 'loader_workers', 'weights_hash', 'Baseline',
-           'build_step', 'load_model', 'validate', 'NonFiniteLoss', 'FitResult', 'batch_order', 'lr_at', 'Selector',
-           'saved_identity', 'train_aug', 'fit']
+__all__ = ['HISTORY_COLUMNS', 'SEGMENTS_DICE', 'WEAK_ONLY', 'pick_device', 'loader_workers', 'amp_dtype', 'memory_format',
+           'weights_hash', 'Baseline', 'build_step', 'load_model', 'validate', 'NonFiniteLoss', 'FitResult',
+           'batch_order', 'EpochOrder', 'lr_at', 'full_mask_dice', 'Selector', 'saved_identity', 'train_aug', 'fit']
 
 # %% ../nbs/07_train.ipynb #b86ca14f
 def pick_device(
@@ -48,6 +48,22 @@ def loader_workers(
     "DataLoader workers: `cfg.num_workers`, else 0 on the CPU and up to 4 on a GPU."
     if cfg.num_workers is not None: return cfg.num_workers
     return 0 if device.type == 'cpu' else min(4, os.cpu_count() or 1)
+
+def amp_dtype(
+    cfg: RunConfig,  # the run (`amp`)
+    device: torch.device,  # where it trains
+) -> torch.dtype|None:  # the autocast dtype, or None: float32 throughout
+    "Mixed precision of a run: for `amp='auto'` bf16 on a CUDA GPU that has it, else fp16 (with a gradient scaler), and none off CUDA."
+    if cfg.amp == 'off' or (cfg.amp == 'auto' and device.type != 'cuda'): return None
+    if cfg.amp == 'fp16' or (cfg.amp == 'auto' and not torch.cuda.is_bf16_supported()): return torch.float16
+    return torch.bfloat16
+
+def memory_format(
+    cfg: RunConfig,  # the run (`channels_last`)
+    device: torch.device,  # where it trains
+) -> torch.memory_format:
+    "The layout of a run's models and batches: channels-last for `'on'`, or `'auto'` on CUDA (where cuDNN's convolutions prefer it); else contiguous."
+    return torch.channels_last if cfg.channels_last == 'on' or (cfg.channels_last == 'auto' and device.type == 'cuda') else torch.contiguous_format
 
 # %% ../nbs/07_train.ipynb #b15669eb
 def weights_hash(
@@ -160,10 +176,18 @@ def batch_order(
     "The order in which epoch `epoch` visits the `n` training images: a permutation fixed by (seed, epoch)."
     return np.random.default_rng([seed, epoch]).permutation(n).tolist()
 
-def _check_finite(values: dict, epoch: int, batch: int|None, terms: tuple, where: str):
+class EpochOrder(torch.utils.data.Sampler):
+    "`batch_order` as a sampler of (epoch, index) pairs: the epoch travels with each index, so persistent DataLoader workers (which keep their own copy of the dataset) draw that epoch's augmentation."
+    def __init__(self, seed: int, n: int): self.seed, self.n, self.epoch = seed, n, 1
+    def set_epoch(self, epoch: int): self.epoch = int(epoch)
+    def __len__(self): return self.n
+    def __iter__(self): return ((self.epoch, i) for i in batch_order(self.seed, self.epoch, self.n))
+
+def _check_finite(values: dict, epoch: int, batch: int|str|None, terms: tuple, where: str):
     for k in terms:
         if not math.isfinite(values[k]):
-            at = f"epoch {epoch}, batch {batch}" if batch is not None else f"epoch {epoch}, validation"
+            at = (f"epoch {epoch}, validation" if batch is None else f"epoch {epoch}, batch {batch}" if isinstance(batch, int)
+                  else f"epoch {epoch}, {batch}")
             shown = ', '.join(f"{t}={values[t]:.4g}" for t in values if t != k and not (t == 'kd' and 'kd' not in terms))
             raise NonFiniteLoss(f"non-finite loss at {at}: {k}={values[k]} ({shown}); {where}")
 
@@ -182,6 +206,13 @@ def lr_at(
 # %% ../nbs/07_train.ipynb #9236273e
 SEGMENTS_DICE = 0.05  # below this mean validation Dice a model counts as collapsed: it finds no lesion (uninformative specks score ~0.01)
 
+def full_mask_dice(
+    masks,  # validation masks, N x H x W (array or tensor; lesion = 1)
+) -> float:  # the mean per-image Dice of marking every pixel as lesion
+    "The validation Dice of the trivial model that marks the whole image as lesion: a model must beat it to count as segmenting."
+    m = torch.as_tensor(np.asarray(masks)) == 1
+    return float(dice_iou(torch.ones_like(m), m)[0].mean()) if len(m) else 0.0
+
 @dataclass
 class Selector:
     "Keeps the best epoch by `select` (a model that segments beats a collapsed one); counts patience after warm-up, once a model segments, while nothing improves."
@@ -189,13 +220,14 @@ class Selector:
     patience: int  # counted epochs without a better one before the run stops
     warmup_epochs: int = 0  # the first epochs, never counted for patience
     val_has_lesion: bool = True  # whether the validation part has lesions (else no model counts as collapsed)
+    full_dice: float = 0.0  # `full_mask_dice` of the validation part: a model no better than it counts as collapsed
     best: dict|None = None  # the best epoch so far: epoch, score, val_loss, val_dice
     bad: int = 0  # counted epochs in a row without a better model or a lower validation loss
     low_loss: float = math.inf  # the lowest validation loss so far
 
     def score(self, row: dict) -> tuple[bool, float]:  # (segments, score), compared as a tuple: higher is better
         "How good the model of one history row is."
-        segments = not self.val_has_lesion or (row['val_nonempty'] > 0 and row['val_dice'] >= SEGMENTS_DICE)
+        segments = not self.val_has_lesion or (row['val_nonempty'] > 0 and row['val_dice'] >= SEGMENTS_DICE and row['val_dice'] > self.full_dice)
         return segments, (row['val_dice'] if self.select == 'val_dice' else -row['val_loss'])
 
     def update(self, row: dict) -> bool:
@@ -216,7 +248,7 @@ class Selector:
 
     @property
     def collapsed(self) -> bool:
-        "Whether the best model so far finds no lesion: it predicts none, or nothing that overlaps them (validation Dice < `SEGMENTS_DICE`)."
+        "Whether the best model so far finds no lesion: it predicts none, nothing that overlaps them (validation Dice < `SEGMENTS_DICE`), or no better than marking every pixel (`full_dice`)."
         return self.best is not None and not self.best['score'][0]
 
 # %% ../nbs/07_train.ipynb #df283e7e
@@ -248,13 +280,20 @@ def fit(
     model, is_kd = step.student, isinstance(step, Distiller)
     terms = ('sup', 'kd') if is_kd else ('sup',)
     opt = torch.optim.Adam(step.parameters(), lr=cfg.lr)
-    workers = loader_workers(cfg, device)
+    workers, amp, fmt = loader_workers(cfg, device), amp_dtype(cfg, device), memory_format(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)  # fp16 only: bf16 has float32's range
+    if device.type == 'cuda': torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
+    if fmt == torch.channels_last: step.to(memory_format=fmt)
+    layout = lambda v: v.contiguous(memory_format=fmt) if v.ndim == 4 and fmt == torch.channels_last else v
     train_ds = KDDataset(train.images, train.masks, teacher_aug=cfg.teacher_aug or 'strong', seed=cfg.seed, settings=train_aug(cfg))
     val_dl = DataLoader(KDDataset(val.images, val.masks, train=False), batch_size=cfg.batch_size, num_workers=workers)
     drop_last = len(train_ds) > cfg.batch_size and len(train_ds) % cfg.batch_size == 1
     per_epoch = len(train_ds) // cfg.batch_size if drop_last else math.ceil(len(train_ds) / cfg.batch_size)
+    order = EpochOrder(cfg.seed, len(train_ds))
+    dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=order, drop_last=drop_last, num_workers=workers,
+                    pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
     best_pt, last_pt = run_dir/'best.pt', run_dir/'last.pt'
-    sel = Selector(cfg.select, cfg.patience, cfg.warmup_epochs, bool(val.masks.any()))
+    sel = Selector(cfg.select, cfg.patience, cfg.warmup_epochs, bool(val.masks.any()), full_mask_dice(val.masks))
     history, epoch0, stopped = [], 0, None
     if last_pt.exists():  # resume
         ck = torch.load(last_pt, map_location='cpu', weights_only=True)
@@ -271,22 +310,27 @@ def fit(
         for epoch in range(epoch0 + 1, cfg.epochs + 1):
             if stopped: break
             t0 = time.perf_counter()
-            train_ds.set_epoch(epoch)
-            dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=batch_order(cfg.seed, epoch, len(train_ds)),
-                            drop_last=drop_last, num_workers=workers, pin_memory=device.type == 'cuda')
+            order.set_epoch(epoch); train_ds.set_epoch(epoch)
             step.train()
             sums, n, lr0 = dict(total=0.0, sup=0.0, kd=0.0), 0, lr_at(cfg, (epoch - 1) * per_epoch, per_epoch)
+            on_device = torch.zeros(3, device=device)  # off the CPU: the epoch's loss sums stay on the device, read back once
             batches = tqdm(dl, desc=f"epoch {epoch}", unit='batch', leave=False, disable=not progress, mininterval=2, dynamic_ncols=True)
             for b, batch in enumerate(batches, 1):
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                _, losses = step(batch)
-                vals = losses.log()
-                _check_finite(vals, epoch, b, terms, where())
+                batch = {k: layout(v.to(device, non_blocking=True)) for k, v in batch.items()}
+                with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                    _, losses = step(batch)
+                each = check_values(batch['mask'])  # read every step's losses back: on the CPU (free), or with KDBUS_CHECK_VALUES=1
+                if each: vals = losses.log(); _check_finite(vals, epoch, b, terms, where())
                 for g in opt.param_groups: g['lr'] = lr_at(cfg, (epoch - 1) * per_epoch + b - 1, per_epoch)
-                opt.zero_grad(set_to_none=True); losses.total.backward(); opt.step()
+                opt.zero_grad(set_to_none=True); scaler.scale(losses.total).backward(); scaler.step(opt); scaler.update()
                 k = len(batch['mask']); n += k
-                for t in sums: sums[t] += vals[t] * k
-                batches.set_postfix({t: f"{sums[t] / n:.4f}" for t in terms}, refresh=False)
+                if each:
+                    for t in sums: sums[t] += vals[t] * k
+                    batches.set_postfix({t: f"{sums[t] / n:.4f}" for t in terms}, refresh=False)
+                else: on_device += torch.stack([losses.total, losses.sup, losses.kd]).detach().float() * k
+            if not each:
+                sums = dict(zip(sums, on_device.tolist()))
+                _check_finite({t: v / n for t, v in sums.items()}, epoch, 'the mean of its batches (KDBUS_CHECK_VALUES=1 names the batch)', terms, where())
             val_loss, val_dice, val_nonempty = validate(model, val_dl)
             _check_finite(dict(val=val_loss), epoch, None, ('val',), where())
             history.append(dict(epoch=epoch, train_loss=sums['total'] / n, train_sup=sums['sup'] / n,

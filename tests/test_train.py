@@ -195,3 +195,65 @@ def test_the_paper_profiles_code_path_trains_on_the_cpu(parts, tmp_path):
         assert 0.8e6 < r.params < 0.9e6  # the paper's student: 0.82 M
         assert (r.regressor_params > 2e6) == (path == 'hidden_regressor')  # R maps 432 -> 2048 channels
         if path == 'hidden_regressor': assert type(step.regressor[-1]).__name__ == 'ReLU'  # ResNeXt's output is >= 0: the paper's R, ReLU kept
+
+
+def _reference_runs(tmp_path, **settings):
+    "The smoke runs of tools/cpu_reference.py retrained with `settings`, beside the committed reference (made before the GPU path existed)."
+    import importlib.util, json
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location('cpu_reference', Path(__file__).resolve().parents[1]/'tools'/'cpu_reference.py')
+    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    return mod.train_reference(tmp_path, **settings), json.loads(mod.OUT.read_text())
+
+
+@pytest.mark.parametrize('settings', [dict(), dict(num_workers=2), dict(amp='off', channels_last='off')])
+def test_cpu_results_are_bit_identical_to_the_reference(tmp_path, settings):
+    "AMP and channels-last ('auto') are no-ops on the CPU, and persistent DataLoader workers draw the same augmentation: histories and weights equal the reference bit for bit."
+    got, ref = _reference_runs(tmp_path, **settings)
+    for name in ref:
+        pd.testing.assert_frame_equal(pd.DataFrame(got[name]['history']), pd.DataFrame(ref[name]['history']), check_exact=True)
+        assert got[name]['weights'] == ref[name]['weights'], name
+
+
+def test_mixed_precision_and_channels_last_train_and_change_the_numbers(tmp_path):
+    "Forced on the CPU (bf16 autocast, channels-last models and batches), every run type trains to finite losses, and not to the reference's bits: the switches act."
+    got, ref = _reference_runs(tmp_path, amp='bf16', channels_last='on')
+    for name in ref:
+        h = pd.DataFrame(got[name]['history'])
+        assert np.isfinite(h[['train_loss', 'val_loss']].to_numpy()).all() and got[name]['weights'] != ref[name]['weights']
+        np.testing.assert_allclose(h.train_loss, pd.DataFrame(ref[name]['history']).train_loss, rtol=0.02)  # bf16 moves the 3rd digit at most
+
+
+def test_precision_and_layout_choices():
+    c = resolve_config('smoke', path='none')
+    cpu, cuda = torch.device('cpu'), torch.device('cuda')
+    assert (c.amp, c.channels_last) == ('auto', 'auto') and kt.amp_dtype(c, cpu) is None and kt.memory_format(c, cpu) == torch.contiguous_format
+    assert kt.memory_format(c, cuda) == torch.channels_last and kt.memory_format(c.replace(channels_last='off'), cuda) == torch.contiguous_format
+    assert kt.amp_dtype(c.replace(amp='fp16'), cpu) == torch.float16 and kt.amp_dtype(c.replace(amp='off'), cuda) is None
+    assert 'amp' not in c.identity() and 'channels_last' not in c.identity()  # like `device`: a run resumes on another device
+    with pytest.raises(ValueError, match="amp='fp8' is not valid; expected one of: 'auto', 'off', 'bf16', 'fp16'"): c.replace(amp='fp8')
+
+
+def test_off_the_cpu_the_losses_are_read_back_once_per_epoch(parts, tmp_path, monkeypatch):
+    "Where values are not checked per step (a GPU), the loop never reads a step's losses back; the epoch's mean is checked instead, and a NaN is still caught."
+    monkeypatch.setattr(kt, 'check_values', lambda x: False)
+    monkeypatch.setattr(kt.KDLosses, 'log', lambda self: pytest.fail('a per-step read-back'))
+    c = cfg_for(tmp_path/'a', epochs=2)
+    r = fit(build_step(c), c, *parts, progress=False)
+    monkeypatch.undo()
+    c2 = cfg_for(tmp_path/'b', epochs=2)
+    per_step = fit(build_step(c2), c2, *parts, progress=False)
+    np.testing.assert_allclose(r.history.train_loss, per_step.history.train_loss, rtol=1e-6)  # float32 sums on the device
+    assert weights_hash(r.model) == weights_hash(per_step.model)
+    monkeypatch.setattr(kt, 'check_values', lambda x: False)
+    real = kt.sup_loss
+    monkeypatch.setattr(kt, 'sup_loss', lambda logits, mask: real(logits, mask) * float('nan'))
+    c3 = cfg_for(tmp_path/'c', epochs=2)
+    with pytest.raises(NonFiniteLoss, match=r'epoch 1, the mean of its batches \(KDBUS_CHECK_VALUES=1 names the batch\): sup=nan'):
+        fit(build_step(c3), c3, *parts, progress=False)
+    assert not (c3.run_dir/'last.pt').exists()
+
+
+def test_full_mask_dice_is_the_dice_of_marking_every_pixel():
+    m = np.zeros((3, 4, 4), np.uint8); m[0, :2] = 1; m[1, :, :1] = 1  # a half and a quarter of the image; an image without lesion
+    assert abs(kt.full_mask_dice(m) - np.mean([2 * 8 / 24, 2 * 4 / 20, 0.0])) < 1e-12
