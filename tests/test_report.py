@@ -361,3 +361,27 @@ def test_readme_tables_are_the_committed_results():
     readme = Path(__file__).resolve().parents[1] / 'README.md'
     assert len(README_BLOCK.findall(readme.read_text())) >= 2
     assert sync_readme(readme, check=True) == []
+
+
+def test_readme_seed_tables_are_the_committed_results():
+    "Every '<!-- seeds: DIR -->' table of README.md matches DIR/table4_seeds.csv and the per-seed means of DIR's per_image.csv files."
+    import re
+    root = Path(__file__).resolve().parents[1]
+    text = (root/'README.md').read_text()
+    blocks = re.findall(r'<!-- seeds: (\S+) -->\n((?:\|.*\n)+)', text)
+    assert blocks, "README.md has no seeds table"
+    num = lambda s: float(s.replace('+', '').replace('<', ''))
+    for folder, table in blocks:
+        csv = pd.read_csv(root/folder/'table4_seeds.csv').set_index('model')
+        for line in table.splitlines()[2:]:
+            model, per_seed, mean, sd, diff, p, _ = [c.strip() for c in line.strip('|').split('|')]
+            r = csv.loc[model]
+            assert abs(num(mean) - r.dsc_mean) < 0.006 and abs(num(sd) - r.seed_sd) < 0.006, model
+            for seed, shown in zip(str(r.seeds).split(','), per_seed.split(' / ')):
+                run = model if seed == '0' else f"{model}+seed={seed}"
+                dice = pd.concat([pd.read_csv(f) for f in sorted((root/folder/run).glob('fold*/per_image.csv'))]).dice.mean() * 100
+                assert abs(num(shown) - dice) < 0.006, (run, shown, dice)
+            if diff != '-':
+                d, lo, hi = map(num, re.match(r'(\S+) \[(\S+), (\S+)\]', diff).groups())
+                assert max(abs(d - r.diff_vs_student), abs(lo - r.ci_low), abs(hi - r.ci_high)) < 0.006, model
+                assert (p == '<0.0001' and r.p_vs_student < 1e-4) or abs(num(p) - r.p_vs_student) < 0.006, model
