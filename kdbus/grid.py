@@ -119,14 +119,14 @@ class GridResult:
         lines = [f"grid: {len(self.done)} run, {len(self.skipped)} already complete, {len(self.failed)} failed "
                  f"({self.seconds / 60:.1f} min)"]
         lines += [f"  FAILED {l}/fold{f}: {why}" for l, f, why in self.failed]
-        lines += [f"  COLLAPSED {l}/fold{f}: its kept model finds no lesion on the validation images (metrics.json: collapsed)"
+        lines += [f"  COLLAPSED {l}/fold{f}: its kept model finds no lesion on the validation images, or none better than the full mask (metrics.json: collapsed)"
                   for l, f in self.collapsed]
         return "\n".join(lines)
 
 def is_collapsed(
     run_dir: str|Path,  # a run folder
 ) -> bool:
-    "Whether a complete run's metrics.json says its kept model collapsed (finds no lesion on the validation images)."
+    "Whether a complete run's metrics.json says its kept model collapsed (finds no lesion on the validation images, or none better than the full mask)."
     p = Path(run_dir) / 'metrics.json'
     try: return bool(json.loads(p.read_text()).get('collapsed', False)) if p.is_file() else False
     except (OSError, ValueError): return False
@@ -216,7 +216,7 @@ def schedule(
             how = (f"{time.time() - t[j]:.0f} s" if executor.name == 'local' or not info else
                    f"{info['seconds']:.0f} s on {info['host']}, {time.time() - t[j]:.0f} s after it was submitted")
             res.done.append((j.label, j.fold))
-            if is_collapsed(j.run_dir(out)): res.collapsed.append((j.label, j.fold)); how += "; COLLAPSED: its kept model finds no lesion"
+            if is_collapsed(j.run_dir(out)): res.collapsed.append((j.label, j.fold)); how += "; COLLAPSED: its kept model finds no lesion (or none better than the full mask)"
             log(f"{tags[j]}: done in {how}")
     return res
 

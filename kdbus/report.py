@@ -255,7 +255,7 @@ def table4(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s Da
             row[f"p vs {ref}"], row[f"sig vs {ref}"], row[f"n_pairs_{ref.lower()}"] = p, stars(p), n
             if note: notes.append(f"p vs {ref}: {note}")
         collapsed = sorted(g[g.collapsed.fillna(False).astype(bool)].fold.unique()) if 'collapsed' in g else []
-        if collapsed: notes.append(f"collapsed in fold(s) {', '.join(map(str, collapsed))}: the kept model finds no lesion on the validation images; its test Dice is averaged in as it is")
+        if collapsed: notes.append(f"collapsed in fold(s) {', '.join(map(str, collapsed))}: the kept model finds no lesion on the validation images (or none better than the full mask); its test Dice is averaged in as it is")
         params = g.groupby('fold')['params'].first().astype(float)
         if params.nunique() > 1: notes.append(f"params differ between folds ({', '.join(f'{v:,.0f}' for v in params)})")
         row['params (M)'] = params.mean() / 1e6

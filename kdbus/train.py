@@ -161,7 +161,7 @@ class FitResult:
     best_epoch: int  # epoch of the kept checkpoint (from 1): the best `cfg.select` score among non-collapsed epochs
     best_val_loss: float  # the validation loss of that epoch
     best_val_dice: float  # the validation Dice of that epoch
-    collapsed: bool  # the kept model finds no lesion on the validation part (though it has lesions): see `Selector`
+    collapsed: bool  # the kept model finds no lesion on the validation part (though it has lesions), or none better than the full mask: see `Selector`
     epochs_run: int  # epochs trained, over all resumptions
     stopped: str  # 'early' (patience ran out) or 'max_epochs'
     seconds: float  # training time over all resumptions (sum of the epochs' seconds)
