@@ -34,11 +34,8 @@ test: $(STAMP)
 	if [ "$$before" != "$$after" ]; then \
 	  echo "nbdev_clean/nbdev_export changed files: run them and commit the result."; \
 	  git status --short; exit 1; fi
-	@# nbdev_test runs beside pytest: it fills the cores pytest's two workers leave idle (one worker ends early; papermill waits on kernels)
-	@log=$$(mktemp); $(BIN)/nbdev_test --n_workers 1 >$$log 2>&1 & nb=$$!; trap 'kill $$nb 2>/dev/null; rm -f $$log' EXIT INT TERM; \
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 tests/test_grid.py tests/test_ray.py tests/test_papermill.py tests; py=$$?; \
-	wait $$nb; nbt=$$?; echo "nbdev_test --n_workers 1 (beside pytest), exit $$nbt:"; cat $$log; \
-	test $$py -eq 0 -a $$nbt -eq 0
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 tests/test_grid.py tests/test_ray.py tests/test_papermill.py tests
+	$(BIN)/nbdev_test --n_workers 2
 
 # Every notebook of nbs/ executed in place (smoke profile, as nbdev_test runs them) and cleaned: commit the result.
 book: $(STAMP)

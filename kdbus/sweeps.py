@@ -18,8 +18,8 @@ from .files import atomic_write
 from .report import _fmt_p, _label_key, _quiet_seaborn, _save, paired_test, palette, run_summary, runs_line
 
 # %% auto #0
-__all__ = ['N_RESAMPLES', 'SWEEP_FILES', 'holm', 'bootstrap_ci', 'settings_of', 'seed_averaged', 'seeds_table', 'seeds_markdown',
-           'sweep_table', 'sweep_plot', 'sweep_markdown', 'write_sweep_report']
+__all__ = ['N_RESAMPLES', 'SWEEP_FILES', 'holm', 'bootstrap_ci', 'settings_of', 'seed_averaged', 'seeds_table', 'common_folds',
+           'seeds_markdown', 'sweep_table', 'sweep_plot', 'sweep_markdown', 'write_sweep_report']
 
 # %% ../nbs/10a_sweeps.ipynb #37d4998a
 def holm(
@@ -87,13 +87,16 @@ def seeds_table(
     keys = sorted((k for k in dice if not k[1] and k[0] in ALL_RUNS), key=lambda k: _label_key(k[0]))
     if not any(len(seeds[k]) > 1 for k in keys): return pd.DataFrame()
     keys = [k for k in keys if len(seeds[k]) > 1 or k[0] == 'Student']  # the replicated runs, and the Student they are compared with
+    folds = common_folds(df, keys)
+    if len(folds) < df.fold.nunique():  # e.g. seed 0 on 3 folds, its replicates on fold 0: compare seeds on the same test images only
+        df = df[df.fold.isin(folds)]; dice, seeds = seed_averaged(df)
     ref = dice.get(('Student', ()))
     rows = []
     for key in keys:
         base = key[0]
         g = df[[settings_of(l)[:2] == key for l in df.label]]
         seed_means = 100 * g.groupby('seed').dice.mean()
-        row = dict(model=base, seeds=','.join(map(str, seeds[key])), n_seeds=len(seeds[key]), dsc_mean=seed_means.mean(),
+        row = dict(model=base, seeds=','.join(map(str, seeds[key])), n_seeds=len(seeds[key]), folds=','.join(map(str, folds)), dsc_mean=seed_means.mean(),
                    seed_sd=seed_means.std(ddof=1) if len(seed_means) > 1 else float('nan'), n_images=len(dice[key]))
         if base != 'Student' and ref is not None:
             c = _vs(dice[key], ref)
@@ -103,7 +106,17 @@ def seeds_table(
     for c in ('diff_vs_student', 'ci_low', 'ci_high', 'p_vs_student', 'n_pairs', 'note'):
         if c not in t: t[c] = np.nan
     t['p_holm'] = holm(t.p_vs_student)
-    return t[['model', 'seeds', 'n_seeds', 'dsc_mean', 'seed_sd', 'diff_vs_student', 'ci_low', 'ci_high', 'p_vs_student', 'p_holm', 'n_pairs', 'n_images', 'note']]
+    return t[['model', 'seeds', 'n_seeds', 'folds', 'dsc_mean', 'seed_sd', 'diff_vs_student', 'ci_low', 'ci_high', 'p_vs_student', 'p_holm', 'n_pairs', 'n_images', 'note']]
+
+def common_folds(
+    df: pd.DataFrame,  # `kdbus.report.collect`'s rows
+    keys: list,  # the (Table 4 row, settings) of the seeds table
+) -> list[int]:  # the folds that every seed of every key has run
+    "The folds a multi-seed table can use: a seed that ran fewer folds than another would otherwise mix fold differences into the seed spread."
+    have = [set(g.fold[g.seed == s]) for k in keys for g in [df[[settings_of(l)[:2] == k for l in df.label]]] for s in g.seed.unique()]
+    folds = sorted(set.intersection(*have)) if have else []
+    if not folds: raise ValueError(f"the replicates share no fold ({', '.join(f'{k[0]}: folds {sorted(h)}' for k, h in zip(keys, have))}); run every seed on at least one common fold")
+    return folds
 
 def _vs(a: pd.Series, ref: pd.Series, ci: bool = True) -> dict:
     "A setting's seed-averaged per-image Dice against a reference's: mean difference (points), its bootstrap CI, Wilcoxon p, pairs, note."
@@ -121,7 +134,7 @@ def seeds_markdown(
 ) -> str:
     "The multi-seed Table 4 as Markdown, with what each column means."
     show = pd.DataFrame({
-        'model': t.model, 'seeds': t.seeds,
+        'model': t.model, 'seeds': t.seeds, 'folds': t.folds,
         'DSC (%), mean over seeds': [_num(v) for v in t.dsc_mean],
         'seed SD': [_num(v) for v in t.seed_sd],
         'vs Student (points) [95 % CI]': ['-' if m == 'Student' else f"{_num(d, '{:+.2f}')} [{_num(lo, '{:+.2f}')}, {_num(hi, '{:+.2f}')}]"
@@ -131,7 +144,9 @@ def seeds_markdown(
         'pairs': ['-' if m == 'Student' else _num(n, '{:.0f}') for m, n in zip(t.model, t.n_pairs)],
     })
     lines = ["# Table 4 over seeds", "", show.to_markdown(index=False, disable_numparse=True), "",
-             "- **DSC**: each seed's mean per-image Dice over all test images of its folds, then the mean over seeds; "
+             "- **folds**: the folds every seed of every row has run; only their test images count here (a seed run on more folds "
+             "would mix fold differences into the seed spread).",
+             "- **DSC**: each seed's mean per-image Dice over the test images of those folds, then the mean over seeds; "
              "**seed SD**: the sample standard deviation of those seed means (n/a for one seed).",
              "- **vs Student**: the mean over test images of (this row's Dice - the Student's), each image's Dice averaged over "
              "its seeds first; the 95 % CI is scipy's BCa bootstrap over images (9999 resamples, seed 0).",
@@ -164,10 +179,13 @@ def sweep_table(
         row = dict(model=base, setting=', '.join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in named) or 'paper',
                    field=named[0][0] if len(named) == 1 else ('' if not named else 'several'), value=named[0][1] if len(named) == 1 else None,
                    dsc_mean=x.mean(), ci_low=lo, ci_high=hi, n_images=len(x), seeds=','.join(map(str, seeds[key])))
-        ref = dice.get((base, ()))
-        if named and ref is not None:
-            c = _vs(dice[key], ref, ci=False)  # the row's own CI is that of its DSC
-            row.update(diff_vs_paper=c['diff'], p_vs_paper=c['p'], n_pairs=c['n_pairs'], note=c['note'])
+        if named and (base, ()) in dice:  # the paper setting's runs of the same seeds: a seed's own noise is not a setting's effect
+            same = df[np.array([settings_of(l)[:2] == (base, ()) for l in df.label]) & df.seed.isin(seeds[key]).to_numpy()]
+            ref = seed_averaged(same)[0].get((base, ())) if len(same) else None
+            if ref is None: row.update(note=f"no run at the paper's settings with seed(s) {row['seeds']}: not compared")
+            else:
+                c = _vs(dice[key], ref, ci=False)  # the row's own CI is that of its DSC
+                row.update(diff_vs_paper=c['diff'], p_vs_paper=c['p'], n_pairs=c['n_pairs'], note=c['note'])
         rows.append(row)
     t = pd.DataFrame(rows)
     for c in ('diff_vs_paper', 'p_vs_paper', 'n_pairs', 'note'):
@@ -225,7 +243,9 @@ def sweep_markdown(
              "`paper`: the run at the paper's settings, the reference of its rows.",
              "- **DSC**: mean per-image Dice over all test images of all folds (each image's Dice averaged over the seeds listed), "
              "with scipy's BCa bootstrap 95 % CI over images (9999 resamples, seed 0).",
-             "- **p**: Wilcoxon signed-rank test, two-sided, paired by (fold, image id), against the same run at the paper's settings; "
+             "- **vs paper setting**, **p**: paired by (fold, image id) with the same run at the paper's settings *and the same seeds* "
+             "(a row of seed 0 against the paper setting's seed 0, though that row may list more seeds); "
+             "p: Wilcoxon signed-rank test, two-sided; "
              "**p (Holm)**: Holm's adjustment over the rows of this table."]
     if runs is not None and len(runs): lines += [runs_line(runs)]
     notes = [f"  - {m} {s}: {n}" for m, s, n in zip(t.model, t.setting, t.note) if isinstance(n, str) and n]
