@@ -4,7 +4,6 @@ import json, os, subprocess, sys, time
 from pathlib import Path
 import pandas as pd, pytest
 
-from kdbus.distill import TABLE3
 from kdbus.grid import LOCK_NAME, attempts, grid_jobs, run_folder_lock, run_grid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,24 +31,29 @@ def cluster():
 
 # --- the real smoke grid through the CLI, on the test's Ray instance -------------------------------------------
 
-RAY_RUNS = ("Teacher", "Student", "L_KLD_WAug", "HReg_MSE")  # a teacher, a baseline, a logits and a hidden path: every
-# kind of job; the local smoke grid (test_grid.py) runs all 14, and the executor does not depend on which runs it is given
+RAY_RUNS = ("Teacher", "L_KLD_WAug")  # a teacher and a KD run that waits for it; the local smoke grid (test_grid.py) runs 8
+RAY_SWEEP = ("--sweep", "T=1,2", "--seeds", "0,1")  # the sweep and seed flags on Ray too: 6 run folders, 2 teachers
+RAY_FOLDERS = ("Teacher", "L_KLD_WAug", "L_KLD_WAug+T=2", "Teacher+seed=1", "L_KLD_WAug+seed=1", "L_KLD_WAug+T=2+seed=1")
+RAY_TEACHER = {"L_KLD_WAug": "Teacher", "L_KLD_WAug+T=2": "Teacher", "L_KLD_WAug+seed=1": "Teacher+seed=1", "L_KLD_WAug+T=2+seed=1": "Teacher+seed=1"}
+
+def ray_grid_command(out, cluster):
+    return (BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out,
+            "--runs", ",".join(RAY_RUNS), *RAY_SWEEP, "--executor", "ray", "--address", cluster)
 
 @pytest.fixture(scope="module")
 def ray_grid(cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("raygrid") / "smoke"
     t = time.time()
-    r = sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out,
-           "--runs", ",".join(RAY_RUNS), "--executor", "ray", "--address", cluster)
-    print(f"\nsmoke grid ({len(RAY_RUNS)} runs, 1 epoch) on Ray with 2 CPUs: {time.time() - t:.0f} s wall")
+    r = sh(*ray_grid_command(out, cluster))
+    print(f"\nsmoke grid ({len(RAY_FOLDERS)} runs, 1 epoch) on Ray with 2 CPUs: {time.time() - t:.0f} s wall")
     return out, r
 
 def test_ray_smoke_grid_completes_like_the_local_one(ray_grid):
     out, r = ray_grid
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert f"{len(RAY_RUNS)} run, 0 already complete, 0 failed" in r.stdout
-    for label in RAY_RUNS:
-        d = out / label / "fold0"
+    assert f"{len(RAY_FOLDERS)} run, 0 already complete, 0 failed" in r.stdout
+    for name in RAY_FOLDERS:
+        d = out / name / "fold0"
         assert {p.name for p in d.iterdir()} == RUN_FILES, f"{d}: {sorted(p.name for p in d.iterdir())}"  # no lock, no last.pt left
         assert [a["executor"] for a in attempts(d)] == ["ray", "ray"]  # one attempt: start, done
     assert REPORT_FILES <= {p.name for p in out.iterdir()}
@@ -58,27 +62,34 @@ def test_ray_smoke_grid_completes_like_the_local_one(ray_grid):
     from kdbus.testing import fake_results
     ours, local = pd.read_csv(out / "table4.csv"), table4(fake_results(out.parent / "local", DATA, n_folds=1))
     assert list(ours.columns) == list(local.columns)
-    assert list(ours.iloc[:, 0]) == [l for l in local.iloc[:, 0] if l in RAY_RUNS] == list(RAY_RUNS)
+    assert list(ours.iloc[:, 0]) == [l for l in local.iloc[:, 0] if l in RAY_RUNS] == list(RAY_RUNS)  # Table 4: the paper's settings, seed 0
     assert ours["dsc_mean"].between(0, 100).all()
 
-def test_ray_grid_kd_runs_started_after_their_teacher(ray_grid):
-    "From the attempt logs of the real grid: every KD run started after its fold's Teacher had finished."
+def test_ray_sweep_with_seeds(ray_grid):
+    "The sweep and seed flags on Ray: every replicate distils from its own seed's teacher, and the sweep and seed reports are written."
     out, r = ray_grid
     assert r.returncode == 0
-    teacher_done = max(a["t"] for a in attempts(out / "Teacher" / "fold0") if a["event"] == "done")
-    for label in (l for l in RAY_RUNS if l in TABLE3):
-        first_start = min(a["t"] for a in attempts(out / label / "fold0") if a["event"] == "start")
-        assert first_start > teacher_done, f"{label} started {teacher_done - first_start:.1f} s before its Teacher was done"
-        used = json.loads((out / label / "fold0" / "metrics.json").read_text())["teacher_weights_sha256"]
+    t = lambda n: json.loads((out / n / "fold0" / "config.json").read_text())["teacher"]["run_dir"]
+    for name, teacher in RAY_TEACHER.items(): assert t(name) == f"{teacher}/fold0", name
+    assert {"sweep.csv", "sweep.md", "table4_seeds.md"} <= {p.name for p in out.iterdir()}
+
+def test_ray_grid_kd_runs_started_after_their_teacher(ray_grid):
+    "From the attempt logs of the real grid: every KD run started after its own Teacher (of its seed) had finished."
+    out, r = ray_grid
+    assert r.returncode == 0
+    for name, teacher in RAY_TEACHER.items():
+        teacher_done = max(a["t"] for a in attempts(out / teacher / "fold0") if a["event"] == "done")
+        first_start = min(a["t"] for a in attempts(out / name / "fold0") if a["event"] == "start")
+        assert first_start > teacher_done, f"{name} started {teacher_done - first_start:.1f} s before {teacher} was done"
+        used = json.loads((out / name / "fold0" / "metrics.json").read_text())["teacher_weights_sha256"]
         assert used and len(used) == 64
 
 def test_second_ray_grid_does_no_work(ray_grid, cluster):
     out, _ = ray_grid
-    r = sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out,
-           "--runs", ",".join(RAY_RUNS), "--executor", "ray", "--address", cluster)
+    r = sh(*ray_grid_command(out, cluster))
     assert r.returncode == 0, r.stderr[-2000:]
-    assert f"0 run, {len(RAY_RUNS)} already complete, 0 failed" in r.stdout
-    assert all(len(attempts(out / l / "fold0")) == 2 for l in RAY_RUNS)  # nobody started again
+    assert f"0 run, {len(RAY_FOLDERS)} already complete, 0 failed" in r.stdout
+    assert all(len(attempts(out / n / "fold0")) == 2 for n in RAY_FOLDERS)  # nobody started again
 
 # --- retries, worker deaths, order: fake executes (no papermill), so each takes a moment -----------------------
 
@@ -221,22 +232,6 @@ def test_a_holder_that_lost_its_lock_stops(tmp_path):
     out = subprocess.run([sys.executable, "-c", STALLER, str(d)], capture_output=True, text=True, timeout=120).stdout
     assert out.startswith("stopped:") and "lost its lock to pid 1 on elsewhere (successor)" in out, out
     assert "mtime 1000000000.0 owner successor" in out, out  # not refreshed, not removed
-
-def test_ray_sweep_with_seeds(ray_grid, cluster, tmp_path):
-    "The same sweep and seed flags on Ray: replicates wait for their own seed's teacher, and the reports are written."
-    import shutil
-    out = tmp_path / "smoke"
-    shutil.copytree(ray_grid[0], out)
-    r = sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out,
-           "--runs", "L_KLD_WAug", "--sweep", "T=1,2", "--seeds", "0,1", "--executor", "ray", "--address", cluster)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "3 run, 1 already complete, 0 failed" in r.stdout, r.stdout[-2000:]
-    for name in ("L_KLD_WAug+T=2", "L_KLD_WAug+seed=1", "L_KLD_WAug+T=2+seed=1"):
-        assert [a["event"] for a in attempts(out / name / "fold0")] == ["start", "done"], name
-    assert (out / "Teacher+seed=1" / "fold0" / "metrics.json").is_file()  # trained by the first of its KD runs
-    t = lambda n: json.loads((out / n / "fold0" / "config.json").read_text())["teacher"]["run_dir"]
-    assert t("L_KLD_WAug+T=2+seed=1") == t("L_KLD_WAug+seed=1") == "Teacher+seed=1/fold0"
-    assert {"sweep.csv", "sweep.md", "table4_seeds.md"} <= {p.name for p in out.iterdir()}
 
 def test_no_import_cycle_between_grid_and_ray_grid():
     "kdbus.jobs is the layer below both: the Ray executor loads without the grid, and the grid loads without Ray's module."
