@@ -113,9 +113,10 @@ def common_folds(
     keys: list,  # the (Table 4 row, settings) of the seeds table
 ) -> list[int]:  # the folds that every seed of every key has run
     "The folds a multi-seed table can use: a seed that ran fewer folds than another would otherwise mix fold differences into the seed spread."
-    have = [set(g.fold[g.seed == s]) for k in keys for g in [df[[settings_of(l)[:2] == k for l in df.label]]] for s in g.seed.unique()]
-    folds = sorted(set.intersection(*have)) if have else []
-    if not folds: raise ValueError(f"the replicates share no fold ({', '.join(f'{k[0]}: folds {sorted(h)}' for k, h in zip(keys, have))}); run every seed on at least one common fold")
+    mine = df[[settings_of(l)[:2] in keys for l in df.label]]
+    have = mine.groupby(['label', 'seed']).fold.agg(set)  # the folds of each run folder (one setting, one seed)
+    folds = sorted(set.intersection(*have)) if len(have) else []
+    if not folds: raise ValueError(f"the replicates share no fold ({', '.join(f'{l}: folds {sorted(f)}' for (l, _), f in have.items())}); run every seed on at least one common fold")
     return folds
 
 def _vs(a: pd.Series, ref: pd.Series, ci: bool = True) -> dict:

@@ -310,7 +310,7 @@ def fit(
         for epoch in range(epoch0 + 1, cfg.epochs + 1):
             if stopped: break
             t0 = time.perf_counter()
-            order.set_epoch(epoch); train_ds.set_epoch(epoch)
+            order.set_epoch(epoch)  # the sampler hands the epoch to the dataset with each index
             step.train()
             sums, n, lr0 = dict(total=0.0, sup=0.0, kd=0.0), 0, lr_at(cfg, (epoch - 1) * per_epoch, per_epoch)
             on_device = torch.zeros(3, device=device)  # off the CPU: the epoch's loss sums stay on the device, read back once

@@ -1,5 +1,6 @@
 "Fixtures shared by several test files."
-import warnings
+import importlib.util, warnings
+from pathlib import Path
 
 import pytest
 
@@ -15,3 +16,14 @@ def smoke_student(tmp_path_factory):
         warnings.simplefilter('ignore')
         metrics = run_experiment(resolve_config('smoke', path='none', data='synth:n=30', out_dir=str(out)), progress=False)
     return out, metrics
+
+
+@pytest.fixture(scope='session')
+def script():
+    "Load one of the project's scripts (tools/*.py, bench/*.py) as a module, by its path from the project root: script('tools/x.py')."
+    root = Path(__file__).resolve().parents[1]
+    def load(rel):
+        spec = importlib.util.spec_from_file_location(Path(rel).stem, root/rel)
+        mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+        return mod
+    return load

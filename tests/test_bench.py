@@ -199,23 +199,19 @@ def test_gpu_device_check_dry_run_on_the_cpu(tmp_path):
 
 BUSI163 = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'busi-163'
 
-def _slow_start(argv, capsys):
-    import importlib.util, sys
-    spec = importlib.util.spec_from_file_location('slow_start', Path(__file__).resolve().parents[1] / 'bench' / 'slow_start.py')
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    old, sys.argv = sys.argv, ['slow_start.py', *map(str, argv)]
-    try:
-        with pytest.raises(SystemExit) if argv and not Path(str(argv[0])).is_dir() else contextlib.nullcontext() as e: mod.main()
-    finally: sys.argv = old
-    return e, capsys.readouterr()
+def _slow_start(script, monkeypatch, *argv):
+    "Run bench/slow_start.py's main with `argv`."
+    mod = script('bench/slow_start.py')
+    monkeypatch.setattr('sys.argv', ['slow_start.py', *map(str, argv)])
+    mod.main()
 
-def test_slow_start_probe_refuses_a_missing_folder(capsys, tmp_path):
-    e, out = _slow_start([tmp_path / 'nowhere'], capsys)
-    assert e.value.code == 2 and 'nowhere: no such folder; expected a BUSI folder' in out.err
+def test_slow_start_probe_refuses_a_missing_folder(script, monkeypatch, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e: _slow_start(script, monkeypatch, tmp_path / 'nowhere')
+    assert e.value.code == 2 and 'nowhere: no such folder; expected a BUSI folder' in capsys.readouterr().err
 
 @pytest.mark.skipif(not BUSI163.is_dir(), reason="needs ../shared/data/busi-163 beside the project")
-def test_slow_start_probe_reports_dice_and_dead_channels(capsys):
-    _, out = _slow_start([BUSI163, '--epochs', 4], capsys)
-    lines = out.out.splitlines()
+def test_slow_start_probe_reports_dice_and_dead_channels(script, monkeypatch, capsys):
+    _slow_start(script, monkeypatch, BUSI163, '--epochs', 4)
+    lines = capsys.readouterr().out.splitlines()
     assert len(lines[0].split(':')[1].split()) == 4 and 'kept epoch' in lines[1]
     assert sum('decoder block' in l for l in lines) == 5  # the quick student's 5 decoder blocks

@@ -232,12 +232,9 @@ def test_the_grid_refuses_to_mix_training_recipes(tmp_path):
     with pytest.raises(ValueError, match=r"epochs=5, but this grid asks for epochs=2"): check_compatible(job, tmp_path)
 
 
-def test_replaying_a_history_through_the_selector_gives_the_run_s_own_choice(smoke_student, collapsed_run):
+def test_replaying_a_history_through_the_selector_gives_the_run_s_own_choice(script, smoke_student, collapsed_run):
     "tools/replay_selection.py recomputes the kept epoch, stop and collapsed flag from history.csv alone: for runs made with today's rule, unchanged."
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location('replay_selection', Path(__file__).resolve().parents[1]/'tools'/'replay_selection.py')
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    mod = script('tools/replay_selection.py')
     for run_dir in (smoke_student[0]/'Student'/'fold0', collapsed_run[1].run_dir):
         r = mod.replay(run_dir)
         assert r is not None and (r['best'], r['stop'], r['collapsed']) == (r['best_now'], r['stop_now'], r['collapsed_now']), r

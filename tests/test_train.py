@@ -197,27 +197,25 @@ def test_the_paper_profiles_code_path_trains_on_the_cpu(parts, tmp_path):
         if path == 'hidden_regressor': assert type(step.regressor[-1]).__name__ == 'ReLU'  # ResNeXt's output is >= 0: the paper's R, ReLU kept
 
 
-def _reference_runs(tmp_path, **settings):
+def _reference_runs(script, tmp_path, **settings):
     "The smoke runs of tools/cpu_reference.py retrained with `settings`, beside the committed reference (made before the GPU path existed)."
-    import importlib.util, json
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location('cpu_reference', Path(__file__).resolve().parents[1]/'tools'/'cpu_reference.py')
-    mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
+    import json
+    mod = script('tools/cpu_reference.py')
     return mod.train_reference(tmp_path, **settings), json.loads(mod.OUT.read_text())
 
 
 @pytest.mark.parametrize('settings', [dict(), dict(num_workers=2)])
-def test_cpu_results_are_bit_identical_to_the_reference(tmp_path, settings):
+def test_cpu_results_are_bit_identical_to_the_reference(script, tmp_path, settings):
     "AMP and channels-last ('auto') are no-ops on the CPU, and persistent DataLoader workers draw the same augmentation: histories and weights equal the reference bit for bit."
-    got, ref = _reference_runs(tmp_path, **settings)
+    got, ref = _reference_runs(script, tmp_path, **settings)
     for name in ref:
         pd.testing.assert_frame_equal(pd.DataFrame(got[name]['history']), pd.DataFrame(ref[name]['history']), check_exact=True)
         assert got[name]['weights'] == ref[name]['weights'], name
 
 
-def test_mixed_precision_and_channels_last_train_and_change_the_numbers(tmp_path):
+def test_mixed_precision_and_channels_last_train_and_change_the_numbers(script, tmp_path):
     "Forced on the CPU (bf16 autocast, channels-last models and batches), every run type trains to finite losses, and not to the reference's bits: the switches act."
-    got, ref = _reference_runs(tmp_path, amp='bf16', channels_last='on')
+    got, ref = _reference_runs(script, tmp_path, amp='bf16', channels_last='on')
     for name in ref:
         h = pd.DataFrame(got[name]['history'])
         assert np.isfinite(h[['train_loss', 'val_loss']].to_numpy()).all() and got[name]['weights'] != ref[name]['weights']
