@@ -27,6 +27,8 @@ run: $(STAMP)
 
 # The test command: notebooks clean and exported (nothing may change), pytest, then every notebook.
 # pytest gets the three files of subprocess grids first, so that they start at once on the two workers.
+# One OpenMP thread per process: two test workers already fill two cores, and PyTorch's default (a thread per
+# core in every process, each spinning while it waits) made the suite use a third more CPU for the same work.
 test: $(STAMP)
 	@before="$$(git status --porcelain; git diff)"; \
 	$(BIN)/nbdev_clean && $(BIN)/nbdev_export || exit 1; \
@@ -34,8 +36,8 @@ test: $(STAMP)
 	if [ "$$before" != "$$after" ]; then \
 	  echo "nbdev_clean/nbdev_export changed files: run them and commit the result."; \
 	  git status --short; exit 1; fi
-	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 tests/test_grid.py tests/test_ray.py tests/test_papermill.py tests
-	$(BIN)/nbdev_test --n_workers 2
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 tests/test_grid.py tests/test_ray.py tests/test_papermill.py tests
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2
 
 # Every notebook of nbs/ executed in place (smoke profile, as nbdev_test runs them) and cleaned: commit the result.
 book: $(STAMP)

@@ -13,7 +13,7 @@ the device has no internet):
 It writes gpu.md and gpu.csv (default: results/bench/) with the machine's name.
 
     bash bench/gpu.sh                 # on the GPU machine
-    bash bench/gpu.sh --dry-run       # anywhere: the CPU, 64 px, batch 4, a few steps, into a temporary folder
+    bash bench/gpu.sh --dry-run       # anywhere: the CPU, 32 px, batch 2, one step, into a temporary folder
 """
 import argparse, json, os, platform, statistics, sys, tempfile, time
 from pathlib import Path
@@ -131,7 +131,7 @@ def grid_hours(ips: dict, data_ips: float, n_train: int, n_val: int, epochs: int
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    ap.add_argument('--dry-run', action='store_true', help='CPU, 64 px, batch 4, 2 steps, into a temporary folder: everything but CUDA')
+    ap.add_argument('--dry-run', action='store_true', help='CPU, 32 px, batch 2, 1 step, no warm-up, into a temporary folder: everything but CUDA')
     ap.add_argument('--out', type=Path, default=None, help='folder of gpu.md and gpu.csv (default: results/bench; dry run: a temp folder)')
     ap.add_argument('--size', type=int, default=224); ap.add_argument('--batch', type=int, default=64)
     ap.add_argument('--steps', type=int, default=20); ap.add_argument('--warmup', type=int, default=5)
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     ap.add_argument('--epochs', type=int, default=150,
                     help="epochs per run assumed for the extrapolation (default 150: the paper's patience of 50 after a best epoch near 100)")
     a = ap.parse_args(argv)
-    if a.dry_run: a.size, a.batch, a.steps, a.warmup, a.workers, a.parallel = 64, 4, 2, 1, 1, '1,2'
+    if a.dry_run: a.size, a.batch, a.steps, a.warmup, a.workers, a.parallel = 32, 2, 1, 0, 1, '1,2'  # the code paths, not the speed
     device = torch.device('cuda' if torch.cuda.is_available() and not a.dry_run else 'cpu')
     if device.type != 'cuda' and not a.dry_run:
         print("bench/gpu.py: no CUDA device here; run it on the GPU machine, or with --dry-run to check it on the CPU", file=sys.stderr); return 2

@@ -183,7 +183,8 @@ def carry_to_student(
         raise ValueError(f"theta must be a B x 2 x 3 tensor with B = {t.shape[0]} (t's batch size), got "
                          f"{tuple(theta.shape) if isinstance(theta, Tensor) else type(theta).__name__}")
     b, _, h, w = t.shape
-    grid = F.affine_grid(theta.to(device=t.device, dtype=t.dtype), [b, 1, h, w], align_corners=False)
+    t = t.float()  # the warp in float32, also under mixed precision (see below)
+    grid = F.affine_grid(theta.to(device=t.device, dtype=torch.float32), [b, 1, h, w], align_corners=False)
     valid = (grid.abs() <= 1).all(-1, keepdim=True).permute(0, 3, 1, 2).to(t.dtype)
     out = F.grid_sample(t, grid, mode=mode, padding_mode='border', align_corners=False)
     return out * valid, valid

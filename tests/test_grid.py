@@ -1,17 +1,18 @@
-"""The grid through the `kdbus` command: a smoke grid of 8 of Table 4's runs, its files and Table 4, a second grid,
-sweeps and seeds."""
+"""The grid through the `kdbus` command: a smoke grid of 5 of Table 4's runs, its files and Table 4, a second grid,
+and a sweep over its folder (seeds: tests/test_ray.py)."""
 import json, subprocess, sys
 from pathlib import Path
 import pandas as pd, pytest
 
+from kdbus.config import label_params
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DATA = "synth:n=30"   # a small synthetic set keeps the grid short
-# Teacher, Student and 6 of the 12 KD runs: every path with both losses and both teacher augmentations, each value of
-# each setting at least twice. Each papermill run costs ~10 s of kernel start and imports; the 12 KD experiments are
-# trained one by one in tests/test_distill.py, and the grid's 14 jobs are listed in nbs/11_grid.ipynb.
-LABELS = ['Teacher', 'Student', 'L_MSE', 'L_KLD_WAug', 'H_MSE', 'H_KLD_WAug', 'HReg_MSE_WAug', 'HReg_KLD']
+# Teacher, Student and one KD run per path: both losses and both teacher augmentations appear. Each papermill run costs
+# ~10 s of CPU (kernel start and imports); the 12 KD experiments are trained one by one in tests/test_distill.py, and the
+# grid's 14 jobs are listed in nbs/11_grid.ipynb.
+LABELS = ['Teacher', 'Student', 'L_KLD_WAug', 'H_MSE', 'HReg_KLD']
 RUNS = ("--runs", ",".join(LABELS))
 
 def sh(*args, cwd=None, timeout=1200):
@@ -33,6 +34,9 @@ def test_smoke_grid_completes_with_every_file(grid):
         per = pd.read_csv(d / "per_image.csv")
         assert per["dice"].between(0, 1).all() and per["iou"].between(0, 1).all()
         assert not per["id"].astype(str).str.contains("/").any(), "ids must not be paths"
+        cfg = json.loads((d / "config.json").read_text())["config"]
+        want = {k: v for k, v in label_params(label).items() if v is not None}  # the label's path, loss and teacher augmentation
+        assert {k: cfg[k] for k in want} == want, (label, cfg)
     for f in ("table4.csv", "table4.md", "figure2.png", "figure2.pdf"):
         assert (out / f).is_file(), f"{f} missing"
 
@@ -65,47 +69,38 @@ def test_grid_refuses_a_folder_of_another_profile(grid, capsys):
 # --- sweeps and seeds (issue: beyond Table 3) --------------------------------------------------------------------
 
 SWEEP_ARGS = ("--runs", "L_KLD_WAug,H_MSE", "--sweep", "T=1,2", "--sweep", "stage=-1,3")  # each setting on the path that uses it
-SEED_ARGS = ("--runs", "Student,L_KLD_WAug", "--seeds", "0,1")
-NEW_RUNS = ["L_KLD_WAug+T=2", "H_MSE+stage=3", "Student+seed=1", "L_KLD_WAug+seed=1"]
+NEW_RUNS = ["L_KLD_WAug+T=2", "H_MSE+stage=3"]
 
 @pytest.fixture(scope="module")
 def sweep(grid, tmp_path_factory):
-    "The smoke grid's folder, copied, then a sweep of T and stage (2 new runs, 2 reused), then 2 seeds (2 new, 2 reused)."
+    "The smoke grid's folder, copied, then a sweep of T and stage over it: 2 new runs, 2 reused."
     import shutil
     out = tmp_path_factory.mktemp("sweep") / "smoke"
     shutil.copytree(grid[0], out)
-    common = ("--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out)
-    return out, [sh(BIN / "kdbus", "grid", *common, *args) for args in (SWEEP_ARGS, SEED_ARGS)]
+    return out, sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out, *SWEEP_ARGS)
 
-def test_sweep_and_seeds_run_in_named_folders_and_reuse_the_rest(sweep):
-    out, rs = sweep
-    for r, counts in zip(rs, ("2 run, 2 already complete, 0 failed", "2 run, 2 already complete, 0 failed")):
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-        assert counts in r.stdout, r.stdout[-2000:]
-    for name in NEW_RUNS + ["Teacher+seed=1"]:  # the replicate's teacher was trained by its first KD run
-        assert (out / name / "fold0" / "metrics.json").is_file(), name
+def test_sweep_runs_in_named_folders_and_reuses_the_rest(sweep):
+    out, r = sweep
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "2 run, 2 already complete, 0 failed" in r.stdout, r.stdout[-2000:]
+    for name in NEW_RUNS: assert (out / name / "fold0" / "metrics.json").is_file(), name
     cfg = lambda n: json.loads((out / n / "fold0" / "config.json").read_text())["config"]
     assert (cfg("L_KLD_WAug+T=2")["T"], cfg("H_MSE+stage=3")["stage"]) == (2.0, 3)
-    rep = cfg("L_KLD_WAug+seed=1")
-    assert (rep["seed"], rep["split_seed"]) == (1, 0)
-    assert json.loads((out / "L_KLD_WAug+seed=1" / "fold0" / "config.json").read_text())["teacher"]["run_dir"] == "Teacher+seed=1/fold0"
+    assert (cfg("L_KLD_WAug")["T"], cfg("H_MSE")["stage"]) == (1.0, -1)  # the reused runs are the paper's settings
     split = lambda n: json.loads((out / n / "fold0" / "config.json").read_text())["split"]["test"]
-    assert split("Student+seed=1") == split("Student")  # a replicate keeps the folds
+    assert split("L_KLD_WAug+T=2") == split("L_KLD_WAug")  # a sweep run keeps the folds
     assert not (out / "L_KLD_WAug+stage=3").exists() and not (out / "H_MSE+T=2").exists()  # settings that do not apply: no run
 
-def test_sweep_and_seed_reports_beside_an_unchanged_table4(sweep):
+def test_sweep_report_beside_an_unchanged_table4(sweep):
     out, _ = sweep
     assert list(pd.read_csv(out / "table4.csv")["model"]) == LABELS  # Table 4: the paper's settings only
     s = pd.read_csv(out / "sweep.csv")
     got = {(m, st) for m, st in zip(s.model, s.setting)}
     assert {("L_KLD_WAug", "T=2"), ("H_MSE", "stage=3"), ("L_KLD_WAug", "paper"), ("H_MSE", "paper")} <= got
     assert s[s.setting != "paper"]["n_pairs"].gt(0).all()
-    assert set(s.seeds) == {"0", "0,1"}  # the T=2 run has one seed; the paper's L_KLD_WAug two, averaged
+    assert set(s.seeds) == {"0"}
     assert (out / "sweep.png").stat().st_size > 10_000 and "p (Holm)" in (out / "sweep.md").read_text()
-    t = pd.read_csv(out / "table4_seeds.csv").set_index("model")
-    assert list(t.index) == ["Teacher", "Student", "L_KLD_WAug"] and (t.n_seeds == 2).all()
-    assert t.loc["L_KLD_WAug", "ci_low"] <= t.loc["L_KLD_WAug", "diff_vs_student"] <= t.loc["L_KLD_WAug", "ci_high"]
-    assert "p (Holm)" in (out / "table4_seeds.md").read_text()
+    assert not (out / "table4_seeds.csv").exists()  # one seed: no seed table
 
 def test_bad_sweeps_are_refused_before_anything_runs(grid, tmp_path, capsys):
     for args, msg in ((("--sweep", "T=0"), "T=0.0 is out of range"), (("--sweep", "T=1,two"), "T='two' is not a number"),

@@ -31,14 +31,14 @@ def cluster():
 
 # --- the real smoke grid through the CLI, on the test's Ray instance -------------------------------------------
 
-RAY_RUNS = ("Teacher", "L_KLD_WAug")  # a teacher and a KD run that waits for it; the local smoke grid (test_grid.py) runs 8
-RAY_SWEEP = ("--sweep", "T=1,2", "--seeds", "0,1")  # the sweep and seed flags on Ray too: 6 run folders, 2 teachers
-RAY_FOLDERS = ("Teacher", "L_KLD_WAug", "L_KLD_WAug+T=2", "Teacher+seed=1", "L_KLD_WAug+seed=1", "L_KLD_WAug+T=2+seed=1")
-RAY_TEACHER = {"L_KLD_WAug": "Teacher", "L_KLD_WAug+T=2": "Teacher", "L_KLD_WAug+seed=1": "Teacher+seed=1", "L_KLD_WAug+T=2+seed=1": "Teacher+seed=1"}
+RAY_RUNS = ("Teacher", "L_KLD_WAug")  # a teacher and a KD run that waits for it; the local smoke grid (test_grid.py) runs 5
+RAY_SEEDS = ("--seeds", "0,1")  # the seed flag (on Ray; the sweep flag is tested on the local grid): 4 run folders, 2 teachers
+RAY_FOLDERS = ("Teacher", "L_KLD_WAug", "Teacher+seed=1", "L_KLD_WAug+seed=1")
+RAY_TEACHER = {"L_KLD_WAug": "Teacher", "L_KLD_WAug+seed=1": "Teacher+seed=1"}
 
 def ray_grid_command(out, cluster):
     return (BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out,
-            "--runs", ",".join(RAY_RUNS), *RAY_SWEEP, "--executor", "ray", "--address", cluster)
+            "--runs", ",".join(RAY_RUNS), *RAY_SEEDS, "--executor", "ray", "--address", cluster)
 
 @pytest.fixture(scope="module")
 def ray_grid(cluster, tmp_path_factory):
@@ -65,13 +65,18 @@ def test_ray_smoke_grid_completes_like_the_local_one(ray_grid):
     assert list(ours.iloc[:, 0]) == [l for l in local.iloc[:, 0] if l in RAY_RUNS] == list(RAY_RUNS)  # Table 4: the paper's settings, seed 0
     assert ours["dsc_mean"].between(0, 100).all()
 
-def test_ray_sweep_with_seeds(ray_grid):
-    "The sweep and seed flags on Ray: every replicate distils from its own seed's teacher, and the sweep and seed reports are written."
+def test_ray_grid_with_seeds(ray_grid):
+    "Seeds: each replicate keeps the folds (split seed 0), distils from its own seed's teacher, and the seed table is written."
     out, r = ray_grid
     assert r.returncode == 0
-    t = lambda n: json.loads((out / n / "fold0" / "config.json").read_text())["teacher"]["run_dir"]
-    for name, teacher in RAY_TEACHER.items(): assert t(name) == f"{teacher}/fold0", name
-    assert {"sweep.csv", "sweep.md", "table4_seeds.md"} <= {p.name for p in out.iterdir()}
+    run = lambda n: json.loads((out / n / "fold0" / "config.json").read_text())
+    for name, teacher in RAY_TEACHER.items(): assert run(name)["teacher"]["run_dir"] == f"{teacher}/fold0", name
+    rep = run("L_KLD_WAug+seed=1")["config"]
+    assert (rep["seed"], rep["split_seed"]) == (1, 0)
+    assert run("L_KLD_WAug+seed=1")["split"]["test"] == run("L_KLD_WAug")["split"]["test"]  # a replicate keeps the folds
+    t = pd.read_csv(out / "table4_seeds.csv").set_index("model")
+    assert list(t.index) == list(RAY_RUNS) and (t.n_seeds == 2).all() and (t.seeds == "0,1").all()
+    assert "p (Holm)" in (out / "table4_seeds.md").read_text() and not (out / "sweep.csv").exists()  # no sweep: no sweep table
 
 def test_ray_grid_kd_runs_started_after_their_teacher(ray_grid):
     "From the attempt logs of the real grid: every KD run started after its own Teacher (of its seed) had finished."
