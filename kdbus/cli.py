@@ -72,7 +72,7 @@ def cmd_grid(args) -> int:
         if len(sweeps) != len(args.sweep or []): raise ValueError(f"--sweep names a setting twice ({', '.join(args.sweep)}); give each setting once with all its values")
         res = run_grid(args.profile, args.data, folds=args.folds, out=out, seed=args.seed, labels=args.runs or ALL_RUNS, sweeps=sweeps, seeds=args.seeds,
                        epochs=args.epochs, size=args.size, batch_size=args.batch_size, model_preset=args.model_preset,
-                       teacher_train_aug=args.teacher_train_aug, regressor_relu=args.regressor_relu, executor=args.executor,
+                       teacher_train_aug=args.teacher_train_aug, regressor_relu=args.regressor_relu, sup_loss=args.sup_loss, executor=args.executor,
                        address=args.address, max_retries=args.max_retries, cpus_per_run=args.cpus_per_run,
                        gpus_per_run=args.gpus_per_run, parallel=args.parallel)
     except ImportError as e:  # --executor ray without Ray: the message says how to install it
@@ -176,6 +176,8 @@ def make_parser() -> argparse.ArgumentParser:
                    help="what the Teacher runs train with: strong (the student's augmentation; the default) or weak (random crops only)")
     g.add_argument("--regressor-relu", choices=("auto", "always", "never"), default=None,
                    help="the HReg regressor's final ReLU: auto (iff the teacher's features are >= 0; the default), always (the paper's words), never")
+    g.add_argument("--sup-loss", choices=("ce", "dice_ce"), default=None,
+                   help="the supervised loss of every model: ce (the paper's cross-entropy; the default) or dice_ce (+ the lesion's soft Dice loss)")
     g.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: one run at a time here (default); ray: runs as Ray tasks (pip install 'kdbus[ray]')")
     g.add_argument("--parallel", type=int, default=None, metavar="N",

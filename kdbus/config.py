@@ -13,7 +13,7 @@ import torch
 from .augment import TEACHER_AUGS
 from .data import DataError, parse_spec
 from .distill import KD_PATHS, TABLE3, parse_run_name, run_name
-from .losses import KD_LOSSES
+from .losses import KD_LOSSES, SUP_LOSSES
 from .models import PRESETS, REGRESSOR_RELU, resolve_specs
 
 # %% auto #0
@@ -47,7 +47,7 @@ def label_params(
 
 # %% ../nbs/06_config.ipynb #6c98728e
 _RUN_DEFAULTS = dict(path='logits', loss='kld', teacher_aug='weak', fold=0, data='synth', seed=0, out_dir='runs',
-                     k_folds=5, n_folds=3, val_frac=0.15, alpha=0.5, T=1.0, stage=-1, kd_axis='channel', split_seed=None, regressor_relu='auto', teacher_train_aug='strong',
+                     k_folds=5, n_folds=3, val_frac=0.15, alpha=0.5, T=1.0, stage=-1, kd_axis='channel', split_seed=None, regressor_relu='auto', teacher_train_aug='strong', sup_loss='ce',
                      device='auto', num_workers=None, amp='auto', channels_last='auto')
 
 PROFILES: dict[str, dict] = {
@@ -88,7 +88,7 @@ SELECT_RULES = ('val_loss', 'val_dice')  # `select` values: what picks the check
 TEACHER_TRAIN_AUGS = ('strong', 'weak')  # `teacher_train_aug` values: the augmentation the Teacher run trains with
 KD_AXES = ('channel', 'spatial')  # `kd_axis` values: the KLD's softmax over the classes/channels at each pixel (the paper), or over the pixels of each channel (Shu et al. 2021)
 LEGACY_FIELDS = dict(lr_schedule='constant', warmup_epochs=0, select='val_loss', regressor_relu='always',
-                     teacher_train_aug='strong', kd_axis='channel', split_seed=None, amp='off', channels_last='off')  # what runs saved before these fields existed used
+                     teacher_train_aug='strong', kd_axis='channel', split_seed=None, amp='off', channels_last='off', sup_loss='ce')  # what runs saved before these fields existed used
 NAMED_FIELDS = ('stage', 'T', 'alpha', 'kd_axis')  # KD settings a sweep varies: a run with a non-default one has it in its name, in this order
 NAMED_TYPES = {'T': float, 'alpha': float, 'stage': int, 'kd_axis': str}  # their types: how `--sweep` values and folder names read back
 
@@ -123,6 +123,7 @@ class RunConfig:
     kd_axis: str  # the KLD's softmax axis: 'channel' (over the classes at each pixel: the paper) or 'spatial' (over the pixels of each channel)
     regressor_relu: str  # HR regressor's final ReLU: 'auto' (iff the teacher's features are >= 0), 'always' (the paper's words), 'never'
     teacher_train_aug: str  # what the Teacher run trains with: 'strong' (the student's augmentation) or 'weak' (crop only); the paper does not say
+    sup_loss: str  # L_sup of every model the run trains (its teacher too): 'ce' (the paper's cross-entropy) or 'dice_ce' (+ the lesion's soft Dice loss)
     device: str  # 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...
     num_workers: int|None  # DataLoader workers; None: 0 on the CPU, 4 on a GPU
     amp: str  # mixed precision: 'auto' (bf16, else fp16 with a gradient scaler, on CUDA; off elsewhere), 'off', 'bf16', 'fp16'
@@ -172,6 +173,7 @@ class RunConfig:
         _choice('kd_axis', self.kd_axis, KD_AXES)
         _choice('regressor_relu', self.regressor_relu, REGRESSOR_RELU)
         _choice('teacher_train_aug', self.teacher_train_aug, TEACHER_TRAIN_AUGS)
+        _choice('sup_loss', self.sup_loss, SUP_LOSSES)
         if not isinstance(self.device, str): raise ValueError(f"device={self.device!r} must be 'auto' or a torch device string such as 'cpu' or 'cuda:0'")
         if self.device != 'auto':
             try: torch.device(self.device)

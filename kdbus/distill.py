@@ -11,7 +11,7 @@ from torch import nn, Tensor
 
 from .augment import TEACHER_AUGS, check_teacher_aug, carry_to_student
 from .models import resolve_stages, stage_channels, regressor_for, tap_features, count_params
-from .losses import KD_LOSSES, SOFTMAX_AXES, KDLosses, distill_loss, sup_loss, total_loss
+from .losses import KD_LOSSES, SOFTMAX_AXES, SUP_LOSSES, KDLosses, distill_loss, sup_loss, total_loss
 
 # %% auto #0
 __all__ = ['KDPath', 'KD_PATHS', 'PATH_PREFIX', 'TABLE3', 'run_name', 'parse_run_name', 'Distiller']
@@ -62,12 +62,13 @@ class Distiller(nn.Module):
                  axis: str = 'channel',  # KLD softmax axis (see `kdbus.losses.distill_loss`)
                  regressor: nn.Module|None = None,  # HR: a regressor of your own; None builds `regressor_for`
                  regressor_relu: str = 'auto',  # HR: the built regressor's final ReLU (`kdbus.models.REGRESSOR_RELU`)
+                 sup: str = 'ce',  # L_sup: 'ce' (the paper) or 'dice_ce' (`kdbus.losses.sup_loss`)
                 ):
         super().__init__()
         self.path, self.loss = _check(path, KD_PATHS, 'path'), _check(loss, KD_LOSSES, 'loss')
         self.teacher_aug, self.axis = check_teacher_aug(teacher_aug), _check(axis, SOFTMAX_AXES, 'axis')
         if not 0 <= alpha <= 1: raise ValueError(f"alpha={alpha!r} must be in [0, 1] (the paper: 0.5)")
-        self.alpha, self.T = float(alpha), float(T)
+        self.alpha, self.T, self.sup = float(alpha), float(T), _check(sup, SUP_LOSSES, 'sup')
         if regressor is not None and path != 'hidden_regressor':
             raise ValueError(f"a regressor is used by path='hidden_regressor' only, not path={path!r}")
         object.__setattr__(self, 'teacher', teacher)  # not a sub-module: never trained, never saved with the student
@@ -117,4 +118,4 @@ class Distiller(nn.Module):
             out = tap.features[0]
             if self.regressor is not None: out = self.regressor(out)
         kd = distill_loss(out, target, kind=self.loss, T=self.T, valid=valid, axis=self.axis)
-        return logits, total_loss(kd, sup_loss(logits, batch['mask']), self.alpha)
+        return logits, total_loss(kd, sup_loss(logits, batch['mask'], self.sup), self.alpha)

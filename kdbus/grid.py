@@ -17,7 +17,7 @@ __all__ = ['OVERRIDES', 'SWEEPS', 'parse_sweep', 'grid_jobs', 'teacher_ready', '
            'LocalExecutor', 'ParallelExecutor', 'schedule', 'run_grid']
 
 # %% ../nbs/11_grid.ipynb #a619fa54
-OVERRIDES = ('epochs', 'size', 'batch_size', 'model_preset', 'teacher_train_aug', 'regressor_relu')  # profile settings a grid may override (run.ipynb parameters)
+OVERRIDES = ('epochs', 'size', 'batch_size', 'model_preset', 'teacher_train_aug', 'regressor_relu', 'sup_loss')  # profile settings a grid may override (run.ipynb parameters)
 SWEEPS = NAMED_TYPES  # the run settings `--sweep` may vary, with their types (run.ipynb parameters; `kdbus.config.NAMED_TYPES`)
 
 def parse_sweep(
@@ -239,7 +239,7 @@ def run_grid(
     cpus_per_run: float|None = None,  # Ray: CPUs each run asks for (None: `kdbus.ray_grid.CPUS_PER_RUN`)
     gpus_per_run: float|None = None,  # Ray: GPUs each run asks for (None: 1 for the paper profile, else 0)
     parallel: int|None = None,  # local: runs at once, each in its own process (KD runs still wait for their teacher); None: 1
-    **overrides,  # `OVERRIDES`: epochs, size, batch_size, model_preset, teacher_train_aug, regressor_relu
+    **overrides,  # `OVERRIDES`: epochs, size, batch_size, model_preset, teacher_train_aug, regressor_relu, sup_loss
 ) -> GridResult:
     "Run (or finish) a grid of experiments and report every failure at the end."
     from kdbus.config import resolve_config

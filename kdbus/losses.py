@@ -10,11 +10,12 @@ from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from segmentation_models_pytorch.losses import DiceLoss
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['KDLoss', 'KD_LOSSES', 'SoftmaxAxis', 'SOFTMAX_AXES', 'check_values', 'sup_loss', 'align_channels', 'resize_to',
-           'align_pair', 'distill_loss', 'KDLosses', 'total_loss']
+__all__ = ['KDLoss', 'KD_LOSSES', 'SoftmaxAxis', 'SOFTMAX_AXES', 'SUP_LOSSES', 'check_values', 'sup_loss', 'align_channels',
+           'resize_to', 'align_pair', 'distill_loss', 'KDLosses', 'total_loss']
 
 # %% ../nbs/04_losses.ipynb #debd5341
 KDLoss = Literal['mse', 'kld']  # the paper's two distillation losses (Table 3)
@@ -50,11 +51,16 @@ def check_values(
     return x.device.type == 'cpu' or os.environ.get('KDBUS_CHECK_VALUES') == '1'
 
 # %% ../nbs/04_losses.ipynb #5137c5b6
+SUP_LOSSES = ('ce', 'dice_ce')  # `sup_loss` kinds: the paper's cross-entropy; or cross-entropy plus the lesion's soft Dice loss
+_soft_dice = DiceLoss(mode='multiclass', classes=[1], from_logits=True)  # segmentation-models-pytorch's; see below
+
 def sup_loss(
     logits: Tensor,  # student's raw logits B x K x H x W, K >= 2 classes (background, lesion)
     mask: Tensor,  # ground truth B x H x W, integer class per pixel in 0..K-1 (int64 from kdbus.augment)
-) -> Tensor:  # scalar float32: cross-entropy averaged over the B*H*W pixels
-    "The paper's `L_sup`: pixel-wise cross-entropy of `logits` against `mask`."
+    kind: str = 'ce',  # 'ce': the paper's cross-entropy; 'dice_ce': cross-entropy + soft Dice loss of the lesion class
+) -> Tensor:  # scalar float32: cross-entropy averaged over the B*H*W pixels (+ the batch's soft Dice loss)
+    "The paper's `L_sup`: pixel-wise cross-entropy of `logits` against `mask` (`kind='dice_ce'`: plus the lesion's soft Dice loss)."
+    _check_choice(kind, SUP_LOSSES, 'kind')
     _check_map(logits, 'logits')
     B, K, H, W = logits.shape
     if K < 2: raise ValueError(f"logits must have at least 2 classes (background, lesion) on axis 1, got shape {tuple(logits.shape)}")
@@ -65,7 +71,9 @@ def sup_loss(
     if check_values(mask):  # reads the mask back to the host: free on the CPU, a sync per step on a GPU
         lo, hi = torch.stack(torch.aminmax(mask)).tolist()
         if lo < 0 or hi >= K: raise ValueError(f"mask values must be class indices in 0..{K-1}, got values in {lo}..{hi}")
-    with _fp32(logits): return F.cross_entropy(logits.float(), mask.long())
+    with _fp32(logits):
+        ce = F.cross_entropy(logits.float(), mask.long())
+        return ce if kind == 'ce' else ce + _soft_dice(logits.float(), mask.long())
 
 # %% ../nbs/04_losses.ipynb #d00fbf97
 def align_channels(

@@ -83,16 +83,17 @@ class Baseline(nn.Module):
     regressor = None  # no regressor: only the HR path has one
     def __init__(self,
                  model: nn.Module,  # the smp model to train
+                 sup: str = 'ce',  # L_sup: 'ce' (the paper) or 'dice_ce' (`kdbus.losses.sup_loss`)
                 ):
         super().__init__()
-        self.student = model
+        self.student, self.sup = model, sup
 
     def forward(self,
                 batch: dict[str, Tensor],  # from `KDDataset`: student (the model's input) and mask
                ) -> tuple[Tensor, KDLosses]:  # (logits, terms with total = sup, kd = NaN)
         "The model's logits and its cross-entropy against the mask."
         logits = self.student(batch['student'])
-        sup = sup_loss(logits, batch['mask'])
+        sup = sup_loss(logits, batch['mask'], self.sup)
         return logits, KDLosses(total=sup, sup=sup, kd=torch.full_like(sup, float('nan')))
 
 # %% ../nbs/07_train.ipynb #60d63e32
@@ -105,11 +106,12 @@ def build_step(
     tspec, sspec = resolve_specs(cfg.model_preset, cfg.encoder_weights)
     if cfg.is_kd and teacher is None: raise ValueError(f"run {cfg.label} distils: pass its trained teacher (see kdbus.experiment.ensure_teacher)")
     torch.manual_seed(cfg.seed)
-    if cfg.path == 'teacher': return Baseline(build_model(tspec, device))
+    if cfg.path == 'teacher': return Baseline(build_model(tspec, device), cfg.sup_loss)
     student = build_model(sspec, device)
-    if cfg.path == 'none': return Baseline(student)
+    if cfg.path == 'none': return Baseline(student, cfg.sup_loss)
     return Distiller(teacher.to(device), student, path=cfg.path, loss=cfg.loss, teacher_aug=cfg.teacher_aug,
-                     alpha=cfg.alpha, T=cfg.T, stage=cfg.stage, axis=cfg.kd_axis, regressor_relu=cfg.regressor_relu)
+                     alpha=cfg.alpha, T=cfg.T, stage=cfg.stage, axis=cfg.kd_axis, regressor_relu=cfg.regressor_relu,
+                     sup=cfg.sup_loss)
 
 # %% ../nbs/07_train.ipynb #4ec1eeea
 def load_model(
@@ -132,7 +134,8 @@ def load_model(
 def validate(
     model: nn.Module,  # the trained model
     loader: DataLoader,  # validation batches (`KDDataset(..., train=False)`)
-) -> tuple[float, float, float]:  # (cross-entropy over all pixels, mean per-image Dice, share of images with a predicted lesion)
+    sup: str = 'ce',  # the loss: the run's `L_sup` (`kdbus.losses.sup_loss`)
+) -> tuple[float, float, float]:  # (L_sup over all pixels, mean per-image Dice, share of images with a predicted lesion)
     "Validation loss (`L_sup`), mean Dice and share of non-empty predictions of `model`, in eval mode."
     was = model.training; model.eval()
     device = next(model.parameters()).device
@@ -141,7 +144,7 @@ def validate(
         for b in loader:
             x, m = b['student'].to(device), b['mask'].to(device)
             logits = model(x)
-            loss += sup_loss(logits, m).item() * len(m); n += len(m)
+            loss += sup_loss(logits, m, sup).item() * len(m); n += len(m)
             pred = logits.argmax(1) == 1
             dice.append(dice_iou(pred, m == 1)[0].cpu()); found += int(pred.flatten(1).any(1).sum())
     finally: model.train(was)
@@ -331,7 +334,7 @@ def fit(
             if not each:
                 sums = dict(zip(sums, on_device.tolist()))
                 _check_finite({t: v / n for t, v in sums.items()}, epoch, 'the mean of its batches (KDBUS_CHECK_VALUES=1 names the batch)', terms, where())
-            val_loss, val_dice, val_nonempty = validate(model, val_dl)
+            val_loss, val_dice, val_nonempty = validate(model, val_dl, step.sup)
             _check_finite(dict(val=val_loss), epoch, None, ('val',), where())
             history.append(dict(epoch=epoch, train_loss=sums['total'] / n, train_sup=sums['sup'] / n,
                                 train_kd=sums['kd'] / n if is_kd else float('nan'), val_loss=val_loss, val_dice=val_dice,

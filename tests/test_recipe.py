@@ -240,3 +240,39 @@ def test_replaying_a_history_through_the_selector_gives_the_run_s_own_choice(scr
         assert r is not None and (r['best'], r['stop'], r['collapsed']) == (r['best_now'], r['stop_now'], r['collapsed_now']), r
         assert 0 < r['full_mask_dice'] < 1
     assert mod.replay(collapsed_run[1].run_dir)['collapsed_now'] is True
+
+
+def test_the_grid_refuses_to_mix_supervised_losses(tmp_path):
+    "A folder of cross-entropy runs (saved before `sup_loss` existed, or with 'ce') takes no run with sup_loss='dice_ce', and the reverse."
+    from kdbus.grid import check_compatible, grid_jobs
+    ce, dice = (grid_jobs('smoke', DATA, (0,), tmp_path, labels=('Student',), sup_loss=s)[0] for s in (None, 'dice_ce'))
+    assert (resolve_config(**ce.params).sup_loss, resolve_config(**dice.params).sup_loss) == ('ce', 'dice_ce')
+    d = ce.run_dir(tmp_path); d.mkdir(parents=True)
+    old = {k: v for k, v in resolve_config(**ce.params).to_dict().items() if k != 'sup_loss'}  # before the field
+    (d/'config.json').write_text(json.dumps(dict(config=old, split=dict(duplicate_groups=[]))))
+    check_compatible(ce, tmp_path)
+    with pytest.raises(ValueError, match=r"was made with sup_loss='ce', but this grid asks for sup_loss='dice_ce'"): check_compatible(dice, tmp_path)
+    (d/'config.json').write_text(json.dumps(dict(config=resolve_config(**dice.params).to_dict(), split=dict(duplicate_groups=[]))))
+    with pytest.raises(ValueError, match=r"was made with sup_loss='dice_ce', but this grid asks for sup_loss='ce'"): check_compatible(ce, tmp_path)
+
+
+def test_dice_ce_trains_every_run_type_with_its_soft_dice_term(tmp_path):
+    "sup_loss='dice_ce': the Teacher, the Student and a KD run train on cross-entropy + soft Dice (a larger L_sup than the cross-entropy alone)."
+    from kdbus.train import fit
+    from kdbus.experiment import run_data
+    torch.set_num_threads(1)
+    base = resolve_config('smoke', data=DATA, epochs=1, out_dir=str(tmp_path))
+    for kw in (dict(path='teacher', loss=None, teacher_aug=None), dict(path='none', loss=None, teacher_aug=None), {}):
+        sup = {}
+        for s in ('ce', 'dice_ce'):
+            c = base.replace(sup_loss=s, out_dir=str(tmp_path/s), **kw)
+            data, fold = run_data(c)
+            teacher = build_step(c.teacher_config()).student if c.is_kd else None
+            step = build_step(c, teacher)
+            assert step.sup == s
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                r = fit(step, c, data.subset(fold.train), data.subset(fold.val), progress=False)
+            sup[s] = r.history.train_sup[0]
+            assert math.isfinite(r.history.val_loss[0])
+        assert sup['dice_ce'] > sup['ce'] + 0.05, (kw, sup)  # the same seed and batches: the Dice term (0..1) adds to the cross-entropy
