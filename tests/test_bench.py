@@ -215,3 +215,33 @@ def test_slow_start_probe_reports_dice_and_dead_channels(script, monkeypatch, ca
     lines = capsys.readouterr().out.splitlines()
     assert len(lines[0].split(':')[1].split()) == 4 and 'kept epoch' in lines[1]
     assert sum('decoder block' in l for l in lines) == 5  # the quick student's 5 decoder blocks
+
+
+def _fake_run(root, name, fold, dice=None, val_dice=None):
+    "A run folder with per_image.csv (ids a, b, c) and/or history.csv (one epoch per validation Dice)."
+    d = Path(root) / name / f"fold{fold}"; d.mkdir(parents=True, exist_ok=True)
+    if dice is not None:
+        pd.DataFrame(dict(id=list("abc"), **{"class": ["benign"] * 3}, dice=dice, iou=dice, pred_area=1, gt_area=1)).to_csv(d / "per_image.csv", index=False)
+    if val_dice is not None:
+        pd.DataFrame(dict(epoch=range(1, len(val_dice) + 1), val_dice=val_dice)).to_csv(d / "history.csv", index=False)
+
+def test_paired_runs_pairs_images_and_averages_a_group_of_seeds(script, tmp_path):
+    "bench/paired_runs.py: means on the images both folders tested; a comma-separated group is averaged per image first."
+    mod = script('bench/paired_runs.py')
+    _fake_run(tmp_path / "a", "Student", 0, [0.2, 0.4, 0.6]); _fake_run(tmp_path / "a", "Student+seed=1", 0, [0.4, 0.4, 0.4])
+    _fake_run(tmp_path / "b", "Student", 0, [0.1, 0.3, 0.5]); _fake_run(tmp_path / "b", "Student+seed=1", 0, [0.1, 0.1, 0.1])
+    r = mod.compare(tmp_path / "a", tmp_path / "b", "Student")
+    assert (round(r['a'], 6), round(r['b'], 6), r['n'], r['folds']) == (40.0, 30.0, 3, '0')
+    r = mod.compare(tmp_path / "a", tmp_path / "b", "Student,Student+seed=1")
+    assert (round(r['a'], 6), round(r['b'], 6)) == (40.0, 20.0)  # per image: (0.3, 0.4, 0.5) against (0.1, 0.2, 0.3)
+
+def test_first_segmenting_epoch_of_each_student_run(script, tmp_path, capsys):
+    "bench/first_segmenting.py: the first epoch above the threshold per run (Teachers left out), and the runs that never got there."
+    mod = script('bench/first_segmenting.py')
+    _fake_run(tmp_path, "Teacher", 0, val_dice=[0.5, 0.6])
+    _fake_run(tmp_path, "Student", 0, val_dice=[0.14, 0.0, 0.25, 0.5])  # a full mask (0.14) first does not count
+    _fake_run(tmp_path, "H_MSE+seed=1", 0, val_dice=[0.0, 0.1])
+    df = mod.main([str(tmp_path)]).set_index("run")
+    assert df.loc["Student", "first"] == 3 and pd.isna(df.loc["H_MSE+seed=1", "first"]) and "Teacher" not in df.index
+    assert "2 student runs" in capsys.readouterr().out
+    assert list(mod.main([str(tmp_path), "--runs", "Student"]).run) == ["Student"]
