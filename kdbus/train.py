@@ -334,7 +334,7 @@ def fit(
             if not each:
                 sums = dict(zip(sums, on_device.tolist()))
                 _check_finite({t: v / n for t, v in sums.items()}, epoch, 'the mean of its batches (KDBUS_CHECK_VALUES=1 names the batch)', terms, where())
-            val_loss, val_dice, val_nonempty = validate(model, val_dl, step.sup)
+            val_loss, val_dice, val_nonempty = validate(model, val_dl, getattr(step, 'sup', 'ce'))  # a step of your own: the paper's L_sup
             _check_finite(dict(val=val_loss), epoch, None, ('val',), where())
             history.append(dict(epoch=epoch, train_loss=sums['total'] / n, train_sup=sums['sup'] / n,
                                 train_kd=sums['kd'] / n if is_kd else float('nan'), val_loss=val_loss, val_dice=val_dice,
