@@ -66,7 +66,7 @@ def test_history_and_checkpoint(parts, tmp_path):
 
 def test_early_stopping_on_validation_loss(parts, tmp_path, monkeypatch):
     losses = iter([1.0, 0.5, 0.7, 0.6, 0.9, 0.1])
-    monkeypatch.setattr(kt, 'validate', lambda model, loader: (next(losses), 0.5, 1.0))
+    monkeypatch.setattr(kt, 'validate', lambda model, loader, sup='ce': (next(losses), 0.5, 1.0))
     c = cfg_for(tmp_path, epochs=6, patience=3, select='val_loss', warmup_epochs=0)
     r = fit(build_step(c), c, *parts, progress=False)
     assert (r.stopped, r.best_epoch, r.epochs_run, r.best_val_loss) == ('early', 2, 5, 0.5)
@@ -112,9 +112,9 @@ def test_resume_refuses_another_runs_checkpoint(parts, tmp_path):
 def test_nan_supervised_loss_stops_with_epoch_batch_and_term(parts, tmp_path, monkeypatch):
     calls = {'n': 0}
     real = kt.sup_loss
-    def poisoned(logits, mask):  # per epoch: 2 training batches + 1 validation batch
+    def poisoned(logits, mask, kind='ce'):  # per epoch: 2 training batches + 1 validation batch
         calls['n'] += 1
-        out = real(logits, mask)
+        out = real(logits, mask, kind)
         return out * float('nan') if calls['n'] == 5 else out
     monkeypatch.setattr(kt, 'sup_loss', poisoned)
     c = cfg_for(tmp_path, epochs=3, patience=3)
@@ -138,7 +138,7 @@ def test_nan_kd_term_is_named_and_nothing_is_saved(parts, tmp_path, monkeypatch,
 
 
 def test_nan_validation_loss_is_named(parts, tmp_path, monkeypatch):
-    monkeypatch.setattr(kt, 'validate', lambda model, loader: (float('nan'), 0.0, 0.0))
+    monkeypatch.setattr(kt, 'validate', lambda model, loader, sup='ce': (float('nan'), 0.0, 0.0))
     c = cfg_for(tmp_path)
     with pytest.raises(NonFiniteLoss, match='epoch 1, validation: val=nan'): fit(build_step(c), c, *parts, progress=False)
 
@@ -245,7 +245,7 @@ def test_off_the_cpu_the_losses_are_read_back_once_per_epoch(parts, tmp_path, mo
     assert weights_hash(r.model) == weights_hash(per_step.model)
     monkeypatch.setattr(kt, 'check_values', lambda x: False)
     real = kt.sup_loss
-    monkeypatch.setattr(kt, 'sup_loss', lambda logits, mask: real(logits, mask) * float('nan'))
+    monkeypatch.setattr(kt, 'sup_loss', lambda logits, mask, kind='ce': real(logits, mask, kind) * float('nan'))
     c3 = cfg_for(tmp_path/'c', epochs=2)
     with pytest.raises(NonFiniteLoss, match=r'epoch 1, the mean of its batches \(KDBUS_CHECK_VALUES=1 names the batch\): sup=nan'):
         fit(build_step(c3), c3, *parts, progress=False)
