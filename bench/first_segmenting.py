@@ -4,6 +4,7 @@ then the distribution over runs.
 
     python bench/first_segmenting.py results/quick-busi163                    # cross-entropy students (the paper's L_sup)
     python bench/first_segmenting.py results/dice-ce-busi163 --runs Student   # sup_loss='dice_ce'
+    python bench/first_segmenting.py results/quick-synth --runs Student --each  # and each run's own epoch
 """
 import argparse
 from pathlib import Path
@@ -29,6 +30,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("results", type=Path); p.add_argument("--runs", nargs="*", help="labels to keep (seeds and sweeps included), e.g. Student")
     p.add_argument("--above", type=float, default=0.2, help="validation Dice threshold (0..1)")
+    p.add_argument("--each", action="store_true", help="also print each run folder's first epoch")
     a = p.parse_args(argv)
     if not a.results.is_dir(): p.error(f"{a.results}: no such results folder")
     df = first_epochs(a.results, a.runs, a.above)
@@ -37,6 +39,7 @@ def main(argv=None):
     print(f"{a.results}: {len(df)} student runs; first epoch with validation Dice > {100 * a.above:.0f} %: "
           f"min {q[0]:.0f}, quartiles {q[1]:.0f} / {q[2]:.0f} / {q[3]:.0f}, max {q[4]:.0f}; never: {len(never)}"
           + (f" ({', '.join(never.run + '/' + never.fold)})" if len(never) else ""))
+    if a.each: print(df.to_string(index=False))
     return df
 
 

@@ -72,8 +72,9 @@ def sup_loss(
         lo, hi = torch.stack(torch.aminmax(mask)).tolist()
         if lo < 0 or hi >= K: raise ValueError(f"mask values must be class indices in 0..{K-1}, got values in {lo}..{hi}")
     with _fp32(logits):
-        ce = F.cross_entropy(logits.float(), mask.long())
-        return ce if kind == 'ce' else ce + _soft_dice(logits.float(), mask.long())
+        lg, m = logits.float(), mask.long()
+        ce = F.cross_entropy(lg, m)
+        return ce if kind == 'ce' else ce + _soft_dice(lg, m)
 
 # %% ../nbs/04_losses.ipynb #d00fbf97
 def align_channels(

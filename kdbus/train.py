@@ -21,7 +21,7 @@ from .files import atomic_save, atomic_write
 from .config import LEGACY_FIELDS, RunConfig
 from .data import SegData
 from .distill import Distiller
-from .losses import KDLosses, check_values, sup_loss
+from .losses import SUP_LOSSES, KDLosses, _check_choice, check_values, sup_loss
 from .models import ModelSpec, build_model, count_params, resolve_specs
 
 # %% auto #0
@@ -86,12 +86,12 @@ class Baseline(nn.Module):
                  sup: str = 'ce',  # L_sup: 'ce' (the paper) or 'dice_ce' (`kdbus.losses.sup_loss`)
                 ):
         super().__init__()
-        self.student, self.sup = model, sup
+        self.student, self.sup = model, _check_choice(sup, SUP_LOSSES, 'sup')
 
     def forward(self,
                 batch: dict[str, Tensor],  # from `KDDataset`: student (the model's input) and mask
                ) -> tuple[Tensor, KDLosses]:  # (logits, terms with total = sup, kd = NaN)
-        "The model's logits and its cross-entropy against the mask."
+        "The model's logits and its `L_sup` against the mask."
         logits = self.student(batch['student'])
         sup = sup_loss(logits, batch['mask'], self.sup)
         return logits, KDLosses(total=sup, sup=sup, kd=torch.full_like(sup, float('nan')))

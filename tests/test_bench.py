@@ -245,3 +245,5 @@ def test_first_segmenting_epoch_of_each_student_run(script, tmp_path, capsys):
     assert df.loc["Student", "first"] == 3 and pd.isna(df.loc["H_MSE+seed=1", "first"]) and "Teacher" not in df.index
     assert "2 student runs" in capsys.readouterr().out
     assert list(mod.main([str(tmp_path), "--runs", "Student"]).run) == ["Student"]
+    capsys.readouterr(); mod.main([str(tmp_path), "--runs", "Student", "--each"])
+    assert capsys.readouterr().out.splitlines()[-1].split() == ["Student", "fold0", "3", "4"]

@@ -97,3 +97,13 @@ def test_bad_input_is_named_and_exit_code_is_2(tmp_path):
     assert r.returncode == 2 and "udiat" in r.stderr          # lists the valid kinds
     r = kdbus("synth", tmp_path / "s", "--n", 0)
     assert r.returncode == 2 and "n" in r.stderr
+
+
+def test_grid_option_choices_are_the_config_s_values():
+    "The parser lists --teacher-train-aug, --regressor-relu and --sup-loss choices itself (so `kdbus --help` imports no torch): they must stay the config's values."
+    from kdbus.cli import make_parser
+    from kdbus.config import TEACHER_TRAIN_AUGS, SUP_LOSSES
+    from kdbus.models import REGRESSOR_RELU
+    grid = next(a for a in make_parser()._subparsers._group_actions[0].choices.values() if any(o.dest == 'sup_loss' for o in a._actions))
+    choices = {a.dest: tuple(a.choices) for a in grid._actions if a.dest in ('teacher_train_aug', 'regressor_relu', 'sup_loss')}
+    assert choices == dict(teacher_train_aug=TEACHER_TRAIN_AUGS, regressor_relu=tuple(REGRESSOR_RELU), sup_loss=SUP_LOSSES), choices

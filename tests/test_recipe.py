@@ -276,3 +276,5 @@ def test_dice_ce_trains_every_run_type_with_its_soft_dice_term(tmp_path):
             sup[s] = r.history.train_sup[0]
             assert math.isfinite(r.history.val_loss[0])
         assert sup['dice_ce'] > sup['ce'] + 0.05, (kw, sup)  # the same seed and batches: the Dice term (0..1) adds to the cross-entropy
+    from kdbus.train import Baseline
+    with pytest.raises(ValueError, match="sup='dice' is not valid; expected one of: 'ce', 'dice_ce'"): Baseline(torch.nn.Identity(), 'dice')
