@@ -22,17 +22,19 @@ from .distill import TABLE3, parse_run_name
 
 # %% auto #0
 __all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_PAIRS', 'DATA_CITATIONS', 'RUN_COLS',
-           'SPLIT_FIELDS', 'SETTING_COLS', 'CONVERGED_SHARE', 'FIGURE2_RULE', 'HISTORY_COLS', 'REPORT_FILES',
-           'README_BLOCK', 'ReportWarning', 'stars', 'data_citation', 'find_runs', 'read_metrics', 'run_config',
-           'split_of', 'check_one_split', 'run_settings', 'collect', 'run_summary', 'runs_line', 'paired_test',
-           'table4', 'table4_markdown', 'findings', 'choose_figure2_image', 'load_run_images', 'figure2', 'palette',
-           'dice_distribution', 'read_history', 'learning_curves', 'loss_terms', 'write_report', 'table4_table',
-           'sync_readme', 'plot_history', 'plot_dice', 'plot_overlays']
+           'SPLIT_FIELDS', 'SETTING_COLS', 'CONVERGED_SHARE', 'FINDINGS_RULE', 'FINDINGS_COLS', 'FIGURE2_RULE',
+           'HISTORY_COLS', 'REPORT_FILES', 'README_BLOCK', 'BLOCK_FILES', 'ReportWarning', 'stars', 'data_citation',
+           'find_runs', 'read_metrics', 'run_config', 'split_of', 'check_one_split', 'run_settings', 'collect',
+           'run_summary', 'runs_line', 'paired_test', 'table4', 'table4_markdown', 'paper_setting', 'findings',
+           'choose_figure2_image', 'load_run_images', 'figure2', 'palette', 'dice_distribution', 'read_history',
+           'learning_curves', 'loss_terms', 'write_report', 'table4_table', 'sync_readme', 'plot_history', 'plot_dice',
+           'plot_overlays']
 
 # %% ../nbs/10_report.ipynb #07d61946
 from .config import ALL_RUNS, NAMED_FIELDS, PROFILES  # Table 4's rows (and run folder names), in the paper's order
 from .evaluate import PER_IMAGE_COLUMNS, hd95, load_predictions, read_per_image  # the run files' readers (checked)
 from .files import atomic_write, temp_path
+from .stats import fmt_p, holm, run_lift, signed_stars, verdict  # the statistics (08a_stats)
 
 PAPER = ("Behboodi B., Brooks R., Rivaz H. Optimizing knowledge distillation for efficient breast ultrasound image "
          "segmentation: insights and performance enhancement. Artificial Intelligence in Health 2(2), 2025. "
@@ -65,7 +67,7 @@ class ReportWarning(UserWarning):
 
 def stars(p: float|None, # a p-value (None or NaN: no test)
          ) -> str:
-    "Table 4's significance mark: '**' if p < 0.01, '*' if p < 0.05, else ''."
+    "The significance mark without a sign: '**' if p < 0.01, '*' if p < 0.05, else '' (tables print `signed_stars`)."
     if p is None or not np.isfinite(p): return ''
     return '**' if p < 0.01 else '*' if p < 0.05 else ''
 DATA_CITATIONS = {
@@ -252,7 +254,8 @@ def table4(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s Da
             if l == ref: p, n, note = float('nan'), 0, ''
             elif ref not in dice: p, n, note = float('nan'), 0, f"no {ref} run"
             else: p, n, note = paired_test(dice[l], dice[ref])
-            row[f"p vs {ref}"], row[f"sig vs {ref}"], row[f"n_pairs_{ref.lower()}"] = p, stars(p), n
+            diff = 100 * (dice[l] - dice[ref]).mean() if ref in dice and l != ref else float('nan')  # over the shared (fold, id)
+            row[f"p vs {ref}"], row[f"sig vs {ref}"], row[f"n_pairs_{ref.lower()}"], row[f"diff vs {ref}"] = p, signed_stars(p, diff), n, diff
             if note: notes.append(f"p vs {ref}: {note}")
         collapsed = sorted(g[g.collapsed.fillna(False).astype(bool)].fold.unique()) if 'collapsed' in g else []
         if collapsed: notes.append(f"collapsed in fold(s) {', '.join(map(str, collapsed))}: the kept model finds no lesion on the validation images (or none better than the full mask); its test Dice is averaged in as it is")
@@ -272,17 +275,16 @@ def table4(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s Da
     t = pd.DataFrame(rows)
     order = ['model', 'DSC (%)', 'p vs Teacher', 'sig vs Teacher', 'p vs Student', 'sig vs Student', 'params (M)',
              'paper DSC (%)', 'paper p vs Teacher', 'paper p vs Student', 'dsc_mean', 'dsc_std', 'n_images', 'hd95_median', 'hd95_images', 'folds',
-             'fold_ids', 'collapsed_folds', 'n_pairs_teacher', 'n_pairs_student', 'test', 'note']
+             'fold_ids', 'collapsed_folds', 'n_pairs_teacher', 'n_pairs_student', 'diff vs Teacher', 'diff vs Student', 'test', 'note']
     t = t[order]
     t.attrs.update(results_dir=df.attrs.get('results_dir'), incomplete=list(df.attrs.get('incomplete', [])),
                    fake=bool(df['fake'].fillna(False).astype(bool).any()) if 'fake' in df else False)
     return t
 
 # %% ../nbs/10_report.ipynb #e338fb39
-def _fmt_p(p: float, self_row: bool = False) -> str:
-    if self_row: return '-'
-    if p is None or not np.isfinite(p): return 'n/a'
-    return (f"{p:.4f}" if p >= 1e-4 else "<0.0001") + (f" {stars(p)}" if stars(p) else '')
+def _paper_diff(m: str, ref: str) -> float:
+    "The paper's own difference of row `m` from `ref` (points), the sign of its p."
+    return PAPER_TABLE4[m][0] - PAPER_TABLE4[ref][0] if m in PAPER_TABLE4 and ref in PAPER_TABLE4 else float('nan')
 
 def table4_markdown(t: pd.DataFrame, # from `table4`
                     figure2_image: tuple[int, str]|None = None, # (fold, id) shown in Figure 2, for the notes
@@ -294,18 +296,20 @@ def table4_markdown(t: pd.DataFrame, # from `table4`
     show = pd.DataFrame({
         'model': [f"{m} (collapsed)" if c else m for m, c in zip(t.model, t.get('collapsed_folds', [''] * len(t)))],
         'DSC (%)': t['DSC (%)'],
-        'p vs Teacher': [_fmt_p(p, m == 'Teacher') for p, m in zip(t['p vs Teacher'], t.model)],
-        'p vs Student': [_fmt_p(p, m == 'Student') for p, m in zip(t['p vs Student'], t.model)],
+        'p vs Teacher': [fmt_p(p, d, m == 'Teacher') for p, d, m in zip(t['p vs Teacher'], t['diff vs Teacher'], t.model)],
+        'p vs Student': [fmt_p(p, d, m == 'Student') for p, d, m in zip(t['p vs Student'], t['diff vs Student'], t.model)],
         'params (M)': [f"{v:.3g}" if np.isfinite(v) else 'n/a' for v in t['params (M)']],
         'images (folds)': [f"{n} ({f})" for n, f in zip(t.n_images, t.fold_ids)],
         'pairs vs T / S': [f"{'-' if m == 'Teacher' else a} / {'-' if m == 'Student' else b}" for m, a, b in zip(t.model, t.n_pairs_teacher, t.n_pairs_student)],
         'paper DSC (%)': t['paper DSC (%)'].replace('', '-'),
-        'paper p vs Teacher': [_fmt_p(p, m == 'Teacher') for p, m in zip(t['paper p vs Teacher'], t.model)],
-        'paper p vs Student': [_fmt_p(p, m == 'Student') for p, m in zip(t['paper p vs Student'], t.model)],
+        'paper p vs Teacher': [fmt_p(p, _paper_diff(m, 'Teacher'), m == 'Teacher') for p, m in zip(t['paper p vs Teacher'], t.model)],
+        'paper p vs Student': [fmt_p(p, _paper_diff(m, 'Student'), m == 'Student') for p, m in zip(t['paper p vs Student'], t.model)],
     })
     if 'hd95_median' in t and t.hd95_images.gt(0).any():  # a boundary column where the runs recorded HD95
         show.insert(2, 'HD95 (px), median', [f"{m:.1f} ({k}/{n})" if k else 'n/a' for m, k, n in zip(t.hd95_median, t.hd95_images, t.n_images)])
-    lines = ["# Table 4, reproduced", ""]
+    lines = ["# Table 4, reproduced", "",
+             "The paper's protocol: one trained model per fold (the folder's own seed), tested image by image. It cannot tell a "
+             "method's lift from one run's luck: for that, see `table4_seeds.md` (runs over seeds, `kdbus grid --seeds 0,1,2`).", ""]
     if t.attrs.get('fake'):
         lines += ["**These numbers come from `kdbus.testing.fake_results`: made-up placeholders, not trained models.**", ""]
     if t.attrs.get('results_dir'): lines += [f"Results folder: `{t.attrs['results_dir']}`.", ""]
@@ -313,7 +317,8 @@ def table4_markdown(t: pd.DataFrame, # from `table4`
               "- **DSC (%)**: mean ± sample standard deviation of the per-image Dice over all test images of all folds "
               "listed (the paper: \"mean ± std over 3-fold cross-validation\", without saying over what; reading its standard deviations as per-image spreads is kdbus's inference from their size).",
               f"- **p**: {TEST_NAME}; Dice is bounded and skewed, so a non-parametric paired test rather than a t-test. "
-              "The paper does not name its test. `*` p < 0.05, `**` p < 0.01; `-` the model itself; "
+              "The paper does not name its test. `*` p < 0.05, `**` p < 0.01, uncorrected (as the paper's), with the sign of the "
+              "difference (`↑` this row above the reference, `↓` below); `-` the model itself; "
               f"`n/a` no p-value (all paired differences zero, fewer than {MIN_PAIRS} non-zero ones, or the reference run missing).",
               "- **params (M)**: trainable parameters of the deployed model in millions (the teacher's for Teacher, else the "
               f"student's; a HReg regressor is used only in training). The paper's student: {PAPER_STUDENT_PARAMS_M} M.",
@@ -333,48 +338,81 @@ def table4_markdown(t: pd.DataFrame, # from `table4`
     if figure2_image is not None:
         lines += [f"- Figure 2 shows test image `{figure2_image[1]}` of fold {figure2_image[0]} ({FIGURE2_RULE})."]
     if claims is not None and len(claims):
-        lines += ["", "## The paper's findings, checked", "", claims.to_markdown(index=False, disable_numparse=True), "",
-                  "p-values are not corrected for multiple comparisons (nor are the paper's): Table 4 holds 25 tests, and "
-                  "about one test in 20 of a true null hypothesis gives p < 0.05 by chance."]
+        lines += ["", "## The paper's findings, checked", "", claims.to_markdown(index=False, disable_numparse=True), "", FINDINGS_RULE]
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/10_report.ipynb #8ea42140
-def findings(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s DataFrame
+FINDINGS_RULE = ("**verdict**: from the run-level analysis (runs paired by fold and seed, CIs that include run-to-run variance, "
+                 "Holm within each claim's rows): *reproduced* when it excludes 0 in the paper's direction, *contradicted* when it "
+                 "excludes 0 the other way, *not shown* otherwise (always with one seed per fold). The paper's-protocol column is "
+                 "uncorrected, like the paper's p-values.")
+FINDINGS_COLS = ['finding (the paper)', 'paper', "ours: the paper's protocol (one seed, per image)", 'ours: run-level (seeds x folds)', 'verdict']
+
+def paper_setting(df: pd.DataFrame, # `collect`'s rows
+                 ) -> pd.Series:  # True for the runs of a Table 4 row at the paper's settings, any seed
+    "Which rows of `collect` are Table 4 runs at the paper's settings (the folder's seed or a replicate `<row>+seed=S`)."
+    return (df.label == df.base) | (df.label == df.base + '+seed=' + df.seed.astype(str))
+
+def _lift_text(r: dict) -> str:
+    if not np.isfinite(r['p']): return r['note']
+    return f"{r['lift']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], p = {fmt_p(r['p'], r['lift'])}"
+
+def _family(rs: dict, n: int) -> tuple[int, int, str]:
+    "How many of a claim's rows lift and lower beyond run variance (Holm over a family of `n`), and a summary."
+    p = holm([r['p'] for r in rs.values()], family=max(n, len(rs))) if rs else np.array([])
+    lift = np.array([r['lift'] for r in rs.values()])
+    tested = np.isfinite(p)
+    if not tested.any(): return 0, 0, next((r['note'] for r in rs.values()), 'no rows to compare')
+    up, down = int(((p < 0.05) & (lift > 0)).sum()), int(((p < 0.05) & (lift < 0)).sum())
+    return up, down, (f"{up} of {n} higher, {down} lower (Holm over {n}); lifts {lift[tested].min():+.2f} to {lift[tested].max():+.2f}"
+                      + ('' if tested.sum() == n else f" ({tested.sum()} of {n} with replicates)"))
+
+def findings(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s DataFrame (every seed: replicates answer the verdicts)
             ) -> pd.DataFrame:
-    "The paper's conclusions from Table 4, each with the paper's numbers, ours, and whether ours agree."
-    df = _frame(results)
-    t = table4(df).set_index('model')
+    "The paper's conclusions from Table 4: the paper's numbers, ours by its protocol and run-level, and a signed verdict."
+    everything = _frame(results)
+    own = everything[everything.label.isin(ALL_RUNS)]
+    t = table4(own).set_index('model')
     m = t.dsc_mean
     kd = [l for l in TABLE3 if l in t.index]
-    dice = {l: g.set_index(['fold', 'id'])['dice'].astype(float) for l, g in df.groupby('label')}
-    yes = lambda ok: 'n/a' if ok is None else 'yes' if ok else 'no'
+    dice = {l: g.set_index(['fold', 'id'])['dice'].astype(float) for l, g in own.groupby('label')}
+    runs = dict(tuple(everything[paper_setting(everything)].groupby('base')))
+    lift = lambda a, b: run_lift(runs[a], runs[b])
     rows = []
-    def add(claim, paper, ours, ok): rows.append({'finding (the paper)': claim, 'paper': paper, 'ours': ours, 'agrees': yes(ok)})
+    def add(claim, paper, ours, run, v): rows.append(dict(zip(FINDINGS_COLS, (claim, paper, ours, run, v))))
+    def say(up: bool, down: bool, shown: bool = True) -> str: return 'not shown' if not shown else 'reproduced' if up else 'contradicted' if down else 'not shown'
     if {'Teacher', 'Student'} <= set(t.index):
         gap, p = m['Teacher'] - m['Student'], t.loc['Student', 'p vs Teacher']
-        add("the Teacher beats the Student trained alone", "+8.34 points, p = 0.0048",
-            f"{gap:+.2f} points, p = {_fmt_p(p)}", bool(gap > 0 and p < 0.05))
+        r = lift('Teacher', 'Student')
+        add("the Teacher beats the Student trained alone", "+8.34 points, p = 0.0048", f"{gap:+.2f} points, p = {fmt_p(p, gap)}",
+            _lift_text(r), verdict(r['ci_low'], r['ci_high'], 'reproduced', 'contradicted'))
     if 'Student' in t.index and kd:
         up = [l for l in kd if m[l] > m['Student']]
         sig = [l for l in up if t.loc[l, 'p vs Student'] < 0.05]
+        n_up, n_down, text = _family({l: lift(l, 'Student') for l in kd}, len(TABLE3))
         add("every KD student beats the Student", "12 of 12 higher, 11 of them with p < 0.05",
-            f"{len(up)} of {len(kd)} higher, {len(sig)} of them with p < 0.05", len(up) == len(kd))
+            f"{len(up)} of {len(kd)} higher, {len(sig)} of them with p < 0.05", text, say(n_up == len(TABLE3), n_down > 0))
     pairs = [(l, l.replace('MSE', 'KLD')) for l in kd if 'MSE' in l and l.replace('MSE', 'KLD') in t.index]
     if pairs:
         wins = sum(m[k] > m[l] for l, k in pairs)
-        add("KLD beats MSE on every path (same teacher augmentation)", "6 of 6", f"{wins} of {len(pairs)}", wins == len(pairs))
+        n_up, n_down, text = _family({k: lift(k, l) for l, k in pairs}, 6)
+        add("KLD beats MSE on every path (same teacher augmentation)", "6 of 6", f"{wins} of {len(pairs)}", text, say(n_up == 6, n_down > 0))
     aug = [(l, l + '_WAug') for l in kd if not l.endswith('_WAug') and l + '_WAug' in t.index]
     if aug:
         ps = [paired_test(dice[w], dice[l])[0] for l, w in aug]
         n_sig = sum(np.isfinite(p) and p < 0.05 for p in ps)
+        n_up, n_down, text = _family({w: lift(w, l) for l, w in aug}, 6)
         add("weak teacher augmentation makes no significant difference", "stated, no p-values given",
-            f"{n_sig} of {len(aug)} pairs X_WAug vs X with p < 0.05", n_sig == 0)
+            f"{n_sig} of {len(aug)} pairs X_WAug vs X with p < 0.05", text, 'contradicted' if n_up + n_down else 'not shown')
     if 'Teacher' in t.index and kd:
         best = max(kd, key=lambda l: m[l])
         gap = m['Teacher'] - m[best]
+        best_all = max(kd, key=lambda l: runs[l].dice.mean())  # the best over every seed
+        r = lift('Teacher', best_all)
+        run = _lift_text(r) if not np.isfinite(r['p']) else f"{best_all}: the Teacher {r['lift']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] points above it"
         add("the best KD student is within 1.5 points of the Teacher", "L_KLD_WAug: 80.00 vs 81.50 (1.50 points)",
-            f"{best}: {m[best]:.2f} vs {m['Teacher']:.2f} ({gap:.2f} points)", bool(gap <= 1.5))
-    return pd.DataFrame(rows, columns=['finding (the paper)', 'paper', 'ours', 'agrees'])
+            f"{best}: {m[best]:.2f} vs {m['Teacher']:.2f} ({gap:.2f} points)", run, verdict(1.5 - r['ci_high'], 1.5 - r['ci_low'], 'reproduced', 'contradicted'))
+    return pd.DataFrame(rows, columns=FINDINGS_COLS)
 
 # %% ../nbs/10_report.ipynb #4db07f5e
 FIGURE2_RULE = ("chosen among the test images every run predicted as the one whose Teacher Dice is closest to the "
@@ -613,7 +651,7 @@ def write_report(results_dir: str|Path, # the results folder OUT
     finally: plt.close(fig)
     runs = run_summary(df)
     atomic_write(paths[0], t.to_csv(index=False))
-    atomic_write(paths[1], table4_markdown(t, fig.figure2_image, findings(df), runs, run_config(df.run_dir.iloc[0]).get('data')))
+    atomic_write(paths[1], table4_markdown(t, fig.figure2_image, findings(everything), runs, run_config(df.run_dir.iloc[0]).get('data')))
     atomic_write(paths[7], runs.to_csv(index=False))
     for make, path in zip((dice_distribution, learning_curves, loss_terms), paths[4:]):
         fig = make(df)
@@ -622,16 +660,18 @@ def write_report(results_dir: str|Path, # the results folder OUT
     return paths + write_sweep_report(everything, out)
 
 # %% ../nbs/10_report.ipynb #11dd4dd9
-README_BLOCK = re.compile(r'(<!-- table4: (?P<dir>\S+) -->\n)(?P<body>.*?)(<!-- /table4 -->)', re.S)  # a README's Table 4 block
+README_BLOCK = re.compile(r'(<!-- (?P<kind>table4|seeds): (?P<dir>\S+) -->\n)(?P<body>.*?)(<!-- /(?P=kind) -->)', re.S)  # a README's table block
+BLOCK_FILES = {'table4': 'table4.md', 'seeds': 'table4_seeds.md'}  # the file of a results folder each kind of block quotes
 
 def table4_table(results_dir: str|Path, # a results folder with a table4.md (`write_report`)
+                 name: str = 'table4.md', # the report file: table4.md, or table4_seeds.md for the seeds table
                 ) -> str:
-    "The Markdown table (header, rule and rows) of `results_dir/table4.md`."
-    p = Path(results_dir)/'table4.md'
+    "The Markdown table (header, rule and rows) of `results_dir/name`."
+    p = Path(results_dir)/name
     if not p.is_file(): raise FileNotFoundError(f"{p}: not found; run kdbus report {results_dir} first")
     lines = p.read_text().splitlines()
     start = next((i for i, l in enumerate(lines) if l.startswith('| model')), None)
-    if start is None: raise ValueError(f"{p}: no table starting with '| model'; expected a table4.md written by kdbus report")
+    if start is None: raise ValueError(f"{p}: no table starting with '| model'; expected a {name} written by kdbus report")
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith('|')), len(lines))
     return '\n'.join(lines[start:end]) + '\n'
 
@@ -639,17 +679,17 @@ def sync_readme(readme: str|Path, # a Markdown file with `<!-- table4: DIR -->` 
                 only: str|Path|None = None, # update only the blocks of this results folder (None: all)
                 check: bool = False, # True: change nothing, return the folders whose block differs
                ) -> list[str]:  # the folders whose block was (or, with check, would be) rewritten
-    "Write each Table 4 block of `readme` from its results folder's table4.md (or, with `check`, list the stale ones)."
+    "Write each table block of `readme` from its results folder's table4.md or table4_seeds.md (or, with `check`, list the stale ones)."
     readme = Path(readme); text = readme.read_text(); changed = []
     want = lambda d: only is None or (readme.parent/d).resolve() == Path(only).resolve()
     def sub(m):
         if not want(m['dir']): return m.group(0)
-        body = table4_table(readme.parent/m['dir'])
+        body = table4_table(readme.parent/m['dir'], BLOCK_FILES[m['kind']])
         if body != m['body']: changed.append(m['dir'])
-        return m.group(1) + body + m.group(4)
+        return m.group(1) + body + m.group(5)
     new = README_BLOCK.sub(sub, text)
     if only is not None and not any(want(m['dir']) for m in README_BLOCK.finditer(text)):
-        raise ValueError(f"{readme}: no '<!-- table4: {only} -->' block; add one where its Table 4 should go")
+        raise ValueError(f"{readme}: no '<!-- table4: {only} -->' (or seeds) block; add one where its Table 4 should go")
     if changed and not check: atomic_write(readme, new)
     return changed
 
