@@ -22,9 +22,9 @@ from .files import atomic_write
 from .train import build_step, fit, load_model, pick_device, weights_hash
 
 # %% auto #0
-__all__ = ['check_run', 'check_stage', 'run_data', 'duplicate_id_groups', 'split_record', 'git_commit', 'cpu_model', 'env_info',
-           'write_json', 'read_json', 'saved_config', 'check_same_run', 'run_lock', 'ensure_teacher', 'check_no_leak',
-           'portable_config', 'portable_teacher', 'run_experiment']
+__all__ = ['CODE_PATHS', 'check_run', 'check_stage', 'run_data', 'duplicate_id_groups', 'split_record', 'git_commit', 'cpu_model',
+           'env_info', 'write_json', 'read_json', 'saved_config', 'check_same_run', 'run_lock', 'ensure_teacher',
+           'check_no_leak', 'portable_config', 'portable_teacher', 'run_experiment']
 
 # %% ../nbs/09_experiment.ipynb #ef9d9548
 def check_run(
@@ -89,13 +89,16 @@ def split_record(
     return dict(fold.ids(data.ids), duplicate_groups=duplicate_id_groups(cfg.data))
 
 # %% ../nbs/09_experiment.ipynb #f9739903
+CODE_PATHS = ('kdbus', 'nbs', 'setup.py', 'settings.ini')  # what decides a run's numbers: a change elsewhere (results/, README) leaves the code clean
+
 def git_commit() -> tuple[str|None, bool|None]:
-    "The commit of the kdbus source tree and whether it has uncommitted changes; (None, None) outside git."
+    "The commit of the kdbus source tree and whether its code (`CODE_PATHS`) has uncommitted changes; (None, None) outside git."
     root = Path(kdbus.__file__).resolve().parent.parent
     try:
         head = subprocess.run(['git', '-C', str(root), 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=10)
         if head.returncode: return None, None
-        dirty = subprocess.run(['git', '-C', str(root), 'status', '--porcelain', '--untracked-files=no'], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(['git', '-C', str(root), 'status', '--porcelain', '--untracked-files=no', '--', *CODE_PATHS],
+                               capture_output=True, text=True, timeout=10)
         return head.stdout.strip(), bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
     except (OSError, subprocess.SubprocessError): return None, None
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_grid.ipynb #aab7912b
 from __future__ import annotations
-import itertools, json, time
+import itertools, json, subprocess, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from .jobs import (ATTEMPTS_NAME, LOCK_NAME, STALE_AFTER, Job, LockLost, RunLock
 
 # %% auto #0
 __all__ = ['OVERRIDES', 'SWEEPS', 'parse_sweep', 'grid_jobs', 'teacher_ready', 'teacher_waits', 'GridResult', 'is_collapsed',
-           'LocalExecutor', 'ParallelExecutor', 'schedule', 'run_grid']
+           'LocalExecutor', 'ParallelExecutor', 'schedule', 'provenance_warnings', 'run_grid']
 
 # %% ../nbs/11_grid.ipynb #a619fa54
 OVERRIDES = ('epochs', 'size', 'batch_size', 'model_preset', 'teacher_train_aug', 'regressor_relu', 'sup_loss')  # profile settings a grid may override (run.ipynb parameters)
@@ -221,6 +221,26 @@ def schedule(
     return res
 
 # %% ../nbs/11_grid.ipynb #4fd00c3a
+def provenance_warnings(
+    out: str|Path,  # results folder
+    todo: list[Job],  # the jobs about to run
+) -> list[str]:  # what a user should know before the runs start (empty: nothing)
+    "Warnings before a grid writes runs: code with uncommitted changes over committed results; committed teachers without checkpoints."
+    from kdbus.experiment import git_commit
+    out, said = Path(out), []
+    _, dirty = git_commit()
+    if dirty and todo and out.is_dir():
+        tracked = subprocess.run(['git', '-C', str(out), 'ls-files', '.'], capture_output=True, text=True)
+        if tracked.returncode == 0 and tracked.stdout.strip():
+            said.append(f"warning: {out} holds committed results and kdbus's code has uncommitted changes: the new runs' env.json will say "
+                        "git_dirty: true and no commit holds the code that made them; commit first, or run from a git worktree of one commit")
+    for name, fold in sorted({(j.teacher, j.fold) for j in todo if j.teacher}):
+        d = out / name / f"fold{fold}"
+        if (d / 'metrics.json').is_file() and not (d / 'best.pt').is_file() and not any(j.label == name and j.fold == fold for j in todo):
+            said.append(f"note: {name}/fold{fold} is complete but has no best.pt (checkpoints are not committed): its first KD run "
+                        "trains it again in place, and its files then describe the retrained teacher the KD runs distil from")
+    return said
+
 def run_grid(
     profile: str = 'quick',  # 'paper', 'quick' or 'smoke'
     data: str = 'synth',  # data set spec
@@ -266,6 +286,7 @@ def run_grid(
             res.skipped.append((j.label, j.fold)); log(f"{tags[j]}: complete, skipped")
             if is_collapsed(j.run_dir(out)): res.collapsed.append((j.label, j.fold))
         else: todo.append(j)
+    for w in provenance_warnings(out, todo): log(w)
     if todo:
         if executor == 'local': ex = LocalExecutor(execute, max_retries or 0) if parallel == 1 else ParallelExecutor(parallel, execute, max_retries or 0)
         elif executor == 'ray':

@@ -23,12 +23,12 @@ from .distill import TABLE3, parse_run_name
 # %% auto #0
 __all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_PAIRS', 'DATA_CITATIONS', 'RUN_COLS',
            'SPLIT_FIELDS', 'SETTING_COLS', 'CONVERGED_SHARE', 'FINDINGS_RULE', 'FINDINGS_COLS', 'FIGURE2_RULE',
-           'HISTORY_COLS', 'REPORT_FILES', 'README_BLOCK', 'BLOCK_FILES', 'ReportWarning', 'stars', 'data_citation',
-           'find_runs', 'read_metrics', 'run_config', 'split_of', 'check_one_split', 'run_settings', 'collect',
-           'run_summary', 'runs_line', 'paired_test', 'table4', 'table4_markdown', 'paper_setting', 'findings',
-           'choose_figure2_image', 'load_run_images', 'figure2', 'palette', 'dice_distribution', 'read_history',
-           'learning_curves', 'loss_terms', 'write_report', 'table4_table', 'sync_readme', 'plot_history', 'plot_dice',
-           'plot_overlays']
+           'HISTORY_COLS', 'SELECT_WORDS', 'SUP_WORDS', 'REPORT_FILES', 'README_BLOCK', 'BLOCK_FILES', 'ReportWarning',
+           'stars', 'data_citation', 'find_runs', 'read_metrics', 'run_config', 'split_of', 'check_one_split',
+           'run_settings', 'collect', 'run_summary', 'runs_line', 'paired_test', 'table4', 'table4_markdown',
+           'paper_setting', 'findings', 'choose_figure2_image', 'load_run_images', 'figure2', 'palette',
+           'dice_distribution', 'read_history', 'learning_curves', 'loss_terms', 'write_report', 'table4_table',
+           'sync_readme', 'plot_history', 'plot_dice', 'plot_overlays']
 
 # %% ../nbs/10_report.ipynb #07d61946
 from .config import ALL_RUNS, NAMED_FIELDS, PROFILES  # Table 4's rows (and run folder names), in the paper's order
@@ -204,10 +204,13 @@ def run_summary(results: str|Path|pd.DataFrame, # a results folder, or `collect`
     for (label, fold), g in df.groupby(['label', 'fold'], sort=False):
         r = g.iloc[0]
         budget = int(run_config(r.run_dir).get('epochs', r.epochs_run))
+        env = _read_json(Path(r.run_dir)/'env.json') if (Path(r.run_dir)/'env.json').is_file() else {}
         rows.append(dict(label=label, fold=int(fold), epochs=budget, best_epoch=int(r.best_epoch), epochs_run=int(r.epochs_run),
                          stopped=r.stopped, converged=bool(r.stopped == 'early' or r.best_epoch <= CONVERGED_SHARE * budget),
-                         collapsed=bool(r.collapsed) if pd.notna(r.collapsed) else False, minutes=round(float(r.seconds) / 60, 2)))
-    return pd.DataFrame(rows, columns=['label', 'fold', 'epochs', 'best_epoch', 'epochs_run', 'stopped', 'converged', 'collapsed', 'minutes'])
+                         collapsed=bool(r.collapsed) if pd.notna(r.collapsed) else False, minutes=round(float(r.seconds) / 60, 2),
+                         commit=(env.get('git_commit') or '')[:7], dirty=env.get('git_dirty')))
+    return pd.DataFrame(rows, columns=['label', 'fold', 'epochs', 'best_epoch', 'epochs_run', 'stopped', 'converged', 'collapsed', 'minutes',
+                                       'commit', 'dirty'])
 
 def runs_line(runs: pd.DataFrame, # from `run_summary`
              ) -> str:
@@ -218,6 +221,11 @@ def runs_line(runs: pd.DataFrame, # from `run_summary`
          "(sum over runs).")
     if not runs.converged.all(): s += f" Not converged: {bad('converged', False)}."
     if runs.collapsed.any(): s += f" Collapsed: {bad('collapsed', True)}."
+    if 'commit' in runs:
+        made = runs.commit.replace('', 'unknown').value_counts()
+        s += " Made at commit " + ', '.join(f"{c} ({n} runs)" for c, n in made.items()) + "."
+        if runs.dirty.eq(True).any(): s += (f" From a tree with uncommitted changes (env.json `git_dirty`): {bad('dirty', True)}: "
+                                            "their code is not exactly their commit's.")
     return s
 
 # %% ../nbs/10_report.ipynb #4c4d002c
@@ -573,16 +581,26 @@ def _histories(df: pd.DataFrame) -> pd.DataFrame:
     hs = [read_history(r.run_dir).assign(label=r.label, fold=r.fold) for r in runs.itertuples()]
     return pd.concat(hs, ignore_index=True)
 
+SELECT_WORDS = {'val_dice': 'the highest validation DSC', 'val_loss': 'the lowest validation loss'}  # a run's `select`, in words
+SUP_WORDS = {'ce': 'CE', 'dice_ce': 'Dice + CE'}  # a run's `sup_loss` (L_sup), as the plots name it
+
+def _runs_say(df: pd.DataFrame, field: str, words: dict) -> str:
+    "What the runs' config.json say of `field`, in words; several values joined with ' or ' (runs made before a field existed: its first value)."
+    runs = df[['run_dir']].drop_duplicates().run_dir
+    seen = sorted({run_config(d).get(field, next(iter(words))) for d in runs})
+    return ' or '.join(words.get(v, str(v)) for v in seen)
+
 def learning_curves(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s DataFrame
                    ) -> Figure:
     "Validation loss and validation DSC per epoch of every complete run, one column per fold."
     df = _frame(results)
     if df.empty: raise ValueError("no complete run to plot")
     h = _histories(df).assign(val_dsc=lambda x: 100 * x.val_dice.astype(float))
+    sup, select = _runs_say(df, 'sup_loss', SUP_WORDS), _runs_say(df, 'select', SELECT_WORDS)
     order, folds = sorted(h.label.unique(), key=_label_key), sorted(h.fold.unique())
     fig, axes = plt.subplots(2, len(folds), figsize=(4.2 * len(folds) + 2.2, 6.4), squeeze=False, sharex='col', layout='constrained')
     for j, f in enumerate(folds):
-        for i, (col, name) in enumerate((('val_loss', 'validation loss (CE)'), ('val_dsc', 'validation DSC (%)'))):
+        for i, (col, name) in enumerate((('val_loss', f"validation loss ({sup})"), ('val_dsc', 'validation DSC (%)'))):
             ax = axes[i, j]
             sns.lineplot(data=h[h.fold == f], x='epoch', y=col, hue='label', hue_order=order, palette=palette(order),
                          ax=ax, legend=(i == 0 and j == len(folds) - 1), lw=1.2)
@@ -590,12 +608,12 @@ def learning_curves(results: str|Path|pd.DataFrame, # a results folder, or `coll
             if i == 0: ax.set_title(f"fold {f}", fontsize=10)
     leg = axes[0, -1].get_legend()
     if leg is not None: sns.move_legend(axes[0, -1], 'upper left', bbox_to_anchor=(1.02, 1), fontsize=8, title=None)
-    fig.suptitle("Learning curves (the checkpoint kept is the one at the lowest validation loss)", fontsize=11)
+    fig.suptitle(f"Learning curves (the checkpoint kept: the epoch with {select})", fontsize=11)
     return fig
 
 def loss_terms(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s DataFrame
               ) -> Figure:
-    "Training CE (L_sup) and KD term (L_distill) per epoch of each distilled student; one line per fold."
+    "Training supervised loss (L_sup) and KD term (L_distill) per epoch of each distilled student; one line per fold."
     df = _frame(results)
     if df.empty: raise ValueError("no complete run to plot")
     kd = df[df.label.isin(TABLE3)]
@@ -606,11 +624,13 @@ def loss_terms(results: str|Path|pd.DataFrame, # a results folder, or `collect`'
     if not labels:
         axes[0, 0].text(0.5, 0.5, 'no distillation run', ha='center', va='center', transform=axes[0, 0].transAxes)
     h = _histories(kd) if labels else None
+    sup = f"L_sup ({_runs_say(kd, 'sup_loss', SUP_WORDS)})" if labels else 'L_sup'
+    terms = [sup, 'L_distill (KD)']
     for ax in axes.ravel()[len(labels):]: ax.axis('off')
     for ax, label in zip(axes.ravel(), labels):
         g = h[h.label == label].melt(id_vars=['epoch', 'fold'], value_vars=['train_sup', 'train_kd'], var_name='term')
-        g['term'] = g.term.map({'train_sup': 'L_sup (CE)', 'train_kd': 'L_distill (KD)'})
-        sns.lineplot(data=g, x='epoch', y='value', hue='term', hue_order=['L_sup (CE)', 'L_distill (KD)'],
+        g['term'] = g.term.map(dict(zip(('train_sup', 'train_kd'), terms)))
+        sns.lineplot(data=g, x='epoch', y='value', hue='term', hue_order=terms,
                      units='fold', estimator=None, ax=ax, legend=ax is axes.ravel()[0], lw=1.1)
         ax.set(title=label, ylabel='training loss', xlabel='epoch')
         ax.title.set_fontsize(9)

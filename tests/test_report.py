@@ -403,3 +403,18 @@ def test_readme_seed_tables_are_synced_blocks():
     text = (Path(__file__).resolve().parents[1] / 'README.md').read_text()
     assert not re.search(r'<!-- seeds: \S+ -->\n(?!(.|\n)*?<!-- /seeds -->)', text), "a seeds block without its '<!-- /seeds -->'"
     assert len([m for m in README_BLOCK.finditer(text) if m['kind'] == 'seeds']) >= 2
+
+
+def test_figures_name_the_runs_own_loss_and_checkpoint_rule(full, tmp_path):
+    "learning_curves and loss_terms read sup_loss and select from the runs' config.json: a dice_ce, val_loss folder is labelled so."
+    from kdbus.report import learning_curves, loss_terms
+    res = copy_of(full, tmp_path)
+    for cfg in res.glob('*/fold*/config.json'):
+        c = json.loads(cfg.read_text())
+        c.get('config', c).update(sup_loss='dice_ce', select='val_loss')  # a grid's config.json nests the RunConfig, the fake one not
+        cfg.write_text(json.dumps(c))
+    df = quiet_collect(res)
+    fig = learning_curves(df)
+    assert fig._suptitle.get_text().endswith('the epoch with the lowest validation loss)') and fig.axes[0].get_ylabel() == 'validation loss (Dice + CE)'
+    legend = [t.get_text() for t in loss_terms(df).axes[0].get_legend().get_texts()]
+    assert legend == ['L_sup (Dice + CE)', 'L_distill (KD)']
