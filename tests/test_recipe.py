@@ -1,5 +1,6 @@
 "Tests of the training recipe: collapse detection end to end (metrics.json, the grid, Table 4), selection on scripted histories, the schedule."
 import json, math, warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -81,10 +82,27 @@ def test_the_grid_reports_collapsed_runs(tmp_path, monkeypatch):
 
 def test_run_summary_counts_convergence(smoke_student):
     r = run_summary(smoke_student[0])
-    assert list(r.columns) == ['label', 'fold', 'epochs', 'best_epoch', 'epochs_run', 'stopped', 'converged', 'collapsed', 'minutes']
+    assert list(r.columns) == ['label', 'fold', 'epochs', 'best_epoch', 'epochs_run', 'stopped', 'converged', 'collapsed', 'minutes', 'commit', 'dirty']
     row = r.iloc[0]
-    assert row.epochs == 2 and row.collapsed == False
-    assert row.converged == (row.stopped == 'early' or row.best_epoch <= 0.9 * 2)
+    assert row.epochs == 2 and row.collapsed == False and len(row.commit) in (0, 7)
+
+
+@pytest.mark.parametrize('best,run,stopped,converged', [
+    (54, 60, 'max_epochs', True),    # best at 90 % of the 60-epoch budget: converged
+    (55, 60, 'max_epochs', False),   # best at epoch 55 of 60 (91.7 %): still improving when the budget ran out
+    (59, 60, 'max_epochs', False),
+    (58, 59, 'early', True),         # stopped by patience: converged wherever its best epoch is
+])
+def test_convergence_on_hand_made_runs(smoke_student, tmp_path, best, run, stopped, converged):
+    "A run folder whose metrics.json is edited by hand: the 90 %-of-budget rule, decided case by case, not by its formula."
+    import shutil
+    out = Path(shutil.copytree(smoke_student[0], tmp_path/'out'))
+    cfg = out/'Student'/'fold0'/'config.json'
+    c = json.loads(cfg.read_text()); c['config']['epochs'] = 60; cfg.write_text(json.dumps(c))
+    m = out/'Student'/'fold0'/'metrics.json'
+    m.write_text(json.dumps({**json.loads(m.read_text()), 'best_epoch': best, 'epochs_run': run, 'stopped': stopped}))
+    row = run_summary(out).iloc[0]
+    assert (row.epochs, row.best_epoch, row.converged) == (60, best, converged)
 
 
 
@@ -106,6 +124,18 @@ def test_selection_never_keeps_a_collapsed_model_when_one_segments(rule):
     assert not s.collapsed and s.best['epoch'] >= 24
     assert not s.stop  # patience did not run out in the empty-mask phase (23 epochs > 15)
     if rule == 'val_dice': assert s.best['epoch'] == 26
+
+
+def test_a_model_no_better_than_the_full_mask_is_collapsed():
+    "Scripted with a non-zero full-mask Dice (0.14, as on busi-163's validation parts): an epoch-1 model at 0.139 does not segment."
+    s = Selector('val_dice', patience=5, warmup_epochs=0, full_dice=0.14)
+    for r in _rows([0.5, 0.4, 0.35, 0.3], [0.139, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]): s.update(r)
+    assert s.collapsed and s.best['epoch'] == 1 and s.bad == 0  # collapsed: no patience counted yet
+    for r in _rows([0.3, 0.29], [0.15, 0.30], [1.0, 1.0]): s.update({**r, 'epoch': r['epoch'] + 4})
+    assert not s.collapsed and s.best['epoch'] == 6  # 0.15 > 0.14 segments, 0.30 is better
+    t = Selector('val_dice', patience=5, warmup_epochs=0, full_dice=0.0)
+    for r in _rows([0.5], [0.139], [1.0]): t.update(r)
+    assert not t.collapsed  # the same model counts as segmenting where the full mask scores 0
 
 
 def test_patience_counts_only_after_warmup_and_once_a_model_segments():
