@@ -4,7 +4,7 @@
 
 # %% ../nbs/10c_jobs.ipynb #83cb10aa
 from __future__ import annotations
-import _thread, contextlib, json, os, socket, threading, time, uuid
+import _thread, contextlib, json, os, shutil, socket, tempfile, threading, time, uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -13,8 +13,8 @@ from .config import label_params
 
 # %% auto #0
 __all__ = ['LOCK_NAME', 'STALE_AFTER', 'ATTEMPTS_NAME', 'run_params', 'Job', 'run_status', 'check_compatible', 'run_notebook',
-           'execute_job', 'RunLocked', 'LockLost', 'lock_owner', 'lock_is_stale', 'run_folder_lock', 'attempts',
-           'run_job']
+           'IPCKernelManager', 'execute_job', 'RunLocked', 'LockLost', 'lock_owner', 'lock_is_stale', 'run_folder_lock',
+           'attempts', 'run_job']
 
 # %% ../nbs/10c_jobs.ipynb #7057e3b9
 def run_params(
@@ -77,6 +77,19 @@ def run_notebook() -> Path:
     if not p.is_file(): raise FileNotFoundError(f"{p} is missing: the kdbus installation is incomplete (run.ipynb is package data)")
     return p
 
+from jupyter_client.manager import AsyncKernelManager
+
+class IPCKernelManager(AsyncKernelManager):
+    "jupyter_client's kernel manager with the kernel's sockets as IPC files in a private temporary folder (removed after)."
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._ipc_dir = tempfile.mkdtemp(prefix='kdbus-kernel-')
+        self.transport, self.ip = 'ipc', os.path.join(self._ipc_dir, 'kernel')
+
+    async def cleanup_resources(self, restart: bool = False):
+        await super().cleanup_resources(restart)
+        if not restart: shutil.rmtree(self._ipc_dir, ignore_errors=True)
+
 def execute_job(
     job: Job,  # what to run
     out: Path,  # results folder
@@ -86,8 +99,9 @@ def execute_job(
     "Execute `run.ipynb` for `job` with papermill, saving the executed notebook in the run folder."
     import papermill as pm
     d = job.run_dir(out); d.mkdir(parents=True, exist_ok=True)
+    ipc = dict(kernel_manager_class=IPCKernelManager) if os.name == 'posix' else {}
     pm.execute_notebook(str(run_notebook()), str(d / 'run.ipynb'), parameters=job.params,
-                        kernel_name=kernel_name, progress_bar=False, log_output=log_output)
+                        kernel_name=kernel_name, progress_bar=False, log_output=log_output, **ipc)
 
 # %% ../nbs/10c_jobs.ipynb #0a193c6a
 LOCK_NAME = '.grid.lock'  # the lock file inside a run folder
