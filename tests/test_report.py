@@ -388,21 +388,19 @@ def test_figure2_can_leave_the_image_out_and_cites_the_data(full, df):
     assert '- **data**: `busi:/data/BUSI`; Al-Dhabyani W.' in md
 
 
+MARKDOWN = lambda root: [root/'README.md', *sorted((root/'docs').glob('*.md')), *sorted((root/'results').glob('*/README.md'))]
+
 def test_readme_tables_are_the_committed_results():
-    "Every '<!-- table4: DIR -->' block of README.md is DIR/table4.md's table (rewrite with: kdbus report DIR --readme README.md)."
-    from kdbus.report import README_BLOCK, sync_readme
-    readme = Path(__file__).resolve().parents[1] / 'README.md'
-    assert len(README_BLOCK.findall(readme.read_text())) >= 2
-    assert sync_readme(readme, check=True) == []
-
-
-def test_readme_seed_tables_are_synced_blocks():
-    "README's seed tables are '<!-- seeds: DIR -->' blocks that sync_readme keeps equal to DIR/table4_seeds.md (every column)."
+    "Every '<!-- table4: DIR -->' and '<!-- seeds: DIR -->' block of README.md, docs/ and results/*/README.md is DIR's report table."
     import re
-    from kdbus.report import README_BLOCK
-    text = (Path(__file__).resolve().parents[1] / 'README.md').read_text()
-    assert not re.search(r'<!-- seeds: \S+ -->\n(?!(.|\n)*?<!-- /seeds -->)', text), "a seeds block without its '<!-- /seeds -->'"
-    assert len([m for m in README_BLOCK.finditer(text) if m['kind'] == 'seeds']) >= 2
+    from kdbus.report import README_BLOCK, sync_readme
+    root = Path(__file__).resolve().parents[1]
+    blocks = [(p, m['kind']) for p in MARKDOWN(root) for m in README_BLOCK.finditer(p.read_text())]
+    assert sum(k == 'table4' for _, k in blocks) >= 3 and sum(k == 'seeds' for _, k in blocks) >= 3, blocks
+    for p in MARKDOWN(root):
+        text = p.read_text()
+        assert not re.search(r'<!-- (table4|seeds): \S+ -->\n(?!(.|\n)*?<!-- /\1 -->)', text), f"{p}: a block without its closing line"
+        assert sync_readme(p, check=True) == [], f"{p}: stale table block (kdbus report DIR --readme {p.relative_to(root)})"
 
 
 def test_figures_name_the_runs_own_loss_and_checkpoint_rule(full, tmp_path):

@@ -55,3 +55,30 @@ def test_seed_table_is_recomputed_from_the_per_image_csvs(folder):
     _same(ours.astype({'seeds': str, 'folds': str}), committed, folder)
     table = next(b for b in seeds_markdown(ours).split('\n\n') if b.startswith('| model'))
     assert table + '\n' == table4_table(folder, 'table4_seeds.md'), folder
+
+
+def _anchors(md: Path) -> set:
+    "GitHub's anchors of a Markdown file's headings (outside code fences)."
+    import re
+    out, fence = set(), False
+    for line in md.read_text().splitlines():
+        if line.startswith('```'): fence = not fence
+        elif not fence and re.match(r'#{1,6} ', line):
+            out.add(re.sub(r'[^\w\- ]', '', line.lstrip('#').strip().lower()).replace(' ', '-'))
+    return out
+
+
+def test_every_local_link_of_the_markdown_files_resolves():
+    "README.md, CONTRIBUTING.md, docs/ and results/*/README.md: every relative link names a file that exists, and its #anchor a heading there."
+    import re
+    files = [ROOT/'README.md', ROOT/'CONTRIBUTING.md', *sorted((ROOT/'docs').glob('*.md')), *sorted((ROOT/'results').glob('*/README.md')), ROOT/'results'/'README.md']
+    bad = []
+    for md in files:
+        text = re.sub(r'```.*?```', '', md.read_text(), flags=re.S)
+        for target in re.findall(r'\]\(([^)\s]+)\)', text):
+            if re.match(r'^[a-z]+:', target): continue
+            path, _, anchor = target.partition('#')
+            dest = (md.parent / path).resolve() if path else md
+            if not dest.exists(): bad.append(f"{md.relative_to(ROOT)}: {target} (no such file)")
+            elif anchor and dest.suffix == '.md' and anchor not in _anchors(dest): bad.append(f"{md.relative_to(ROOT)}: {target} (no such heading)")
+    assert not bad, '\n'.join(bad)
