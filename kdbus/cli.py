@@ -165,7 +165,8 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--runs", type=_labels, default=None, metavar="LABELS",
                    help="comma-separated runs, e.g. Teacher,Student,L_KLD_WAug (default: all 14 of Table 4)")
     g.add_argument("--sweep", action="append", default=None, metavar="NAME=V1,V2",
-                   help="vary a setting over values: T, alpha, stage or kd_axis, e.g. --sweep T=1,2,4,8 (repeat for a product); "
+                   help="vary a setting over values: T, alpha, stage, kd_axis or student (a size: xs, s, m, l), e.g. --sweep T=1,2,4,8 "
+                        "or --sweep student=xs,s,m,l (repeat for a product); "
                         "runs of non-default settings go to <run>+NAME=V folders")
     g.add_argument("--epochs", type=int, default=None, help="override the profile's maximum epochs")
     g.add_argument("--size", type=int, default=None, help="override the profile's image size")

@@ -14,7 +14,7 @@ from .augment import TEACHER_AUGS
 from .data import DataError, parse_spec
 from .distill import KD_PATHS, TABLE3, parse_run_name, run_name
 from .losses import KD_LOSSES, SUP_LOSSES
-from .models import PRESETS, REGRESSOR_RELU, resolve_specs
+from .models import PRESETS, REGRESSOR_RELU, STUDENT_SIZES, resolve_specs
 
 # %% auto #0
 __all__ = ['RUN_PATHS', 'ALL_RUNS', 'PROFILES', 'DATA_EPOCHS', 'RUNTIME_FIELDS', 'AMP_MODES', 'SWITCHES', 'LR_SCHEDULES',
@@ -47,7 +47,7 @@ def label_params(
 
 # %% ../nbs/06_config.ipynb #6c98728e
 _RUN_DEFAULTS = dict(path='logits', loss='kld', teacher_aug='weak', fold=0, data='synth', seed=0, out_dir='runs',
-                     k_folds=5, n_folds=3, val_frac=0.15, alpha=0.5, T=1.0, stage=-1, kd_axis='channel', split_seed=None, regressor_relu='auto', teacher_train_aug='strong', sup_loss='ce',
+                     k_folds=5, n_folds=3, val_frac=0.15, alpha=0.5, T=1.0, stage=-1, kd_axis='channel', split_seed=None, regressor_relu='auto', teacher_train_aug='strong', sup_loss='ce', student=None,
                      device='auto', num_workers=None, amp='auto', channels_last='auto')
 
 PROFILES: dict[str, dict] = {
@@ -88,9 +88,10 @@ SELECT_RULES = ('val_loss', 'val_dice')  # `select` values: what picks the check
 TEACHER_TRAIN_AUGS = ('strong', 'weak')  # `teacher_train_aug` values: the augmentation the Teacher run trains with
 KD_AXES = ('channel', 'spatial')  # `kd_axis` values: the KLD's softmax over the classes/channels at each pixel (the paper), or over the pixels of each channel (Shu et al. 2021)
 LEGACY_FIELDS = dict(lr_schedule='constant', warmup_epochs=0, select='val_loss', regressor_relu='always',
-                     teacher_train_aug='strong', kd_axis='channel', split_seed=None, amp='off', channels_last='off', sup_loss='ce')  # what runs saved before these fields existed used
-NAMED_FIELDS = ('stage', 'T', 'alpha', 'kd_axis')  # KD settings a sweep varies: a run with a non-default one has it in its name, in this order
-NAMED_TYPES = {'T': float, 'alpha': float, 'stage': int, 'kd_axis': str}  # their types: how `--sweep` values and folder names read back
+                     teacher_train_aug='strong', kd_axis='channel', split_seed=None, amp='off', channels_last='off', sup_loss='ce',
+                     student=None)  # what runs saved before these fields existed used
+NAMED_FIELDS = ('stage', 'T', 'alpha', 'kd_axis', 'student')  # settings a sweep varies: a run with a non-default one has it in its name, in this order
+NAMED_TYPES = {'T': float, 'alpha': float, 'stage': int, 'kd_axis': str, 'student': str}  # their types: how `--sweep` values and folder names read back
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -114,6 +115,7 @@ class RunConfig:
     select: str  # checkpoint and early stopping: 'val_loss' (lowest; the paper) or 'val_dice' (highest mean Dice)
     model_preset: str  # `kdbus.models.PRESETS` entry for the teacher and student
     encoder_weights: str|None  # None: as the model preset says (random init but the quick-pretrained teacher); 'imagenet' (the paper) or 'imagenet-offline': both encoders
+    student: str|None  # the student's size, one of `kdbus.models.STUDENT_SIZES` ('xs', 's', 'm', 'l'); None: the model preset's own student
     k_folds: int  # folds of the partition (5: test parts of 33 of 163 images)
     n_folds: int  # folds run (the paper: 3)
     val_frac: float  # share of each training part held out for validation
@@ -158,14 +160,18 @@ class RunConfig:
         _choice('select', self.select, SELECT_RULES)
         _choice('model_preset', self.model_preset, tuple(PRESETS))
         if isinstance(self.encoder_weights, str) and self.encoder_weights.lower() == 'none': set_('encoder_weights', None)
-        resolve_specs(self.model_preset, self.encoder_weights)  # raises, listing the weights, if the encoders have no such weights
+        if self.student is not None:
+            _choice('student', self.student, tuple(STUDENT_SIZES))
+            if resolve_specs(self.model_preset, student=STUDENT_SIZES[self.student])[1] == resolve_specs(self.model_preset)[1]:
+                set_('student', None)  # the preset's own student: one canonical form, one run folder
+        self.specs()  # raises, listing the weights, if the encoders have no such weights
         set_('val_frac', _float('val_frac', self.val_frac, 0, 1, lo_open=True, what=' (a validation part is needed for early stopping)'))
         if self.val_frac >= 1: raise ValueError(f"val_frac={self.val_frac} must be < 1")
         set_('alpha', _float('alpha', self.alpha, 0, 1))
         set_('T', _float('T', self.T, 0, lo_open=True))
         set_('stage', _int('stage', self.stage, -5, 5, ' (-1 = encoder output; 0 is the input image, not a feature)'))
         if self.stage == 0: raise ValueError("stage=0 is the input image, not a feature; expected -5..-1 or 1..5 (-1 = encoder output)")
-        depths = {s.encoder_depth for s in resolve_specs(self.model_preset, None)}
+        depths = {s.encoder_depth for s in self.specs()}
         if len(depths) == 1:  # one name per stage: -1 for the encoder output, 1..depth-1 for the others
             (depth,) = depths
             if self.stage == depth: set_('stage', -1)
@@ -180,6 +186,10 @@ class RunConfig:
             except (RuntimeError, ValueError): raise ValueError(f"device={self.device!r} is not a device; expected 'auto', 'cpu', 'cuda', 'cuda:0', ...") from None
         if self.num_workers is not None: set_('num_workers', _int('num_workers', self.num_workers, 0))
         _choice('amp', self.amp, AMP_MODES); _choice('channels_last', self.channels_last, SWITCHES)
+
+    def specs(self):
+        "The run's teacher and student `ModelSpec`: the model preset, `encoder_weights`, then the `student` size."
+        return resolve_specs(self.model_preset, self.encoder_weights, student=None if self.student is None else STUDENT_SIZES[self.student])
 
     @property
     def is_kd(self) -> bool:
@@ -218,7 +228,7 @@ class RunConfig:
 
     def teacher_config(self) -> RunConfig:
         "The config of the Teacher run this run's teacher comes from (same data, fold, seed and settings)."
-        return self.replace(path='teacher', loss=None, teacher_aug=None)
+        return self.replace(path='teacher', loss=None, teacher_aug=None, student=None)
 
     def identity(self) -> dict:
         "The fields that decide a run's results: all but where/how it executes, the profile's name, n_folds and unused KD settings."
@@ -231,6 +241,7 @@ class RunConfig:
             if self.path == 'logits': d.pop('stage')  # no encoder features
         if self.path != 'hidden_regressor': d.pop('regressor_relu')
         if self.path == 'none': d.pop('teacher_train_aug')  # the student alone has no teacher
+        if self.path == 'teacher': d.pop('student')  # the Teacher run is the same for every student size
         return d
 
     def to_dict(self) -> dict:

@@ -56,7 +56,7 @@ def check_stage(
 ):
     "Raise if a hidden-path run's `stage` is not a stage of both encoders (models built on the meta device: no memory, no time)."
     if cfg.is_kd and cfg.path != 'logits':
-        for spec in resolve_specs(cfg.model_preset, None):
+        for spec in cfg.specs():
             try: resolve_stages(build_model(spec, 'meta'), cfg.stage)
             except ValueError as e: raise ValueError(f"stage={cfg.stage}: {e}") from None
 

@@ -76,7 +76,8 @@ def grid_jobs(
         if not any(k in resolve_config(**j.params).identity() for j in jobs):
             raise ValueError(f"--sweep {k}: no chosen run uses {k} ({', '.join(ordered)}); "
                              + {'T': "T and kd_axis apply to KLD runs", 'kd_axis': "T and kd_axis apply to KLD runs",
-                                'stage': "stage applies to the hidden paths (H_*, HReg_*)", 'alpha': "alpha applies to KD runs"}[k])
+                                'stage': "stage applies to the hidden paths (H_*, HReg_*)", 'alpha': "alpha applies to KD runs",
+                                'student': "student applies to every run but the Teacher"}[k])
     return jobs
 
 # %% ../nbs/11_grid.ipynb #96fb4394

@@ -19,10 +19,11 @@ from torch import nn
 from .weights import OFFLINE_ENCODERS, OFFLINE_WEIGHTS, checkpoint_file, load_offline_weights, offline_checkpoint, offline_source
 
 # %% auto #0
-__all__ = ['UNET_LIKE', 'SMP_UNET_DECODER', 'PRESETS', 'REGRESSOR_RELU', 'check_arch', 'check_encoder', 'check_weights',
-           'weights_source', 'ModelSpec', 'resolve_specs', 'WeightsUnavailableError', 'hub_reachable', 'build_model',
-           'build_models', 'count_params', 'model_record', 'encoder_stages', 'resolve_stages', 'stage_channels',
-           'tap_features', 'tap_table', 'make_regressor', 'signed_features', 'regressor_for', 'param_table']
+__all__ = ['UNET_LIKE', 'SMP_UNET_DECODER', 'PRESETS', 'REGRESSOR_RELU', 'STUDENT_SIZES', 'check_arch', 'check_encoder',
+           'check_weights', 'weights_source', 'ModelSpec', 'resolve_specs', 'WeightsUnavailableError', 'hub_reachable',
+           'build_model', 'build_models', 'count_params', 'model_record', 'encoder_stages', 'resolve_stages',
+           'stage_channels', 'tap_features', 'tap_table', 'make_regressor', 'signed_features', 'regressor_for',
+           'param_table', 'student_size', 'preset_size']
 
 # %% ../nbs/03_models.ipynb #880ae9a2
 UNET_LIKE = ('unet', 'unetplusplus', 'manet')  # archs whose `decoder_channels` is one width per encoder stage
@@ -425,3 +426,26 @@ def param_table(
         rows.append(dict(preset=name, student=PRESETS[name]['student'].encoder, teacher=PRESETS[name]['teacher'].encoder,
                          student_M=ns / 1e6, teacher_M=nt / 1e6, regressor_M=nr / 1e6, teacher_per_student=nt / ns))
     return pd.DataFrame(rows).set_index('preset').round(3)
+
+# %% ../nbs/03_models.ipynb #7e282ac7
+STUDENT_SIZES: dict[str, dict] = {
+    'xs': dict(encoder='tu-lcnet_035', decoder_channels=(16, 8, 4, 4, 4)),
+    's': dict(encoder='tu-mobilenetv3_small_050', decoder_channels=(32, 16, 8, 4, 4)),   # the quick presets' student
+    'm': dict(encoder='tu-mobilenetv3_small_075', decoder_channels=(48, 24, 12, 6, 4)),  # the paper preset's student (the paper's 0.82 M)
+    'l': dict(encoder='tu-mobilenetv3_large_075', decoder_channels=(96, 48, 24, 12, 6)),
+}  # named student sizes, smallest first: the ModelSpec fields they set
+
+def student_size(
+    size: str,  # one of STUDENT_SIZES
+    preset: str = 'quick',  # the model preset whose student it replaces (its other fields, e.g. weights, are kept)
+) -> ModelSpec:
+    "The student `ModelSpec` of a named size."
+    if size not in STUDENT_SIZES: raise ValueError(f"student={size!r} is not a student size; expected one of: {', '.join(map(repr, STUDENT_SIZES))}")
+    return resolve_specs(preset, student=STUDENT_SIZES[size])[1]
+
+def preset_size(
+    preset: str,  # one of PRESETS
+) -> str|None:  # the size name, or None if its student is none of them
+    "The `STUDENT_SIZES` name of a preset's own student."
+    s = resolve_specs(preset)[1]
+    return next((k for k, v in STUDENT_SIZES.items() if s == s.replace(**v)), None)

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from .config import ALL_RUNS, NAMED_FIELDS, NAMED_TYPES, PROFILES
 from .distill import TABLE3
+from .models import STUDENT_SIZES, preset_size
 from .files import atomic_write
 from .report import PAPER_TABLE4, _label_key, _quiet_seaborn, _save, paired_test, palette, run_summary, runs_line
 from .stats import bootstrap_ci, fmt_p, holm, run_lift, run_lifts, verdict
@@ -191,7 +192,8 @@ def lift_plot(
 
 # %% ../nbs/10a_sweeps.ipynb #6fd18d17
 def _value_key(field: str, v):
-    "Plot order of a setting's values: stage -1 (the encoder output, the deepest) after the positive stages."
+    "Plot order of a setting's values: stage -1 (the encoder output, the deepest) after the positive stages; student sizes smallest first."
+    if field == 'student': return (0, list(STUDENT_SIZES).index(v) if v in STUDENT_SIZES else len(STUDENT_SIZES))
     return (1, 0) if field == 'stage' and v == -1 else (0, v)
 
 def sweep_table(
@@ -238,7 +240,7 @@ def sweep_plot(
     fig, axes = plt.subplots(1, len(fields), figsize=(4.6 * len(fields), 3.8), squeeze=False)
     for ax, f in zip(axes[0], fields):
         bases = sorted({k[0] for k in dice if len(k[1]) == 1 and k[1][0][0] == f}, key=_label_key)
-        default = PROFILES['quick'][f]
+        default = PROFILES['quick'][f] if f != 'student' else preset_size(PROFILES['quick']['model_preset'])  # the quick student's size: 's'
         parts = []
         for b in bases:
             for k, d in dice.items():

@@ -103,7 +103,7 @@ def build_step(
     device: torch.device|str = 'cpu',  # where the models go
 ) -> nn.Module:  # `Baseline` or `Distiller`; the trained model is `.student`
     "Build the run's model(s) from `torch.manual_seed(cfg.seed)` and wrap them for `fit`."
-    tspec, sspec = resolve_specs(cfg.model_preset, cfg.encoder_weights)
+    tspec, sspec = cfg.specs()
     if cfg.is_kd and teacher is None: raise ValueError(f"run {cfg.label} distils: pass its trained teacher (see kdbus.experiment.ensure_teacher)")
     torch.manual_seed(cfg.seed)
     if cfg.path == 'teacher': return Baseline(build_model(tspec, device), cfg.sup_loss)

@@ -125,3 +125,23 @@ def test_all_kd_runs_of_a_fold_share_one_teacher_config():
     t = ts.pop()
     assert t.label == 'Teacher' and t.fold == 1 and str(t.run_dir).endswith('Teacher/fold1')
     assert t.identity() == resolve_config('quick', path='teacher', fold=1).identity()
+
+
+# ---------------------------------------------------------------- the student size (issue: where does distillation pay?)
+def test_student_size_is_part_of_a_runs_identity_and_name_but_not_its_teachers():
+    from kdbus.models import STUDENT_SIZES
+    c = resolve_config('quick', path='hidden', loss='mse', teacher_aug='weak', student='m')
+    assert c.name == 'H_MSE_WAug+student=m' and c.identity()['student'] == 'm'
+    assert c.specs()[1].encoder == STUDENT_SIZES['m']['encoder'] and c.specs()[0] == resolve_config('quick').specs()[0]  # the same teacher
+    assert c.teacher_config().name == 'Teacher' and c.teacher_config().identity() == resolve_config('quick', path='teacher').identity()
+    assert resolve_config('quick', student='s').student is None and resolve_config('quick', student='s').name == 'L_KLD_WAug'  # the preset's own: one folder
+    assert resolve_config('paper', student='m').student is None and resolve_config('paper', student='s').name == 'L_KLD_WAug+student=s'
+    assert 'student' not in resolve_config('quick', path='teacher', student='l').identity()
+    assert RunConfig.from_json(c.to_json()) == c
+    old = {k: v for k, v in resolve_config('quick').to_dict().items() if k != 'student'}  # a run saved before the field existed
+    assert RunConfig.from_dict(old).student is None
+
+
+@pytest.mark.parametrize('bad', ['xxl', 'M', ''])
+def test_a_bad_student_size_is_refused_with_the_sizes(bad):
+    with pytest.raises(ValueError, match=r"student='.*' is not valid; expected one of: 'xs', 's', 'm', 'l'"): resolve_config('quick', student=bad)

@@ -105,9 +105,11 @@ def test_sweep_report_beside_an_unchanged_table4(sweep):
 
 def test_bad_sweeps_are_refused_before_anything_runs(grid, tmp_path, capsys):
     for args, msg in ((("--sweep", "T=0"), "T=0.0 is out of range"), (("--sweep", "T=1,two"), "T='two' is not a number"),
-                      (("--sweep", "lr=1,2"), "NAME one of T, alpha, stage, kd_axis"), (("--sweep", "stage=7"), "stage=7"),
+                      (("--sweep", "lr=1,2"), "NAME one of T, alpha, stage, kd_axis, student"), (("--sweep", "stage=7"), "stage=7"),
                       (("--sweep", "kd_axis=pixel"), "kd_axis='pixel'"), (("--runs", "Student", "--sweep", "T=2"), "no chosen run uses T"),
-                      (("--seeds", "0,x"), "--seeds '0,x'"), (("--runs", "L_KL"), "'L_KL' is not a run of Table 4")):
+                      (("--seeds", "0,x"), "--seeds '0,x'"), (("--runs", "L_KL"), "'L_KL' is not a run of Table 4"),
+                      (("--sweep", "student=s,xxl"), "student='xxl' is not valid; expected one of: 'xs', 's', 'm', 'l'"),
+                      (("--runs", "Teacher", "--sweep", "student=m"), "student applies to every run but the Teacher")):
         code, err = cli(capsys, "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--out", tmp_path / "g", *args)
         assert code == 2 and msg in err, (args, err[-1500:])
         assert not (tmp_path / "g").exists(), args

@@ -260,3 +260,14 @@ def test_regressor_options_and_errors():
     assert make_regressor(4, 8, hidden_channels=16)[0].out_channels == 16
     with pytest.raises(ValueError, match='odd'): make_regressor(4, 8, kernel_sizes=(2, 1))
     with pytest.raises(ValueError, match='teacher_channels=0'): make_regressor(4, 0)
+
+
+@pytest.mark.parametrize('size,lo,hi', [('xs', 0.1e6, 0.25e6), ('s', 0.38e6, 0.39e6), ('m', 0.80e6, 0.85e6), ('l', 2.5e6, 3.0e6)])
+def test_student_sizes_are_smps_unets_of_their_size(size, lo, hi):
+    "Each named size counts what smp's own U-Net of that encoder and decoder counts (built by smp directly), from about 0.2 M to 2.7 M."
+    from kdbus.models import STUDENT_SIZES, student_size
+    spec = STUDENT_SIZES[size]
+    with torch.device('meta'):
+        ref = smp.create_model('unet', encoder_name=spec['encoder'], encoder_weights=None, decoder_channels=spec['decoder_channels'], classes=2)
+    ours = count_params(build_model(student_size(size), 'meta'))
+    assert ours == count_params(ref) and lo < ours < hi, (size, ours)
