@@ -247,3 +247,18 @@ def test_first_segmenting_epoch_of_each_student_run(script, tmp_path, capsys):
     assert list(mod.main([str(tmp_path), "--runs", "Student"]).run) == ["Student"]
     capsys.readouterr(); mod.main([str(tmp_path), "--runs", "Student", "--each"])
     assert capsys.readouterr().out.splitlines()[-1].split() == ["Student", "fold0", "3", "4"]
+
+
+def test_epoch_profile_splits_an_epoch_into_its_parts(script, tmp_path):
+    "bench/epoch_profile.py: the parts of an epoch add up to it, the teacher's forward is timed only in KD runs, fit is left unwrapped after."
+    import kdbus.train as kt
+    from kdbus.augment import KDDataset
+    prof = script('bench/epoch_profile.py')
+    before = (kt.validate, kt.atomic_save, KDDataset.__getitem__, kt.Selector.update)
+    df = prof.main(['--data', 'synth:n=30', '--epochs', '1', '--runs', 'Student,H_KLD', '--out', str(tmp_path / 'p.md')]).set_index('run')
+    parts = df[list(prof.PARTS)]
+    assert (parts.sum(axis=1) - df.seconds).abs().max() < 1e-9 and (parts[['data', 'validate', 'save']] > 0).all().all()
+    assert df.loc['Student', 'teacher'] == 0 and df.loc['H_KLD', 'teacher'] > 0
+    assert (kt.validate, kt.atomic_save, KDDataset.__getitem__, kt.Selector.update) == before  # the wrappers are gone
+    assert '| H_KLD |' in (tmp_path / 'p.md').read_text()
+    with pytest.raises(SystemExit, match='--epochs 0'): prof.main(['--epochs', '0'])
