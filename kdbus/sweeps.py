@@ -66,6 +66,14 @@ def seeds_table(
     n_seeds = {b: g.seed.nunique() for b, g in runs.items()}
     keys = [b for b in runs if n_seeds[b] > 1 or b == 'Student']  # the replicated rows, and the Student they are compared with
     if not any(n_seeds[b] > 1 for b in keys): return pd.DataFrame()
+    incomplete = {}
+    if 'Student' in runs:  # the reference's design: the folds every Student seed ran; a row is shown once every seed of it ran them
+        have = lambda b: runs[b].groupby('seed').fold.agg(set)
+        ref = set.intersection(*have('Student'))
+        for b in [b for b in keys if b != 'Student']:
+            mine = have(b)  # a seed the Student has and this row has not lacks every fold
+            short = {int(s): sorted(ref - mine.get(s, set())) for s in sorted(set(have('Student').index) | set(mine.index)) if not ref <= mine.get(s, set())}
+            if short: incomplete[b] = short; keys.remove(b)
     folds = common_folds(df, [(b, ()) for b in keys])
     runs = {b: runs[b][runs[b].fold.isin(folds)] for b in keys}  # a seed run on more folds would mix fold differences into the spread
     ref, own = runs.get('Student'), int(df.seed[[settings_of(l)[2] is None for l in df.label]].iloc[0])
@@ -92,8 +100,9 @@ def seeds_table(
     decide = t.p_holm.where(t.model.isin(TABLE3), t.p)  # the Teacher (outside the family): its own p
     t['verdict'] = ['-' if m == 'Student' else ('lifts' if l > 0 else 'lowers') if q < 0.05 else 'not shown'
                     for m, l, q in zip(t.model, t.lift, decide)]
-    t.attrs['own_seed'] = own
-    return t[cols]
+    t = t[cols]
+    t.attrs.update(own_seed=own, incomplete=incomplete)
+    return t
 
 def common_folds(
     df: pd.DataFrame,  # `kdbus.report.collect`'s rows
@@ -153,6 +162,11 @@ def seeds_markdown(
              "Wilcoxon signed-rank p (two-sided, paired by fold and image), uncorrected, as Table 4 and the paper report them. It "
              "ignores run-to-run variance. The CSV also keeps `p_per_image`, the Wilcoxon test on seed-averaged per-image Dice of "
              "kdbus's earlier seed table (it ignores run variance too)."]
+    if t.attrs.get('incomplete'):
+        lines += ["- **left out until their replicates are complete** (a row is shown once every seed of it has run every fold the "
+                  "Student's seeds ran; a partial row would shrink the whole table to the folds it shares): "
+                  + '; '.join(f"{m} (" + ', '.join(f"seed {s} lacks fold {','.join(map(str, f))}" for s, f in short.items()) + ")"
+                              for m, short in t.attrs['incomplete'].items())]
     if runs is not None and len(runs): lines += [runs_line(runs)]
     notes = [f"  - {m}: {n}" for m, n in zip(t.model, t.note) if isinstance(n, str) and n]
     if notes: lines += ["- notes:"] + notes
