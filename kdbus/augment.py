@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .checks import check_choice
+
 # %% auto #0
 __all__ = ['TeacherAug', 'TEACHER_AUGS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'check_teacher_aug', 'AugSettings', 'crop_transforms',
            'strong_transforms', 'normalize_transform', 'seed_compose', 'weak_aug', 'strong_aug', 'normalize',
@@ -31,10 +33,7 @@ def check_teacher_aug(
     teacher_aug,  # the value given
 ) -> str:
     "Return `teacher_aug` if it is 'strong' or 'weak', else raise a `ValueError` listing the choices."
-    if not isinstance(teacher_aug, str) or teacher_aug not in TEACHER_AUGS:
-        raise ValueError(f"teacher_aug={teacher_aug!r} is not valid; expected one of: "
-                         f"{', '.join(map(repr, TEACHER_AUGS))}")
-    return teacher_aug
+    return check_choice('teacher_aug', teacher_aug, TEACHER_AUGS)
 
 # %% ../nbs/02_augment.ipynb #67c82ba1
 def _pair(name, v, lo=-np.inf, hi=np.inf):

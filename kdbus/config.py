@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .augment import TEACHER_AUGS
+from .checks import check_choice
 from .data import DataError, parse_spec
 from .distill import KD_PATHS, TABLE3, parse_run_name, run_name
 from .losses import KD_LOSSES, SUP_LOSSES
@@ -62,10 +63,6 @@ PROFILES: dict[str, dict] = {
 DATA_EPOCHS: dict[tuple[str, str], int] = {('quick', 'synth'): 90}  # (profile, data kind): its measured epoch budget where it differs from the profile's
 
 # %% ../nbs/06_config.ipynb #2c008808
-def _choice(name, v, allowed):
-    if v not in allowed: raise ValueError(f"{name}={v!r} is not valid; expected one of: {', '.join(map(repr, allowed))}")
-    return v
-
 def _int(name, v, lo=None, hi=None, what=''):
     if isinstance(v, bool) or not isinstance(v, numbers.Integral): raise ValueError(f"{name}={v!r} must be an integer{what}")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
@@ -133,10 +130,10 @@ class RunConfig:
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
-        _choice('profile', self.profile, tuple(PROFILES))
-        _choice('path', self.path, RUN_PATHS)
-        if self.loss is not None: _choice('loss', self.loss, KD_LOSSES)
-        if self.teacher_aug is not None: _choice('teacher_aug', self.teacher_aug, TEACHER_AUGS)
+        check_choice('profile', self.profile, tuple(PROFILES))
+        check_choice('path', self.path, RUN_PATHS)
+        if self.loss is not None: check_choice('loss', self.loss, KD_LOSSES)
+        if self.teacher_aug is not None: check_choice('teacher_aug', self.teacher_aug, TEACHER_AUGS)
         if self.is_kd:
             if self.loss is None: raise ValueError(f"loss=None: path={self.path!r} distils, so it needs a loss: one of {', '.join(map(repr, KD_LOSSES))}")
             if self.teacher_aug is None: raise ValueError(f"teacher_aug=None: path={self.path!r} distils, so it needs one of {', '.join(map(repr, TEACHER_AUGS))}")
@@ -155,13 +152,13 @@ class RunConfig:
         if self.size % 32: raise ValueError(f"size={self.size} must be a multiple of 32 (the U-Nets halve the image 5 times), e.g. {max(32, round(self.size / 32) * 32)}")
         for k in ('batch_size', 'epochs', 'patience'): set_(k, _int(k, getattr(self, k), 1))
         set_('lr', _float('lr', self.lr, 0, lo_open=True))
-        _choice('lr_schedule', self.lr_schedule, LR_SCHEDULES)
+        check_choice('lr_schedule', self.lr_schedule, LR_SCHEDULES)
         set_('warmup_epochs', _int('warmup_epochs', self.warmup_epochs, 0, self.epochs, f" (at most epochs={self.epochs})"))
-        _choice('select', self.select, SELECT_RULES)
-        _choice('model_preset', self.model_preset, tuple(PRESETS))
+        check_choice('select', self.select, SELECT_RULES)
+        check_choice('model_preset', self.model_preset, tuple(PRESETS))
         if isinstance(self.encoder_weights, str) and self.encoder_weights.lower() == 'none': set_('encoder_weights', None)
         if self.student is not None:
-            _choice('student', self.student, tuple(STUDENT_SIZES))
+            check_choice('student', self.student, tuple(STUDENT_SIZES))
             if resolve_specs(self.model_preset, student=STUDENT_SIZES[self.student])[1] == resolve_specs(self.model_preset)[1]:
                 set_('student', None)  # the preset's own student: one canonical form, one run folder
         self.specs()  # raises, listing the weights, if the encoders have no such weights
@@ -176,16 +173,16 @@ class RunConfig:
             (depth,) = depths
             if self.stage == depth: set_('stage', -1)
             elif -depth <= self.stage < -1: set_('stage', depth + 1 + self.stage)
-        _choice('kd_axis', self.kd_axis, KD_AXES)
-        _choice('regressor_relu', self.regressor_relu, REGRESSOR_RELU)
-        _choice('teacher_train_aug', self.teacher_train_aug, TEACHER_TRAIN_AUGS)
-        _choice('sup_loss', self.sup_loss, SUP_LOSSES)
+        check_choice('kd_axis', self.kd_axis, KD_AXES)
+        check_choice('regressor_relu', self.regressor_relu, REGRESSOR_RELU)
+        check_choice('teacher_train_aug', self.teacher_train_aug, TEACHER_TRAIN_AUGS)
+        check_choice('sup_loss', self.sup_loss, SUP_LOSSES)
         if not isinstance(self.device, str): raise ValueError(f"device={self.device!r} must be 'auto' or a torch device string such as 'cpu' or 'cuda:0'")
         if self.device != 'auto':
             try: torch.device(self.device)
             except (RuntimeError, ValueError): raise ValueError(f"device={self.device!r} is not a device; expected 'auto', 'cpu', 'cuda', 'cuda:0', ...") from None
         if self.num_workers is not None: set_('num_workers', _int('num_workers', self.num_workers, 0))
-        _choice('amp', self.amp, AMP_MODES); _choice('channels_last', self.channels_last, SWITCHES)
+        check_choice('amp', self.amp, AMP_MODES); check_choice('channels_last', self.channels_last, SWITCHES)
 
     def specs(self):
         "The run's teacher and student `ModelSpec`: the model preset, `encoder_weights`, then the `student` size."
@@ -273,7 +270,7 @@ def resolve_config(
     **overrides,  # RunConfig fields to change; None keeps the profile's value
 ) -> RunConfig:
     "The checked `RunConfig` of `profile` with `overrides` applied."
-    _choice('profile', profile, tuple(PROFILES))
+    check_choice('profile', profile, tuple(PROFILES))
     bad = [k for k in overrides if k not in _FIELDS or k == 'profile']
     if bad: raise ValueError(f"unknown parameter(s) {bad}; RunConfig fields: {', '.join(f for f in _FIELDS if f != 'profile')}")
     values = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}, 'profile': profile}

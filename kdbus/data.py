@@ -22,7 +22,8 @@ __all__ = ['KINDS', 'IMAGE_EXTS', 'MASK_SUFFIXES', 'BUSI_CLASSES', 'DUPLICATE_TH
            'read_labels', 'Case', 'natural_key', 'scan_cases', 'list_cases', 'find_problems', 'Fingerprint',
            'fingerprint', 'read_fingerprint', 'similarity', 'scored_pairs', 'group_ids', 'duplicate_pairs',
            'duplicate_groups', 'DuplicateGroup', 'group_duplicates', 'fold_groups', 'DataSummary', 'check_data',
-           'format_summary', 'Fold', 'make_folds', 'read_splits', 'spec_test_folds', 'SegData', 'load_data']
+           'format_summary', 'Fold', 'make_folds', 'read_splits', 'spec_test_folds', 'SegData', 'resize_image',
+           'load_data']
 
 # %% ../nbs/01_data.ipynb #ccef39e1
 @dataclass(frozen=True)
@@ -808,7 +809,7 @@ class SegData:
         return SegData(self.images[idx], self.masks[idx], [self.ids[i] for i in idx], [self.labels[i] for i in idx],
                        [self.sizes[i] for i in idx] if self.sizes else [])
 
-def _resize(a: np.ndarray, size: int) -> np.ndarray:
+def resize_image(a: np.ndarray, size: int) -> np.ndarray:
     "Resize float32 H x W (x C) to size x size: area when shrinking, bilinear otherwise."
     h, w = a.shape[:2]
     return cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA if size <= h and size <= w else cv2.INTER_LINEAR)
@@ -825,9 +826,9 @@ def load_data(data: str|DataSpec|Sequence[Case], # a data set spec, or cases fro
     def one(c: Case):
         r = _read_case(c)
         if r.errors: raise DataError(r.errors[0].message, r.errors[0].file)
-        img = _resize(r.image.astype(np.float32) / 255.0, size)
+        img = resize_image(r.image.astype(np.float32) / 255.0, size)
         if img.ndim == 2: img = np.repeat(img[..., None], 3, axis=2)
-        mask = (_resize(r.mask.astype(np.float32), size) >= 0.5).astype(np.uint8)
+        mask = (resize_image(r.mask.astype(np.float32), size) >= 0.5).astype(np.uint8)
         if r.mask.any() and not mask.any(): r.notes.append(Problem(c.masks[0], f"lesion vanished when resized to {size} x {size}"))
         return np.clip(img, 0, 1), mask, r.image.shape[:2], r.notes
     workers = workers or min(8, os.cpu_count() or 1)

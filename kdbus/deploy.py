@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 import kdbus
 from .augment import IMAGENET_MEAN, IMAGENET_STD, normalize
-from .data import IMAGE_EXTS, MASK_SUFFIXES, DataError, _resize, natural_key, read_image
+from .data import IMAGE_EXTS, MASK_SUFFIXES, DataError, resize_image, natural_key, read_image
 from .models import PRESETS, ModelSpec, build_model, count_params
 from .files import atomic_write, temp_path
 
@@ -431,7 +431,7 @@ def prepare(
     size: int,  # the model's side S
 ) -> np.ndarray:  # float32 S x S x 3 in [0, 1]
     "An image as `kdbus.data.load_data` makes it: float in [0, 1], resized to S x S (area when shrinking)."
-    return np.clip(_resize(image.astype(np.float32) / 255.0, size), 0, 1)
+    return np.clip(resize_image(image.astype(np.float32) / 255.0, size), 0, 1)
 
 def predict_paths(
     seg: Segmenter,  # from `load_segmenter`

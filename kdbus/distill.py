@@ -10,6 +10,7 @@ import torch
 from torch import nn, Tensor
 
 from .augment import TEACHER_AUGS, check_teacher_aug, carry_to_student
+from .checks import check_choice
 from .models import resolve_stages, stage_channels, regressor_for, tap_features, count_params
 from .losses import KD_LOSSES, SOFTMAX_AXES, SUP_LOSSES, KDLosses, distill_loss, sup_loss, total_loss
 
@@ -21,18 +22,13 @@ KDPath = Literal['logits', 'hidden', 'hidden_regressor']  # Figure 1 A (L), B (H
 KD_PATHS: tuple[str, ...] = get_args(KDPath)
 PATH_PREFIX = {'logits': 'L', 'hidden': 'H', 'hidden_regressor': 'HReg'}  # Table 3's notation
 
-def _check(value, allowed, name):
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not valid; expected one of: {', '.join(map(repr, allowed))}")
-    return value
-
 def run_name(
     path: KDPath,  # 'logits', 'hidden' or 'hidden_regressor'
     loss: str,  # 'mse' or 'kld'
     teacher_aug: str,  # 'strong' or 'weak'
 ) -> str:  # Table 3's notation, e.g. 'L_KLD_WAug'
     "The paper's name of the experiment (path, loss, teacher_aug)."
-    _check(path, KD_PATHS, 'path'); _check(loss, KD_LOSSES, 'loss'); check_teacher_aug(teacher_aug)
+    check_choice('path', path, KD_PATHS); check_choice('loss', loss, KD_LOSSES); check_teacher_aug(teacher_aug)
     return f"{PATH_PREFIX[path]}_{loss.upper()}" + ("_WAug" if teacher_aug == 'weak' else "")
 
 def parse_run_name(
@@ -65,10 +61,10 @@ class Distiller(nn.Module):
                  sup: str = 'ce',  # L_sup: 'ce' (the paper) or 'dice_ce' (`kdbus.losses.sup_loss`)
                 ):
         super().__init__()
-        self.path, self.loss = _check(path, KD_PATHS, 'path'), _check(loss, KD_LOSSES, 'loss')
-        self.teacher_aug, self.axis = check_teacher_aug(teacher_aug), _check(axis, SOFTMAX_AXES, 'axis')
+        self.path, self.loss = check_choice('path', path, KD_PATHS), check_choice('loss', loss, KD_LOSSES)
+        self.teacher_aug, self.axis = check_teacher_aug(teacher_aug), check_choice('axis', axis, SOFTMAX_AXES)
         if not 0 <= alpha <= 1: raise ValueError(f"alpha={alpha!r} must be in [0, 1] (the paper: 0.5)")
-        self.alpha, self.T, self.sup = float(alpha), float(T), _check(sup, SUP_LOSSES, 'sup')
+        self.alpha, self.T, self.sup = float(alpha), float(T), check_choice('sup', sup, SUP_LOSSES)
         if regressor is not None and path != 'hidden_regressor':
             raise ValueError(f"a regressor is used by path='hidden_regressor' only, not path={path!r}")
         object.__setattr__(self, 'teacher', teacher)  # not a sub-module: never trained, never saved with the student

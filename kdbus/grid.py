@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ALL_RUNS, NAMED_TYPES
-from .jobs import (ATTEMPTS_NAME, LOCK_NAME, STALE_AFTER, Job, LockLost, RunLocked, _reason, attempts, check_compatible,
+from .jobs import (ATTEMPTS_NAME, LOCK_NAME, STALE_AFTER, Job, LockLost, RunLocked, error_reason, attempts, check_compatible,
                         execute_job, lock_is_stale, lock_owner, run_folder_lock, run_job, run_notebook, run_params, run_status)
 
 # %% auto #0
@@ -210,7 +210,7 @@ def schedule(
             continue
         for h, err, info in executor.wait(list(running)):
             j = running.pop(h); ended.add(j)
-            if err is not None: res.failed.append((j.label, j.fold, _reason(err))); log(f"{tags[j]}: FAILED ({_reason(err)})"); continue
+            if err is not None: res.failed.append((j.label, j.fold, error_reason(err))); log(f"{tags[j]}: FAILED ({error_reason(err)})"); continue
             ok.add(j)
             if info and info.get('status') == 'complete':
                 res.skipped.append((j.label, j.fold)); log(f"{tags[j]}: completed meanwhile by another process, skipped"); continue
@@ -304,6 +304,6 @@ def run_grid(
         from kdbus.report import write_report
         try:
             for p in write_report(out): log(f"wrote {p}")
-        except Exception as e: res.failed.append(('report', -1, _reason(e)))
+        except Exception as e: res.failed.append(('report', -1, error_reason(e)))
     log(res.summary())
     return res

@@ -14,7 +14,7 @@ from .config import label_params
 # %% auto #0
 __all__ = ['LOCK_NAME', 'STALE_AFTER', 'ATTEMPTS_NAME', 'run_params', 'Job', 'run_status', 'check_compatible', 'run_notebook',
            'IPCKernelManager', 'execute_job', 'RunLocked', 'LockLost', 'lock_owner', 'lock_is_stale', 'run_folder_lock',
-           'attempts', 'run_job']
+           'attempts', 'run_job', 'error_reason']
 
 # %% ../nbs/10c_jobs.ipynb #7057e3b9
 def run_params(
@@ -228,11 +228,11 @@ def run_job(
         t = time.time()
         try: execute(job, out)
         except BaseException as e:
-            _log_attempt(d, event='failed', seconds=round(time.time() - t, 3), error=_reason(e), **who); raise
+            _log_attempt(d, event='failed', seconds=round(time.time() - t, 3), error=error_reason(e), **who); raise
         _log_attempt(d, event='done', seconds=round(time.time() - t, 3), **who)
     return dict(status='done', seconds=time.time() - t, **who)
 
-def _reason(e: BaseException) -> str:
+def error_reason(e: BaseException) -> str:
     "The last informative line of an error (papermill's carry the notebook's traceback)."
     lines = [l for l in str(e).strip().splitlines() if l.strip()]
     named = [l for l in lines if 'Error' in l or 'Exception' in l]

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from segmentation_models_pytorch.losses import DiceLoss
 from torch import Tensor
 
+from .checks import check_choice
+
 # %% auto #0
 __all__ = ['KDLoss', 'KD_LOSSES', 'SoftmaxAxis', 'SOFTMAX_AXES', 'SUP_LOSSES', 'check_values', 'sup_loss', 'align_channels',
            'resize_to', 'align_pair', 'distill_loss', 'KDLosses', 'total_loss']
@@ -22,16 +24,6 @@ KDLoss = Literal['mse', 'kld']  # the paper's two distillation losses (Table 3)
 KD_LOSSES: tuple[str, ...] = get_args(KDLoss)
 SoftmaxAxis = Literal['channel', 'spatial']  # KLD over channels at each pixel, or over pixels per channel
 SOFTMAX_AXES: tuple[str, ...] = get_args(SoftmaxAxis)
-
-def _check_choice(
-    value,  # the value given
-    allowed: tuple,  # the allowed values
-    name: str,  # the parameter's name, for the message
-):
-    "Return `value` if it is one of `allowed`, else raise a `ValueError` listing them."
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not valid; expected one of: {', '.join(map(repr, allowed))}")
-    return value
 
 def _check_map(x, name: str):
     "Raise unless `x` is a floating-point B x C x H x W tensor."
@@ -60,7 +52,7 @@ def sup_loss(
     kind: str = 'ce',  # 'ce': the paper's cross-entropy; 'dice_ce': cross-entropy + soft Dice loss of the lesion class
 ) -> Tensor:  # scalar float32: cross-entropy averaged over the B*H*W pixels (+ the batch's soft Dice loss)
     "The paper's `L_sup`: pixel-wise cross-entropy of `logits` against `mask` (`kind='dice_ce'`: plus the lesion's soft Dice loss)."
-    _check_choice(kind, SUP_LOSSES, 'kind')
+    check_choice('kind', kind, SUP_LOSSES)
     _check_map(logits, 'logits')
     B, K, H, W = logits.shape
     if K < 2: raise ValueError(f"logits must have at least 2 classes (background, lesion) on axis 1, got shape {tuple(logits.shape)}")
@@ -151,7 +143,7 @@ def distill_loss(
     axis: SoftmaxAxis='channel',  # 'kld' softmax: over channels at each pixel, or over pixels per channel map
 ) -> Tensor:  # scalar float32, comparable across image and batch sizes
     "The paper's `L_distill` between a student and a teacher output, after `align_pair`."
-    _check_choice(kind, KD_LOSSES, 'kind'); _check_choice(axis, SOFTMAX_AXES, 'axis')
+    check_choice('kind', kind, KD_LOSSES); check_choice('axis', axis, SOFTMAX_AXES)
     if isinstance(T, bool) or not isinstance(T, numbers.Real) or not math.isfinite(T) or T <= 0:
         raise ValueError(f"T={T!r} must be a finite number > 0 (the softmax temperature, default 1)")
     _check_map(student, 'student')

@@ -24,11 +24,11 @@ from .distill import TABLE3, parse_run_name
 __all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_PAIRS', 'DATA_CITATIONS', 'RUN_COLS',
            'SPLIT_FIELDS', 'SETTING_COLS', 'CONVERGED_SHARE', 'FINDINGS_RULE', 'FINDINGS_COLS', 'FIGURE2_RULE',
            'HISTORY_COLS', 'SELECT_WORDS', 'SUP_WORDS', 'REPORT_FILES', 'README_BLOCK', 'BLOCK_FILES', 'ReportWarning',
-           'stars', 'data_citation', 'find_runs', 'read_metrics', 'run_config', 'split_of', 'check_one_split',
-           'run_settings', 'collect', 'run_summary', 'runs_line', 'paired_test', 'table4', 'table4_markdown',
-           'paper_setting', 'findings', 'choose_figure2_image', 'load_run_images', 'figure2', 'palette',
-           'dice_distribution', 'read_history', 'learning_curves', 'loss_terms', 'write_report', 'table4_table',
-           'sync_readme', 'plot_history', 'plot_dice', 'plot_overlays']
+           'stars', 'data_citation', 'label_key', 'find_runs', 'read_metrics', 'run_config', 'split_of',
+           'check_one_split', 'run_settings', 'collect', 'run_summary', 'runs_line', 'paired_test', 'table4',
+           'table4_markdown', 'paper_setting', 'findings', 'choose_figure2_image', 'load_run_images', 'figure2',
+           'palette', 'quiet_seaborn', 'dice_distribution', 'read_history', 'learning_curves', 'loss_terms',
+           'save_figure', 'write_report', 'table4_table', 'sync_readme', 'plot_history', 'plot_dice', 'plot_overlays']
 
 # %% ../nbs/10_report.ipynb #07d61946
 from .config import ALL_RUNS, NAMED_FIELDS, PROFILES  # Table 4's rows (and run folder names), in the paper's order
@@ -84,7 +84,7 @@ def data_citation(data: str, # a data set spec, e.g. 'busi:/data/BUSI'
 RUN_COLS = ('params', 'regressor_params', 'best_epoch', 'epochs_run', 'seconds', 'stopped', 'collapsed', 'fake')  # metrics.json fields `collect` adds to each row
 _FOLD = re.compile(r'fold(\d+)')
 
-def _label_key(label: str) -> tuple:
+def label_key(label: str) -> tuple:
     "Sort key: Table 4's order, then other labels by name."
     return (ALL_RUNS.index(label), '') if label in ALL_RUNS else (len(ALL_RUNS), label)
 
@@ -102,7 +102,7 @@ def find_runs(results_dir: str|Path, # the results folder OUT
     if not root.is_dir():
         raise FileNotFoundError(f"results_dir={str(root)!r} is not a folder; expected a results folder holding <label>/fold<k>/ run folders")
     runs = [p for p in root.glob('*/fold*') if p.is_dir() and _FOLD.fullmatch(p.name) and not p.parent.name.startswith(('.', '_'))]
-    runs.sort(key=lambda p: (_label_key(p.parent.name), int(p.name[4:])))
+    runs.sort(key=lambda p: (label_key(p.parent.name), int(p.name[4:])))
     done = [p for p in runs if (p/'metrics.json').is_file()]
     return done, [p for p in runs if not (p/'metrics.json').is_file()]
 
@@ -251,7 +251,7 @@ def table4(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s Da
     "Table 4 of a results folder: DSC (%) over all test images of all folds, paired p-values, parameters, the paper's values."
     df = _frame(results)
     if df.empty: raise ValueError(f"no complete run (no OUT/<label>/fold<k>/metrics.json) in {df.attrs.get('results_dir', results)!s}")
-    labels = sorted(df.label.unique(), key=_label_key)
+    labels = sorted(df.label.unique(), key=label_key)
     dice = {l: g.set_index(['fold', 'id'])['dice'].astype(float) for l, g in df.groupby('label')}
     rows = []
     for l in labels:
@@ -430,7 +430,7 @@ def choose_figure2_image(df: pd.DataFrame, # from `collect`
                         ) -> tuple[int, str]:
     "The (fold, id) Figure 2 shows, by `FIGURE2_RULE` (deterministic, representative)."
     if df.empty: raise ValueError("no complete run to choose a Figure 2 image from")
-    labels = sorted(df.label.unique(), key=_label_key)
+    labels = sorted(df.label.unique(), key=label_key)
     keys = [set(zip(g.fold, g.id)) for _, g in df.groupby('label')]
     common = set.intersection(*keys)
     if not common: raise ValueError("no test image was predicted by every run; give one: figure2(results, image=..., fold=...)")
@@ -497,7 +497,7 @@ def figure2(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s D
         elif fold not in tested: raise ValueError(f"image={image!r} was tested in fold(s) {tested}, not fold={fold!r}")
     sel = df[(df.fold == fold) & (df.id == image)]
     runs = {r.label: (Path(r.run_dir), r.dice) for r in sel.itertuples()}
-    first = runs[next(l for l in sorted(runs, key=_label_key))][0]
+    first = runs[next(l for l in sorted(runs, key=label_key))][0]
     ids, masks = load_predictions(first/'predictions.npz')
     shape = masks.shape[1:]
     imgs, gts, why = _images_or_blank(first, [image], shape)
@@ -533,7 +533,7 @@ def palette(labels: Sequence[str] = ALL_RUNS, # run labels
     return {**{l: base[l] for l in labels if l in base}, **dict(zip(extra, sns.color_palette('husl', max(1, len(extra)))))}
 
 @contextmanager
-def _quiet_seaborn():
+def quiet_seaborn():
     "Silence seaborn 0.13's call of boxplot(vert=...), deprecated by matplotlib 3.11 (seaborn's to fix, not ours)."
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='vert: bool was deprecated')
@@ -545,9 +545,9 @@ def dice_distribution(results: str|Path|pd.DataFrame, # a results folder, or `co
     df = _frame(results)
     if df.empty: raise ValueError("no complete run to plot")
     d = df.assign(DSC=100 * df.dice.astype(float))
-    order = sorted(d.label.unique(), key=_label_key)
+    order = sorted(d.label.unique(), key=label_key)
     fig, ax = plt.subplots(figsize=(max(6, 0.62 * len(order) + 2), 4.8), layout='constrained')
-    with _quiet_seaborn():
+    with quiet_seaborn():
         sns.boxplot(data=d, x='label', y='DSC', order=order, hue='label', hue_order=order, palette=palette(order),
                     showfliers=False, width=0.6, legend=False, ax=ax)
     sns.stripplot(data=d, x='label', y='DSC', order=order, color='k', size=2.5, alpha=0.45, jitter=0.2, ax=ax)
@@ -597,7 +597,7 @@ def learning_curves(results: str|Path|pd.DataFrame, # a results folder, or `coll
     if df.empty: raise ValueError("no complete run to plot")
     h = _histories(df).assign(val_dsc=lambda x: 100 * x.val_dice.astype(float))
     sup, select = _runs_say(df, 'sup_loss', SUP_WORDS), _runs_say(df, 'select', SELECT_WORDS)
-    order, folds = sorted(h.label.unique(), key=_label_key), sorted(h.fold.unique())
+    order, folds = sorted(h.label.unique(), key=label_key), sorted(h.fold.unique())
     fig, axes = plt.subplots(2, len(folds), figsize=(4.2 * len(folds) + 2.2, 6.4), squeeze=False, sharex='col', layout='constrained')
     for j, f in enumerate(folds):
         for i, (col, name) in enumerate((('val_loss', f"validation loss ({sup})"), ('val_dsc', 'validation DSC (%)'))):
@@ -617,7 +617,7 @@ def loss_terms(results: str|Path|pd.DataFrame, # a results folder, or `collect`'
     df = _frame(results)
     if df.empty: raise ValueError("no complete run to plot")
     kd = df[df.label.isin(TABLE3)]
-    labels = sorted(kd.label.unique(), key=_label_key)
+    labels = sorted(kd.label.unique(), key=label_key)
     ncols = 4
     nrows = max(1, math.ceil(len(labels) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.5 * nrows + 0.6), squeeze=False, layout='constrained')
@@ -642,7 +642,7 @@ def loss_terms(results: str|Path|pd.DataFrame, # a results folder, or `collect`'
 REPORT_FILES = ('table4.csv', 'table4.md', 'figure2.png', 'figure2.pdf', 'dice_distribution.png',
                 'learning_curves.png', 'loss_terms.png', 'runs.csv')  # what `write_report` writes
 
-def _save(fig: Figure, path: Path, dpi: int = 150):
+def save_figure(fig: Figure, path: Path, dpi: int = 150):
     tmp = temp_path(path, path.suffix)  # unique per writer; savefig picks the format from the suffix
     fig.savefig(tmp, dpi=dpi, bbox_inches='tight', format=path.suffix[1:])
     os.replace(tmp, path)
@@ -667,7 +667,7 @@ def write_report(results_dir: str|Path, # the results folder OUT
     paths = [out/n for n in REPORT_FILES]
     fig = figure2(df, image=image, fold=fold, show_image=show_image)
     try:
-        _save(fig, paths[2]); _save(fig, paths[3])
+        save_figure(fig, paths[2]); save_figure(fig, paths[3])
     finally: plt.close(fig)
     runs = run_summary(df)
     atomic_write(paths[0], t.to_csv(index=False))
@@ -675,7 +675,7 @@ def write_report(results_dir: str|Path, # the results folder OUT
     atomic_write(paths[7], runs.to_csv(index=False))
     for make, path in zip((dice_distribution, learning_curves, loss_terms), paths[4:]):
         fig = make(df)
-        try: _save(fig, path, dpi=120)
+        try: save_figure(fig, path, dpi=120)
         finally: plt.close(fig)
     return paths + write_sweep_report(everything, out)
 
@@ -741,7 +741,7 @@ def plot_dice(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
     d = pi.assign(DSC=100 * pi.dice.astype(float), cls=pi['class'].replace('', 'unlabelled'))
     order = sorted(d.cls.unique())
     fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(order) + 2), 3.8), layout='constrained')
-    with _quiet_seaborn(): sns.boxplot(data=d, x='cls', y='DSC', order=order, color='0.85', showfliers=False, width=0.5, ax=ax)
+    with quiet_seaborn(): sns.boxplot(data=d, x='cls', y='DSC', order=order, color='0.85', showfliers=False, width=0.5, ax=ax)
     sns.stripplot(data=d, x='cls', y='DSC', order=order, color='k', size=3.5, alpha=0.6, jitter=0.15, ax=ax)
     ax.axhline(d.DSC.mean(), color='tab:red', ls='--', lw=1, label=f"mean {d.DSC.mean():.1f} %")
     ax.set(xlabel='class', ylabel='DSC (%) per test image', ylim=(-3, 103))

@@ -16,7 +16,7 @@ from .config import ALL_RUNS, NAMED_FIELDS, NAMED_TYPES, PROFILES
 from .distill import TABLE3
 from .models import STUDENT_SIZES, preset_size
 from .files import atomic_write
-from .report import PAPER_TABLE4, _label_key, _quiet_seaborn, _save, paired_test, palette, run_summary, runs_line
+from .report import PAPER_TABLE4, label_key, quiet_seaborn, save_figure, paired_test, palette, run_summary, runs_line
 from .stats import bootstrap_ci, fmt_p, holm, run_lift, run_lifts, verdict
 
 # %% auto #0
@@ -56,7 +56,7 @@ def paper_setting_runs(
     key = [settings_of(l) for l in df.label]
     keep = np.array([not named and base in ALL_RUNS for base, named, _ in key], dtype=bool)
     rows = df[keep].assign(row=[k[0] for k, ok in zip(key, keep) if ok])
-    return {b: g.drop(columns='row') for b, g in sorted(rows.groupby('row'), key=lambda x: _label_key(x[0]))}
+    return {b: g.drop(columns='row') for b, g in sorted(rows.groupby('row'), key=lambda x: label_key(x[0]))}
 
 def seeds_table(
     df: pd.DataFrame,  # `kdbus.report.collect`'s rows
@@ -218,7 +218,7 @@ def sweep_table(
     swept = [k for k in dice if k[1]]
     if not swept: return pd.DataFrame()
     rows = []
-    for key in sorted({(b, ()) for b, _ in swept if (b, ()) in dice} | set(swept), key=lambda k: (_label_key(k[0]), len(k[1]), str(k[1]))):
+    for key in sorted({(b, ()) for b, _ in swept if (b, ()) in dice} | set(swept), key=lambda k: (label_key(k[0]), len(k[1]), str(k[1]))):
         base, named = key
         x = 100 * dice[key]
         lo, hi = bootstrap_ci(x)
@@ -253,7 +253,7 @@ def sweep_plot(
     if not fields: raise ValueError("no run varies a single setting: nothing to plot")
     fig, axes = plt.subplots(1, len(fields), figsize=(4.6 * len(fields), 3.8), squeeze=False)
     for ax, f in zip(axes[0], fields):
-        bases = sorted({k[0] for k in dice if len(k[1]) == 1 and k[1][0][0] == f}, key=_label_key)
+        bases = sorted({k[0] for k in dice if len(k[1]) == 1 and k[1][0][0] == f}, key=label_key)
         default = PROFILES['quick'][f] if f != 'student' else preset_size(PROFILES['quick']['model_preset'])  # the quick student's size: 's'
         parts = []
         for b in bases:
@@ -266,7 +266,7 @@ def sweep_plot(
         data = pd.concat(parts, ignore_index=True)
         order = sorted(data.value.unique(), key=lambda v: _value_key(f, v))
         data['value'] = pd.Categorical(data.value, categories=order, ordered=True)
-        with _quiet_seaborn():
+        with quiet_seaborn():
             sns.pointplot(data=data, x='value', y='dsc', hue='run', hue_order=bases, palette=palette(bases), errorbar=('ci', 95),
                           seed=0, n_boot=2000, dodge=0.25 if len(bases) > 1 else False, capsize=0.08, ax=ax)
         ticks = [f"{v:g}" if isinstance(v, float) else str(v) for v in order]
@@ -329,7 +329,7 @@ def write_sweep_report(
         written += [out/'sweep.csv', out/'sweep.md']
         if st.field.isin(NAMED_FIELDS).any():
             fig = sweep_plot(df)
-            try: _save(fig, out/'sweep.png', dpi=110)
+            try: save_figure(fig, out/'sweep.png', dpi=110)
             finally: plt.close(fig)
             written.append(out/'sweep.png')
     tt = seeds_table(df)
@@ -339,7 +339,7 @@ def write_sweep_report(
         written += [out/'table4_seeds.csv', out/'table4_seeds.md']
         if 'Student' in set(tt.model) and (tt.model != 'Student').any():  # lifts are over the Student
             fig = lift_plot(df)
-            try: _save(fig, out/'lifts.png', dpi=110)
+            try: save_figure(fig, out/'lifts.png', dpi=110)
             finally: plt.close(fig)
             written.append(out/'lifts.png')
     return written

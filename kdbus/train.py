@@ -21,7 +21,8 @@ from .files import atomic_save, atomic_write
 from .config import LEGACY_FIELDS, RunConfig
 from .data import SegData
 from .distill import Distiller
-from .losses import SUP_LOSSES, KDLosses, _check_choice, check_values, sup_loss
+from .checks import check_choice
+from .losses import SUP_LOSSES, KDLosses, check_values, sup_loss
 from .models import ModelSpec, build_model, count_params, resolve_specs
 
 # %% auto #0
@@ -86,7 +87,7 @@ class Baseline(nn.Module):
                  sup: str = 'ce',  # L_sup: 'ce' (the paper) or 'dice_ce' (`kdbus.losses.sup_loss`)
                 ):
         super().__init__()
-        self.student, self.sup = model, _check_choice(sup, SUP_LOSSES, 'sup')
+        self.student, self.sup = model, check_choice('sup', sup, SUP_LOSSES)
 
     def forward(self,
                 batch: dict[str, Tensor],  # from `KDDataset`: student (the model's input) and mask
