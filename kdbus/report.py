@@ -34,7 +34,7 @@ __all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_
 from .config import ALL_RUNS, NAMED_FIELDS, PROFILES  # Table 4's rows (and run folder names), in the paper's order
 from .evaluate import PER_IMAGE_COLUMNS, hd95, load_predictions, read_per_image  # the run files' readers (checked)
 from .files import atomic_write, temp_path
-from .stats import fmt_p, holm, run_lift, signed_stars, verdict  # the statistics (08a_stats)
+from .stats import complete_rows, fmt_p, holm, run_lift, signed_stars, verdict  # the statistics (08a_stats)
 
 PAPER = ("Behboodi B., Brooks R., Rivaz H. Optimizing knowledge distillation for efficient breast ultrasound image "
          "segmentation: insights and performance enhancement. Artificial Intelligence in Health 2(2), 2025. "
@@ -385,6 +385,11 @@ def findings(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s 
     kd = [l for l in TABLE3 if l in t.index]
     dice = {l: g.set_index(['fold', 'id'])['dice'].astype(float) for l, g in own.groupby('label')}
     runs = dict(tuple(everything[paper_setting(everything)].groupby('base')))
+    short = {}
+    if 'Student' in runs:  # a row whose replicates are still incomplete speaks with its own seed only: no run-level verdict yet
+        _, short = complete_rows(runs)
+        seed0 = int(own.seed.iloc[0]) if len(own) else 0
+        runs.update({b: runs[b][runs[b].seed == seed0] for b in short})
     lift = lambda a, b: run_lift(runs[a], runs[b])
     rows = []
     def add(claim, paper, ours, run, v): rows.append(dict(zip(FINDINGS_COLS, (claim, paper, ours, run, v))))
@@ -415,7 +420,7 @@ def findings(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s 
     if 'Teacher' in t.index and kd:
         best = max(kd, key=lambda l: m[l])
         gap = m['Teacher'] - m[best]
-        best_all = max(kd, key=lambda l: runs[l].dice.mean())  # the best over every seed
+        best_all = max([l for l in kd if l not in short] or kd, key=lambda l: runs[l].dice.mean())  # the best over every seed, of the complete rows
         r = lift('Teacher', best_all)
         run = _lift_text(r) if not np.isfinite(r['p']) else f"{best_all}: the Teacher {r['lift']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] points above it"
         add("the best KD student is within 1.5 points of the Teacher", "L_KLD_WAug: 80.00 vs 81.50 (1.50 points)",

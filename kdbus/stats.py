@@ -11,7 +11,7 @@ from scipy import stats
 
 # %% auto #0
 __all__ = ['N_RESAMPLES', 'RUN_KEYS', 'holm', 'bootstrap_ci', 'fold_terms', 'lift_test', 'paired_tables', 'run_lift', 'run_lifts',
-           'null_rejections', 'signed_stars', 'verdict', 'fmt_p']
+           'complete_rows', 'null_rejections', 'signed_stars', 'verdict', 'fmt_p']
 
 # %% ../nbs/08a_stats.ipynb #37d4998a
 def holm(
@@ -129,6 +129,24 @@ def run_lifts(
     "Each paired run's lift: its mean difference over its fold's test images."
     rows = [(f, s, t[s].mean()) for f, t in paired_tables(a, b).items() for s in t.columns]
     return pd.DataFrame(rows, columns=['fold', 'seed', 'lift'])
+
+# %% ../nbs/08a_stats.ipynb #fb286e87
+def complete_rows(
+    runs: dict,  # {row: its per-image rows (columns fold, seed, ...)}, the reference among them
+    ref: str = 'Student',  # the reference row, whose seeds and folds define the design
+) -> tuple[list, dict]:  # (the complete rows, the reference first; {incomplete row: {seed: [folds it lacks]}})
+    "Which rows cover the reference's design (every seed of either on every fold all the reference's seeds ran)."
+    if ref not in runs: raise ValueError(f"no {ref!r} among the rows ({', '.join(map(str, runs))}): it defines the design")
+    have = {b: g.groupby('seed').fold.agg(set) for b, g in runs.items()}
+    folds = set.intersection(*have[ref])
+    done, short = [ref], {}
+    for b in runs:
+        if b == ref: continue
+        seeds = sorted(set(have[ref].index) | set(have[b].index))
+        lack = {int(s): sorted(folds - have[b].get(s, set())) for s in seeds if not folds <= have[b].get(s, set())}
+        if lack: short[b] = lack
+        else: done.append(b)
+    return done, short
 
 # %% ../nbs/08a_stats.ipynb #5491315c
 def null_rejections(

@@ -17,7 +17,7 @@ from .distill import TABLE3
 from .models import STUDENT_SIZES, preset_size
 from .files import atomic_write
 from .report import PAPER_TABLE4, label_key, quiet_seaborn, save_figure, paired_test, palette, run_summary, runs_line
-from .stats import bootstrap_ci, fmt_p, holm, run_lift, run_lifts, verdict
+from .stats import bootstrap_ci, complete_rows, fmt_p, holm, run_lift, run_lifts, verdict
 
 # %% auto #0
 __all__ = ['SWEEP_FILES', 'settings_of', 'seed_averaged', 'paper_setting_runs', 'seeds_table', 'common_folds', 'seeds_markdown',
@@ -67,13 +67,9 @@ def seeds_table(
     keys = [b for b in runs if n_seeds[b] > 1 or b == 'Student']  # the replicated rows, and the Student they are compared with
     if not any(n_seeds[b] > 1 for b in keys): return pd.DataFrame()
     incomplete = {}
-    if 'Student' in runs:  # the reference's design: the folds every Student seed ran; a row is shown once every seed of it ran them
-        have = lambda b: runs[b].groupby('seed').fold.agg(set)
-        ref = set.intersection(*have('Student'))
-        for b in [b for b in keys if b != 'Student']:
-            mine = have(b)  # a seed the Student has and this row has not lacks every fold
-            short = {int(s): sorted(ref - mine.get(s, set())) for s in sorted(set(have('Student').index) | set(mine.index)) if not ref <= mine.get(s, set())}
-            if short: incomplete[b] = short; keys.remove(b)
+    if 'Student' in runs:  # a row is shown once every seed of it has run every fold all the Student's seeds ran
+        done, incomplete = complete_rows({b: runs[b] for b in keys})
+        keys = [b for b in keys if b in done]
     folds = common_folds(df, [(b, ()) for b in keys])
     runs = {b: runs[b][runs[b].fold.isin(folds)] for b in keys}  # a seed run on more folds would mix fold differences into the spread
     ref, own = runs.get('Student'), int(df.seed[[settings_of(l)[2] is None for l in df.label]].iloc[0])
