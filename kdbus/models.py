@@ -428,10 +428,11 @@ def param_table(
     return pd.DataFrame(rows).set_index('preset').round(3)
 
 # %% ../nbs/03_models.ipynb #7e282ac7
+_arch = lambda spec: dict(encoder=spec.encoder, decoder_channels=spec.decoder_channels)  # what a size sets of a ModelSpec
 STUDENT_SIZES: dict[str, dict] = {
     'xs': dict(encoder='tu-lcnet_035', decoder_channels=(16, 8, 4, 4, 4)),
-    's': dict(encoder='tu-mobilenetv3_small_050', decoder_channels=(32, 16, 8, 4, 4)),   # the quick presets' student
-    'm': dict(encoder='tu-mobilenetv3_small_075', decoder_channels=(48, 24, 12, 6, 4)),  # the paper preset's student (the paper's 0.82 M)
+    's': _arch(PRESETS['quick']['student']),  # the quick presets' student
+    'm': _arch(PRESETS['paper']['student']),  # the paper preset's student (the paper's 0.82 M)
     'l': dict(encoder='tu-mobilenetv3_large_075', decoder_channels=(96, 48, 24, 12, 6)),
 }  # named student sizes, smallest first: the ModelSpec fields they set
 

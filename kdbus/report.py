@@ -24,17 +24,17 @@ from .distill import TABLE3, parse_run_name
 __all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_PAIRS', 'DATA_CITATIONS', 'RUN_COLS',
            'SPLIT_FIELDS', 'SETTING_COLS', 'CONVERGED_SHARE', 'FINDINGS_RULE', 'FINDINGS_COLS', 'FIGURE2_RULE',
            'HISTORY_COLS', 'SELECT_WORDS', 'SUP_WORDS', 'REPORT_FILES', 'README_BLOCK', 'BLOCK_FILES', 'ReportWarning',
-           'stars', 'data_citation', 'label_key', 'find_runs', 'read_metrics', 'run_config', 'split_of',
-           'check_one_split', 'run_settings', 'collect', 'run_summary', 'runs_line', 'paired_test', 'table4',
-           'table4_markdown', 'paper_setting', 'findings', 'choose_figure2_image', 'load_run_images', 'figure2',
-           'palette', 'quiet_seaborn', 'dice_distribution', 'read_history', 'learning_curves', 'loss_terms',
-           'save_figure', 'write_report', 'table4_table', 'sync_readme', 'plot_history', 'plot_dice', 'plot_overlays']
+           'data_citation', 'label_key', 'find_runs', 'read_metrics', 'run_config', 'split_of', 'check_one_split',
+           'run_settings', 'collect', 'run_summary', 'runs_line', 'paired_test', 'table4', 'table4_markdown',
+           'paper_setting', 'findings', 'choose_figure2_image', 'load_run_images', 'figure2', 'palette',
+           'quiet_seaborn', 'dice_distribution', 'read_history', 'learning_curves', 'loss_terms', 'save_figure',
+           'write_report', 'table4_table', 'sync_readme', 'plot_history', 'plot_dice', 'plot_overlays']
 
 # %% ../nbs/10_report.ipynb #07d61946
 from .config import ALL_RUNS, NAMED_FIELDS, PROFILES  # Table 4's rows (and run folder names), in the paper's order
 from .evaluate import PER_IMAGE_COLUMNS, hd95, load_predictions, read_per_image  # the run files' readers (checked)
 from .files import atomic_write, temp_path
-from .stats import complete_rows, fmt_p, holm, run_lift, signed_stars, verdict  # the statistics (08a_stats)
+from .stats import complete_rows, fmt_p, holm, run_lift, signed_stars, stars, verdict  # the statistics (08a_stats)
 
 PAPER = ("Behboodi B., Brooks R., Rivaz H. Optimizing knowledge distillation for efficient breast ultrasound image "
          "segmentation: insights and performance enhancement. Artificial Intelligence in Health 2(2), 2025. "
@@ -65,11 +65,6 @@ MIN_PAIRS = 6  # fewest non-zero paired differences for a p-value: below 6 the e
 class ReportWarning(UserWarning):
     "Something in a results folder was left out of the report (e.g. an incomplete run)."
 
-def stars(p: float|None, # a p-value (None or NaN: no test)
-         ) -> str:
-    "The significance mark without a sign: '**' if p < 0.01, '*' if p < 0.05, else '' (tables print `signed_stars`)."
-    if p is None or not np.isfinite(p): return ''
-    return '**' if p < 0.01 else '*' if p < 0.05 else ''
 DATA_CITATIONS = {
     'busi': "Al-Dhabyani W., Gomaa M., Khaled H., Fahmy A. Dataset of breast ultrasound images. Data in Brief 28:104863, 2020. doi:10.1016/j.dib.2019.104863",
     'udiat': "Yap M.H. et al. Automated breast ultrasound lesions detection using convolutional neural networks. IEEE J Biomed Health Inform 22(4):1218-1226, 2018. doi:10.1109/JBHI.2017.2731873",

@@ -11,7 +11,7 @@ from scipy import stats
 
 # %% auto #0
 __all__ = ['N_RESAMPLES', 'RUN_KEYS', 'holm', 'bootstrap_ci', 'fold_terms', 'lift_test', 'paired_tables', 'run_lift', 'run_lifts',
-           'complete_rows', 'null_rejections', 'signed_stars', 'verdict', 'fmt_p']
+           'complete_rows', 'null_rejections', 'stars', 'signed_stars', 'verdict', 'fmt_p']
 
 # %% ../nbs/08a_stats.ipynb #37d4998a
 def holm(
@@ -169,14 +169,20 @@ def null_rejections(
     return dict(zip(('run_level', 'per_image_seed_mean', 'per_image_one_seed'), (hits / n_sims).round(4).tolist()))
 
 # %% ../nbs/08a_stats.ipynb #28edb043
+def stars(
+    p: float|None,  # a p-value (None or NaN: no test)
+) -> str:
+    "The significance mark without a sign: '**' if p < 0.01, '*' if p < 0.05, else ''."
+    if p is None or not np.isfinite(p): return ''
+    return '**' if p < 0.01 else '*' if p < 0.05 else ''
+
 def signed_stars(
     p: float|None,  # a p-value (None or NaN: no test)
     diff: float|None,  # the difference it tests (its sign is shown)
 ) -> str:
     "'**' if p < 0.01, '*' if p < 0.05, with an arrow for the sign of `diff`: e.g. '↑**', '↓*', or ''."
-    if p is None or diff is None or not np.isfinite(p) or not np.isfinite(diff): return ''
-    mark = '**' if p < 0.01 else '*' if p < 0.05 else ''
-    return (('↑' if diff > 0 else '↓') + mark) if mark and diff != 0 else ''
+    if diff is None or not np.isfinite(diff) or diff == 0: return ''
+    return ('↑' if diff > 0 else '↓') + stars(p) if stars(p) else ''
 
 def verdict(
     low: float,  # the CI's lower bound (points)
@@ -195,5 +201,5 @@ def fmt_p(
     "A p-value as kdbus's tables print it: '-', 'n/a', '0.0123 ↑*' or '<0.0001 ↓**'."
     if self_row: return '-'
     if p is None or not np.isfinite(p): return 'n/a'
-    mark = signed_stars(p, diff) if diff is not None else '**' if p < 0.01 else '*' if p < 0.05 else ''
+    mark = signed_stars(p, diff) if diff is not None else stars(p)
     return (f"{p:.4f}" if p >= 1e-4 else "<0.0001") + (f" {mark}" if mark else '')

@@ -171,11 +171,12 @@ def seeds_markdown(
 # %% ../nbs/10a_sweeps.ipynb #35e4c2b1
 def lift_plot(
     df: pd.DataFrame,  # `kdbus.report.collect`'s rows (with replicates)
+    table: pd.DataFrame|None = None,  # `seeds_table(df)`, when the caller has it already
 ) -> Figure:
     "Each replicated Table 4 row's per-run lifts over the Student (points), its run-level 95 % CI and the paper's lift."
     runs = paper_setting_runs(df)
     if 'Student' not in runs: raise ValueError("no Student run: the lifts are over the Student")
-    t = seeds_table(df)
+    t = seeds_table(df) if table is None else table
     if t.empty: raise ValueError("no Table 4 row has more than one seed: nothing to plot (kdbus grid --seeds 0,1,2)")
     t = t[t.model != 'Student'].reset_index(drop=True)
     folds = [int(f) for f in t.folds.iloc[0].split(',')]
@@ -334,7 +335,7 @@ def write_sweep_report(
         atomic_write(out/'table4_seeds.csv', tt.to_csv(index=False)); atomic_write(out/'table4_seeds.md', seeds_markdown(tt, runs))
         written += [out/'table4_seeds.csv', out/'table4_seeds.md']
         if 'Student' in set(tt.model) and (tt.model != 'Student').any():  # lifts are over the Student
-            fig = lift_plot(df)
+            fig = lift_plot(df, tt)
             try: save_figure(fig, out/'lifts.png', dpi=110)
             finally: plt.close(fig)
             written.append(out/'lifts.png')
