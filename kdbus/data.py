@@ -17,13 +17,13 @@ import pandas as pd
 from PIL import Image
 
 # %% auto #0
-__all__ = ['KINDS', 'IMAGE_EXTS', 'MASK_SUFFIXES', 'BUSI_CLASSES', 'DUPLICATE_THRESHOLD', 'Problem', 'DataError', 'DataWarning',
-           'DataSpec', 'parse_spec', 'same_data', 'cache_dir', 'synth_path', 'resolve_spec', 'read_image', 'read_mask',
-           'read_labels', 'Case', 'natural_key', 'scan_cases', 'list_cases', 'find_problems', 'Fingerprint',
-           'fingerprint', 'read_fingerprint', 'similarity', 'scored_pairs', 'group_ids', 'duplicate_pairs',
-           'duplicate_groups', 'DuplicateGroup', 'group_duplicates', 'fold_groups', 'DataSummary', 'check_data',
-           'format_summary', 'Fold', 'make_folds', 'read_splits', 'spec_test_folds', 'SegData', 'resize_image',
-           'load_data']
+__all__ = ['KINDS', 'IMAGE_EXTS', 'MASK_SUFFIXES', 'BUSI_CLASSES', 'DUPLICATE_THRESHOLD', 'VIEW_CORRELATION', 'Problem',
+           'DataError', 'DataWarning', 'DataSpec', 'parse_spec', 'same_data', 'cache_dir', 'synth_path', 'resolve_spec',
+           'read_image', 'read_mask', 'read_labels', 'Case', 'natural_key', 'scan_cases', 'list_cases', 'find_problems',
+           'Fingerprint', 'fingerprint', 'read_fingerprint', 'similarity', 'scored_pairs', 'group_ids',
+           'read_fingerprints', 'duplicate_pairs', 'duplicate_groups', 'DuplicateGroup', 'group_duplicates',
+           'view_pairs', 'ViewPair', 'likely_views', 'fold_groups', 'DataSummary', 'check_data', 'format_summary',
+           'Fold', 'make_folds', 'read_splits', 'spec_test_folds', 'SegData', 'resize_image', 'load_data']
 
 # %% ../nbs/01_data.ipynb #ccef39e1
 @dataclass(frozen=True)
@@ -52,7 +52,9 @@ KINDS = {
 _N_FOLDERS = {'synth': 0, 'udiat': 1, 'busi': 1, 'pairs': 2}
 _OPTIONS = {'synth': {'n': ('n', int), 'seed': ('seed', int)}, 'udiat': {},
             'busi': {'normal': ('include_normal', bool)}, 'pairs': {'suffix': ('suffix', str)}}
-for _o in _OPTIONS.values(): _o['splits'] = ('splits', Path)  # every kind: a user split file (`read_splits`)
+for _o in _OPTIONS.values():
+    _o['splits'] = ('splits', Path)  # every kind: a user split file (`read_splits`)
+    _o['views'] = ('views', bool)    # every kind: keep likely views of one lesion in one fold part (`fold_groups`)
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -65,12 +67,13 @@ class DataSpec:
     include_normal: bool = False    # busi: keep the 'normal' class (images with empty masks)
     suffix: str|None = None         # pairs: mask stem = image stem + suffix (None: detect it)
     splits: Path|None = None        # a split file (CSV: case, fold) that fixes the folds' test parts (`read_splits`)
+    views: bool = False             # keep likely views of one lesion in one fold part, like copies (`fold_groups`)
     def __post_init__(self):
         if self.kind not in KINDS: raise DataError(f"unknown data set kind {self.kind!r}; valid kinds:\n  " + "\n  ".join(KINDS.values()))
         if self.kind == 'synth' and (self.n < 1 or self.seed < 0): raise DataError(f"synth needs n >= 1 and seed >= 0, got n={self.n}, seed={self.seed}")
         if self.include_normal and self.kind != 'busi': raise DataError(f"include_normal applies to busi data sets only, not {self.kind!r}")
     def __str__(self):
-        split = f":splits={self.splits}" if self.splits is not None else ''
+        split = (':views' if self.views else '') + (f":splits={self.splits}" if self.splits is not None else '')
         if self.kind == 'synth': return ('synth' if (self.n, self.seed) == (163, 0) else f"synth:n={self.n},seed={self.seed}") + split
         s = f"{self.kind}:{self.root}" + (f":{self.mask_root}" if self.kind == 'pairs' else '')
         if self.include_normal: s += ':normal'
@@ -535,6 +538,12 @@ def _check_threshold(threshold: float):
     if not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
         raise ValueError(f"threshold={threshold!r}: expected a similarity with 0 < threshold <= 1 (default {DUPLICATE_THRESHOLD})")
 
+def read_fingerprints(cases: Sequence[Case], # from `list_cases`
+                      workers: int|None = None, # threads (None: up to 8)
+                     ) -> list[Fingerprint]:
+    "`read_fingerprint` of each case's image, in case order."
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as ex: return list(ex.map(lambda c: read_fingerprint(c.image), cases))
+
 def duplicate_pairs(data: str|DataSpec|Sequence[Case], # a data set spec, or cases from `list_cases`
                     threshold: float = DUPLICATE_THRESHOLD, # similarity from which two images are one scan
                     include_normal: bool = False, # busi: also the 'normal' class
@@ -543,8 +552,7 @@ def duplicate_pairs(data: str|DataSpec|Sequence[Case], # a data set spec, or cas
     "(i, j, similarity) of the cases (indices in case order, i < j) that show one scan, best first."
     _check_threshold(threshold)
     cases = _as_cases(data, include_normal)
-    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as ex: prints = list(ex.map(lambda c: read_fingerprint(c.image), cases))
-    return [p for p in scored_pairs(prints, workers=workers) if p[2] >= threshold]
+    return [p for p in scored_pairs(read_fingerprints(cases, workers), workers=workers) if p[2] >= threshold]
 
 def duplicate_groups(data: str|DataSpec|Sequence[Case], # a data set spec, or cases from `list_cases`
                      threshold: float = DUPLICATE_THRESHOLD, # similarity from which two images are one scan
@@ -582,13 +590,70 @@ def group_duplicates(cases: Sequence[Case], # the data set's cases
     return [DuplicateGroup(tuple(cases[i].id for i in m), tuple(cases[i].label for i in m), weakest[g], tuple(cases[i].image for i in m))
             for g, m in members.items() if len(m) > 1]
 
-@lru_cache(maxsize=8)
-def _fold_groups(spec: DataSpec, threshold: float) -> tuple[int, ...]: return tuple(duplicate_groups(spec, threshold))
+# %% ../nbs/01_data.ipynb #6817ba30
+VIEW_CORRELATION = 0.95  # thumbnail r from which two images that are not copies are likely views of one lesion
 
-def fold_groups(spec: str|DataSpec, # a data set spec, as `list_cases` reads it
+def _check_correlation(correlation: float):
+    "Raise a `ValueError` unless `correlation` is a thumbnail r in (0, 1]."
+    if not isinstance(correlation, (int, float)) or not 0 < correlation <= 1:
+        raise ValueError(f"correlation={correlation!r}: expected a thumbnail correlation with 0 < correlation <= 1 (default {VIEW_CORRELATION})")
+
+def view_pairs(prints: Sequence[Fingerprint], # one per image, e.g. from `read_fingerprints`
+               scored: Iterable[tuple[int, int, float]] = (), # `scored_pairs(prints)`: similarities not computed again
+               threshold: float = DUPLICATE_THRESHOLD, # similarity from which two images are copies, not views
+               correlation: float = VIEW_CORRELATION, # thumbnail r from which two images are likely views of one lesion
+              ) -> list[tuple[int, int, float, float]]:
+    "(i, j, thumbnail r, similarity) of the pairs that are likely views of one lesion, not copies; i < j, most alike first."
+    _check_threshold(threshold); _check_correlation(correlation)
+    if len(prints) < 2: return []
+    t = np.stack([p.thumb for p in prints])
+    r = t @ t.T
+    known, found = {(i, j): s for i, j, s in scored}, []
+    for i, j in zip(*np.nonzero(np.triu(r >= correlation, 1))):
+        i, j = int(i), int(j)
+        s = known[i, j] if (i, j) in known else similarity(prints[i], prints[j])
+        if s < threshold: found.append((i, j, float(r[i, j]), s))
+    return sorted(found, key=lambda p: (-p[2], p[0], p[1]))
+
+@dataclass(frozen=True)
+class ViewPair:
+    "Two cases that are likely views of one lesion, as `check_data` reports them."
+    ids: tuple[str, str]                 # the cases' ids, in case order
+    labels: tuple[str|None, str|None]    # their classes
+    correlation: float                   # Pearson's r of their 32 x 32 thumbnails
+    similarity: float                    # their `similarity`, below the copy threshold
+    def __str__(self):
+        classes = ' and '.join(dict.fromkeys(l or 'unlabelled' for l in self.labels))
+        return f"{', '.join(self.ids)} ({classes}; thumbnails r = {self.correlation:.3f}, similarity {self.similarity:.3f})"
+
+def likely_views(data: str|DataSpec|Sequence[Case], # a data set spec, or cases from `list_cases`
+                 threshold: float = DUPLICATE_THRESHOLD, # similarity from which two images are copies, not views
+                 correlation: float = VIEW_CORRELATION, # thumbnail r from which two images are likely views of one lesion
+                 include_normal: bool = False, # busi: also the 'normal' class
+                 workers: int|None = None, # threads (None: up to 8)
+                ) -> list[ViewPair]:
+    "The pairs of cases that are likely views of one lesion (similar thumbnails, not copies), most alike first."
+    _check_threshold(threshold); _check_correlation(correlation)
+    cases = _as_cases(data, include_normal)
+    prints = read_fingerprints(cases, workers)
+    return [ViewPair((cases[i].id, cases[j].id), (cases[i].label, cases[j].label), r, s)
+            for i, j, r, s in view_pairs(prints, scored_pairs(prints, workers=workers), threshold, correlation)]
+
+# %% ../nbs/01_data.ipynb #fae4e367
+@lru_cache(maxsize=8)
+def _fold_groups(spec: DataSpec, threshold: float) -> tuple[int, ...]:
+    cases = list_cases(spec)
+    prints = read_fingerprints(cases)
+    scored = scored_pairs(prints)
+    together = [p for p in scored if p[2] >= threshold]
+    if spec.views: together += view_pairs(prints, scored, threshold)
+    return tuple(group_ids(len(cases), together))
+
+def fold_groups(spec: str|DataSpec, # a data set spec, as `list_cases` reads it (`:views`: views of one lesion too)
                 threshold: float = DUPLICATE_THRESHOLD, # similarity from which two images are one scan
                ) -> list[int]:
-    "`duplicate_groups` of `spec` for `make_folds(groups=...)`, computed once per spec and threshold in this process."
+    "Each case's group for `make_folds(groups=...)`: copies of one scan and, with `:views`, likely views of one lesion."
+    _check_threshold(threshold)
     return list(_fold_groups(parse_spec(spec), threshold))
 
 # %% ../nbs/01_data.ipynb #09aa7fa5
@@ -608,15 +673,21 @@ class DataSummary:
     n_problems: int                # errors found
     warnings: list[Problem] = field(default_factory=list)  # conversions and empty masks
     duplicates: list[DuplicateGroup] = field(default_factory=list)  # groups of copies of one scan (across classes: also problems)
+    views: list[ViewPair] = field(default_factory=list)             # pairs of likely views of one lesion (`likely_views`)
+    views_grouped: bool = False    # whether the spec keeps them in one fold part (`:views`)
 
 def _range(xs): return (int(min(xs)), int(max(xs))) if xs else (0, 0)
 
-def _duplicates_of(cases: Sequence[Case], reads: Sequence[_Read], threshold: float, workers: int|None = None) -> list[DuplicateGroup]:
-    "The duplicate groups among the cases whose image was read."
+def _copies_and_views(cases: Sequence[Case], reads: Sequence[_Read], threshold: float,
+                      workers: int|None = None) -> tuple[list[DuplicateGroup], list[ViewPair]]:
+    "The duplicate groups and the likely views among the cases whose image was read."
     ok = [i for i, r in enumerate(reads) if r.image is not None]
     prints = [fingerprint(reads[i].image, hashlib.sha256(cases[i].image.read_bytes()).hexdigest()) for i in ok]
-    pairs = [(ok[i], ok[j], s) for i, j, s in scored_pairs(prints, workers=workers) if s >= threshold]
-    return group_duplicates(cases, pairs)
+    scored = scored_pairs(prints, workers=workers)
+    copies = [(ok[i], ok[j], s) for i, j, s in scored if s >= threshold]
+    views = [ViewPair((cases[ok[i]].id, cases[ok[j]].id), (cases[ok[i]].label, cases[ok[j]].label), r, s)
+             for i, j, r, s in view_pairs(prints, scored, threshold)]
+    return group_duplicates(cases, copies), views
 
 def _mixed_problem(g: DuplicateGroup) -> Problem:
     "The problem of a group filed under more than one class, on its first file."
@@ -633,7 +704,7 @@ def check_data(spec: str|DataSpec, # a data set spec
     if duplicate_threshold is not None: _check_threshold(duplicate_threshold)
     cases, problems = scan_cases(spec, include_normal)
     reads = _read_all(cases, workers)
-    dups = _duplicates_of(cases, reads, duplicate_threshold, workers) if duplicate_threshold is not None else []
+    dups, views = _copies_and_views(cases, reads, duplicate_threshold, workers) if duplicate_threshold is not None else ([], [])
     problems = problems + [p for r in reads for p in r.errors] + [_mixed_problem(g) for g in dups if g.mixed]
     ok = [(c, r) for c, r in zip(cases, reads) if not r.errors]
     classes = {}
@@ -648,7 +719,8 @@ def check_data(spec: str|DataSpec, # a data set spec
     summary = DataSummary(str(spec), str(resolved.root), len(cases), dict(sorted(classes.items())), dict(sorted(modes.items())),
                           _range([h for h, w in imgs]), _range([w for h, w in imgs]),
                           _range([h for h, w in masks]), _range([w for h, w in masks]),
-                          {k: float(v) for k, v in stats.items()}, len(problems), [p for r in reads for p in r.notes], dups)
+                          {k: float(v) for k, v in stats.items()}, len(problems), [p for r in reads for p in r.notes], dups,
+                          views, parse_spec(spec).views)
     return summary, problems
 
 def format_summary(summary: DataSummary, # from `check_data`
@@ -666,8 +738,12 @@ def format_summary(summary: DataSummary, # from `check_data`
              f"problems  {s.n_problems}",
              f"warnings  {len(s.warnings)}",
              f"duplicates {len(s.duplicates)}" + (f" group(s) of {sum(len(g.ids) for g in s.duplicates)} images, "
-                                                  f"{sum(g.mixed for g in s.duplicates)} across classes" if s.duplicates else '')]
-    for title, items in (('problems', problems), ('warnings', s.warnings), ('duplicates (copies of one scan)', s.duplicates)):
+                                                  f"{sum(g.mixed for g in s.duplicates)} across classes" if s.duplicates else ''),
+             f"views     {len(s.views)}" + ('' if not s.views else " pair(s) of likely views of one lesion, kept in one fold part (:views)"
+                                            if s.views_grouped else " pair(s) of likely views of one lesion; they can straddle a fold's "
+                                            "test and training parts: add :views to the spec to keep each pair in one part")]
+    for title, items in (('problems', problems), ('warnings', s.warnings), ('duplicates (copies of one scan)', s.duplicates),
+                         (f"views (thumbnails r >= {VIEW_CORRELATION}, not copies)", s.views)):
         if items:
             lines += ['', f"{title}:"] + [f"  {p}" for p in items[:max_listed]]
             if len(items) > max_listed: lines.append(f"  ... and {len(items) - max_listed} more")

@@ -46,8 +46,8 @@ def check_run(
         folds_of = {}  # duplicate group -> the test folds its copies are in
         for g, f in zip(groups, test_folds): folds_of.setdefault(g, set()).add(int(f))
         straddle = sorted({tuple(sorted(s)) for s in folds_of.values() if len(s) > 1})
-        if straddle: warnings.warn(f"data={cfg.data!r}: the split file puts copies of one scan (kdbus.data.duplicate_groups) in the test parts of "
-                                   f"different folds {straddle[:3]}: their test scores will be too high", DataWarning)
+        if straddle: warnings.warn(f"data={cfg.data!r}: the split file puts copies of one scan (kdbus.data.fold_groups; with :views, views of one "
+                                   f"lesion too) in the test parts of different folds {straddle[:3]}: their test scores will be too high", DataWarning)
     check_stage(cfg)
     return folds
 

@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 
 import kdbus
-from kdbus.data import (DUPLICATE_THRESHOLD, Case, DataError, DataSpec, DataWarning, Problem, check_data, duplicate_groups,
-                        duplicate_pairs, find_problems, fingerprint, fold_groups, format_summary, group_duplicates, group_ids,
-                        list_cases, load_data, make_folds, parse_spec, read_fingerprint, read_image, read_labels, read_mask,
-                        resolve_spec, scan_cases, scored_pairs, similarity)
+from kdbus.data import (DUPLICATE_THRESHOLD, VIEW_CORRELATION, Case, DataError, DataSpec, DataWarning, Problem, check_data,
+                        duplicate_groups, duplicate_pairs, find_problems, fingerprint, fold_groups, format_summary,
+                        group_duplicates, group_ids, likely_views, list_cases, load_data, make_folds, parse_spec,
+                        read_fingerprint, read_image, read_labels, read_mask, resolve_spec, same_data, scan_cases,
+                        scored_pairs, similarity, view_pairs)
 
 ROOT = Path(__file__).resolve().parents[1]
 BUSI_SAMPLE = ROOT.parent / 'shared/data/busi-sample'
@@ -64,7 +65,7 @@ def names(problems): return sorted(p.file.name for p in problems)
 # ---------------------------------------------------------------- specs
 def test_spec_round_trip_and_fields():
     for s in ['synth', 'synth:n=60,seed=1', 'udiat:/d/U', 'busi:/d/B', 'busi:/d/B:normal',
-              'pairs:/a:/b', 'pairs:/a:/b:suffix=_mask']:
+              'pairs:/a:/b', 'pairs:/a:/b:suffix=_mask', 'busi:/d/B:normal:views', 'synth:views', 'udiat:/d/U:views:splits=/s.csv']:
         assert str(parse_spec(s)) == s
     assert parse_spec('SYNTH:seed=2') == DataSpec('synth', n=163, seed=2)
     assert parse_spec('busi:~/B').root == Path.home() / 'B'
@@ -450,8 +451,68 @@ def test_fold_groups_are_computed_once_per_spec(tmp_path, monkeypatch):
     root = busi_with_copies(tmp_path / 'B')
     assert fold_groups(f'busi:{root}') == [0, 1, 0, 3, 3, 0]
     import kdbus.data
-    monkeypatch.setattr(kdbus.data, 'duplicate_groups', lambda *a, **k: pytest.fail('not cached'))
+    monkeypatch.setattr(kdbus.data, 'read_fingerprints', lambda *a, **k: pytest.fail('not cached'))
     assert fold_groups(parse_spec(f'busi:{root}')) == [0, 1, 0, 3, 3, 0]       # a spec string or its DataSpec: one entry
+
+# ---------------------------------------------------------------- views of one lesion
+def lesion_view(seed, h=120, w=160):
+    "One made-up lesion seen again: the same large shapes (bright band, dark blob) each time, new speckle for each seed."
+    yy, xx = np.mgrid[:h, :w]
+    shapes = 0.8 * np.linspace(1, 0.2, h)[:, None] - 0.6 * np.exp(-((yy - h / 2) / 22) ** 2 - ((xx - w / 2) / 30) ** 2)
+    a = shapes + 0.25 * cv2.GaussianBlur(np.random.default_rng(seed).normal(size=(h, w)).astype(np.float32), (0, 0), 1.5)
+    return (255 * (a - a.min()) / (a.max() - a.min())).astype(np.uint8)
+
+def busi_with_views(root):
+    "The copies' tree (`busi_with_copies`) plus benign (5) and benign (6), two views of one lesion, and a JPEG copy of (6) as malignant (3)."
+    root = busi_with_copies(root)
+    for cls, k, a in [('benign', 5, lesion_view(1)), ('benign', 6, lesion_view(2)), ('malignant', 3, jpeg(lesion_view(2), 70))]:
+        png(root / cls / f'{cls} ({k}).png', a)
+        png(root / cls / f'{cls} ({k})_mask.png', cv2.resize(DISC, (160, 120), interpolation=cv2.INTER_NEAREST) * 255)
+    return root
+
+def test_views_of_one_lesion_are_likely_views_not_copies():
+    a, b, c = fingerprint(lesion_view(1)), fingerprint(lesion_view(2)), fingerprint(smooth_scan(0, 120, 160))
+    r = float(a.thumb @ b.thumb)
+    assert r >= VIEW_CORRELATION and similarity(a, b) < 0.7                 # alike at a glance, not one image
+    assert view_pairs([a, b, c]) == [(0, 1, pytest.approx(r), pytest.approx(similarity(a, b)))]
+    assert view_pairs([a, fingerprint(jpeg(lesion_view(1), 60))]) == []     # a copy is a copy, not a view
+    assert view_pairs([a, b], correlation=min(1.0, r + 0.01)) == [] and view_pairs([a]) == []
+    assert view_pairs([a, b], [(0, 1, 0.9)]) == []                          # a given similarity is used: a copy there
+    for bad in (0, 1.5, '0.95'):
+        with pytest.raises(ValueError, match='0 < correlation <= 1'): view_pairs([a, b], correlation=bad)
+
+def test_check_data_warns_of_views_and_the_spec_groups_them(tmp_path):
+    root = busi_with_views(tmp_path / 'B')
+    ids = [c.id for c in list_cases(f'busi:{root}')]
+    assert [v.ids for v in likely_views(f'busi:{root}')] == [('benign (5)', 'benign (6)'), ('benign (5)', 'malignant (3)')]
+    summary, problems = check_data(f'busi:{root}')
+    assert [v.ids for v in summary.views] == [('benign (5)', 'benign (6)'), ('benign (5)', 'malignant (3)')]
+    text = format_summary(summary, problems)
+    assert "views     2 pair(s) of likely views of one lesion; they can straddle a fold's test and training parts: add :views" in text
+    assert 'benign (5), benign (6) (benign; thumbnails r = ' in text
+    assert not any('view' in p.message for p in problems)                  # a warning, not a problem
+    assert 'kept in one fold part (:views)' in format_summary(check_data(f'busi:{root}:views')[0])
+    plain, grouped = fold_groups(f'busi:{root}'), fold_groups(f'busi:{root}:views')
+    five, six, m3 = ids.index('benign (5)'), ids.index('benign (6)'), ids.index('malignant (3)')
+    assert plain[six] == plain[m3] != plain[five]                            # copies only: the view stands alone
+    assert grouped[five] == grouped[six] == grouped[m3]                       # :views: the view joins its twin's copies
+    assert [g for i, g in enumerate(grouped) if i not in (five, six, m3)] == [g for i, g in enumerate(plain) if i not in (five, six, m3)]
+    assert not same_data(f'busi:{root}', f'busi:{root}:views')               # two partitions: two data sets
+    folds = make_folds([c.label for c in list_cases(f'busi:{root}')], k=2, val_frac=0.3, groups=grouped)
+    check_groups_whole(folds, grouped)
+
+def test_busi_163_has_one_likely_view_pair_straddling_fold_0():
+    if not BUSI_163.exists(): pytest.skip(f'busi-163 not found at {BUSI_163} (it lives beside the project, in ../shared)')
+    views = likely_views(f'busi:{BUSI_163}')
+    assert [v.ids for v in views] == [('benign (433)', 'benign (435)')]
+    assert views[0].correlation < 0.97 and views[0].similarity < 0.65
+    cases = list_cases(f'busi:{BUSI_163}')
+    i, j = (next(k for k, c in enumerate(cases) if c.id == v) for v in views[0].ids)
+    y = [c.label for c in cases]
+    plain = make_folds(y, k=5, seed=0, n_folds=3, groups=fold_groups(f'busi:{BUSI_163}'))
+    assert i in plain[0].test and j in plain[0].val                           # the quick profile's fold 0 splits them
+    grouped = make_folds(y, k=5, seed=0, n_folds=3, groups=fold_groups(f'busi:{BUSI_163}:views'))
+    assert all(({i, j} <= set(f.train.tolist())) or ({i, j} <= set(f.val.tolist())) or ({i, j} <= set(f.test.tolist())) for f in grouped)
 
 def test_real_synth_has_no_duplicates():
     pytest.importorskip('kdbus.synth', reason='kdbus.synth (nbs/00_synth.ipynb) not exported yet')

@@ -231,6 +231,27 @@ def test_runs_keep_duplicate_groups_whole_and_record_them(tmp_path):
     assert part['benign (1)'] == part['benign (99)']
 
 
+def test_a_views_spec_keeps_views_of_one_lesion_in_one_part_and_records_them(tmp_path):
+    import cv2
+    from PIL import Image
+    root = _busi_with_a_copy(tmp_path/'B')
+    yy, xx = np.mgrid[:48, :64]
+    shapes = 0.8 * np.linspace(1, 0.2, 48)[:, None] - 0.6 * np.exp(-((yy - 24) / 9) ** 2 - ((xx - 32) / 12) ** 2)
+    for k in (50, 51):  # one lesion seen twice: the same large shapes, new speckle (thumbnails alike, detail not)
+        a = shapes + 0.15 * cv2.GaussianBlur(np.random.default_rng(k).normal(size=(48, 64)).astype(np.float32), (0, 0), 1.0)
+        Image.fromarray((255 * (a - a.min()) / (a.max() - a.min())).astype(np.uint8)).save(root/'benign'/f"benign ({k}).png")
+        (root/'benign'/f"benign ({k})_mask.png").write_bytes((root/'benign'/"benign (2)_mask.png").read_bytes())
+    records = {}
+    for data in (f"busi:{root}", f"busi:{root}:views"):
+        c = resolve_config('smoke', path='teacher', data=data, out_dir=str(tmp_path/'runs'), epochs=1)
+        experiment.check_run(c)
+        records[data] = experiment.split_record(c, *experiment.run_data(c))
+    plain, views = records.values()
+    assert plain['duplicate_groups'] == [['benign (1)', 'benign (99)']]
+    assert views['duplicate_groups'] == [['benign (1)', 'benign (99)'], ['benign (50)', 'benign (51)']]
+    part = {i: k for k in ('train', 'val', 'test') for i in views[k]}
+    assert part['benign (50)'] == part['benign (51)']
+
 def test_the_grid_refuses_to_mix_grouped_and_ungrouped_folds(tmp_path):
     from kdbus.grid import check_compatible, grid_jobs
     root = _busi_with_a_copy(tmp_path/'B')
