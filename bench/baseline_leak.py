@@ -1,4 +1,4 @@
-"""How many of the plain baseline's test images have a copy (duplicate group, `kdbus.data.fold_groups`) in its
+"""How many of the plain baseline's test images have a copy (duplicate group, `kdbus.duplicates.fold_groups`) in its
 training part, and its Dice on them vs the rest. The baseline (../shared/baselines/plain_smp.py) splits at random.
 With --kdbus RESULTS, also pairs each image the baseline tested without a leak with the same image in a kdbus
 results folder (each image is tested once by each side, by a model that never trained on it or on a copy of it):

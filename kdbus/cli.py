@@ -25,7 +25,7 @@ def cmd_synth(args) -> int:
 # %% ../nbs/90_cli.ipynb #2be38bac
 def cmd_check_data(args) -> int:
     "Print a summary of data set `args.spec`, every problem found and its duplicates; 1 if there are problems."
-    from kdbus.data import check_data, format_summary
+    from kdbus.duplicates import check_data, format_summary
     given = {} if args.duplicate_threshold is None else {'duplicate_threshold': args.duplicate_threshold}
     summary, problems = check_data(args.spec, include_normal=args.include_normal, **given)
     print(format_summary(summary, problems))
@@ -150,7 +150,7 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--include-normal", action="store_true",
                    help="BUSI: include the 'normal' class (images with empty masks)")
     c.add_argument("--duplicate-threshold", type=_similarity, default=None, metavar="S",
-                   help="similarity (0-1] from which two images are copies of one scan (default: kdbus.data.DUPLICATE_THRESHOLD); "
+                   help="similarity (0-1] from which two images are copies of one scan (default: kdbus.duplicates.DUPLICATE_THRESHOLD); "
                         "copies filed under two classes are a problem")
     c.set_defaults(func=cmd_check_data)
 

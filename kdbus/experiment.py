@@ -15,7 +15,9 @@ from torch import nn
 
 import kdbus
 from .config import RunConfig
-from .data import DataError, DataWarning, Fold, SegData, fold_groups, list_cases, load_data, make_folds, same_data, spec_test_folds
+from .data import DataError, DataWarning, SegData, list_cases, load_data, same_data
+from .duplicates import fold_groups
+from .folds import Fold, make_folds, spec_test_folds
 from .evaluate import evaluate, save_predictions, summarise
 from .models import build_model, model_record, resolve_specs, resolve_stages
 from .files import atomic_write
@@ -46,7 +48,7 @@ def check_run(
         folds_of = {}  # duplicate group -> the test folds its copies are in
         for g, f in zip(groups, test_folds): folds_of.setdefault(g, set()).add(int(f))
         straddle = sorted({tuple(sorted(s)) for s in folds_of.values() if len(s) > 1})
-        if straddle: warnings.warn(f"data={cfg.data!r}: the split file puts copies of one scan (kdbus.data.fold_groups; with :views, views of one "
+        if straddle: warnings.warn(f"data={cfg.data!r}: the split file puts copies of one scan (kdbus.duplicates.fold_groups; with :views, views of one "
                                    f"lesion too) in the test parts of different folds {straddle[:3]}: their test scores will be too high", DataWarning)
     check_stage(cfg)
     return folds

@@ -14,7 +14,8 @@ import torch
 from scipy import ndimage
 
 from .config import ALL_RUNS, label_params
-from .data import load_data, make_folds
+from .data import load_data
+from .folds import make_folds
 from .distill import TABLE3
 from .evaluate import dice_iou, hd95
 from .files import atomic_write

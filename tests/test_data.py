@@ -1,4 +1,4 @@
-"""kdbus.data on files written here: specs, layouts, every kind of bad file, duplicates, folds, loading, and the real BUSI subsets."""
+"""kdbus.data, kdbus.duplicates and kdbus.folds on files written here: specs, layouts, every kind of bad file, duplicates, folds, loading, and the real BUSI subsets."""
 import hashlib, io, json, sys, types, warnings
 from pathlib import Path
 
@@ -10,11 +10,12 @@ import pytest
 from PIL import Image
 
 import kdbus
-from kdbus.data import (DUPLICATE_THRESHOLD, VIEW_CORRELATION, Case, DataError, DataSpec, DataWarning, Problem, check_data,
-                        duplicate_groups, duplicate_pairs, find_problems, fingerprint, fold_groups, format_summary,
-                        group_duplicates, group_ids, likely_views, list_cases, load_data, make_folds, parse_spec,
-                        read_fingerprint, read_image, read_labels, read_mask, resolve_spec, same_data, scan_cases,
-                        scored_pairs, similarity, view_pairs)
+from kdbus.data import (Case, DataError, DataSpec, DataWarning, Problem, find_problems, list_cases, load_data, parse_spec,
+                        read_image, read_labels, read_mask, resolve_spec, same_data, scan_cases)
+from kdbus.duplicates import (DUPLICATE_THRESHOLD, VIEW_CORRELATION, check_data, duplicate_groups, duplicate_pairs, fingerprint,
+                              fold_groups, format_summary, group_duplicates, group_ids, likely_views, read_fingerprint,
+                              scored_pairs, similarity, view_pairs)
+from kdbus.folds import make_folds
 
 ROOT = Path(__file__).resolve().parents[1]
 BUSI_SAMPLE = ROOT.parent / 'shared/data/busi-sample'
@@ -450,8 +451,8 @@ def test_duplicates_need_cases():
 def test_fold_groups_are_computed_once_per_spec(tmp_path, monkeypatch):
     root = busi_with_copies(tmp_path / 'B')
     assert fold_groups(f'busi:{root}') == [0, 1, 0, 3, 3, 0]
-    import kdbus.data
-    monkeypatch.setattr(kdbus.data, 'read_fingerprints', lambda *a, **k: pytest.fail('not cached'))
+    import kdbus.duplicates
+    monkeypatch.setattr(kdbus.duplicates, 'read_fingerprints', lambda *a, **k: pytest.fail('not cached'))
     assert fold_groups(parse_spec(f'busi:{root}')) == [0, 1, 0, 3, 3, 0]       # a spec string or its DataSpec: one entry
 
 # ---------------------------------------------------------------- views of one lesion
@@ -519,19 +520,21 @@ def test_real_synth_has_no_duplicates():
     cases = list_cases('synth')
     assert duplicate_groups(cases) == list(range(len(cases))) == list(range(163))
 
-def test_data_notebook_commits_no_picture_of_busi():
-    """Cells of nbs/01_data.ipynb that draw BUSI images are tagged `real-images` and committed without them (`make book`);
-    its other figures (histograms of scores) draw no image."""
-    nb = json.loads((ROOT / 'nbs' / '01_data.ipynb').read_text())
+@pytest.mark.parametrize('name', ['01_data', '01a_duplicates'])
+def test_data_notebooks_commit_no_picture_of_busi(name):
+    """Cells of the data notebooks that draw BUSI images are tagged `real-images` and committed without them (`make book`);
+    their other figures (histograms of scores) draw no image."""
+    nb = json.loads((ROOT / 'nbs' / f'{name}.ipynb').read_text())
     src = lambda c: ''.join(c['source'])
     drawn = [i for i, c in enumerate(nb['cells']) if 'imshow' in src(c) and 'busi' in src(c).lower()]
-    assert drawn, "the notebook no longer draws BUSI images: update this test"
+    assert drawn, f"nbs/{name}.ipynb no longer draws BUSI images: update this test"
     for i in drawn:
         c = nb['cells'][i]
         assert 'real-images' in c.get('metadata', {}).get('tags', []), f"cell {i} draws BUSI images but is not tagged real-images"
     pictures = [i for i, c in enumerate(nb['cells']) for o in c.get('outputs', []) if any(k.startswith('image/') for k in o.get('data', {}))]
-    assert not set(pictures) & set(drawn), f"nbs/01_data.ipynb cells {sorted(set(pictures) & set(drawn))} hold pictures of BUSI images"
-    assert all('imshow' not in src(nb['cells'][i]) for i in pictures), pictures
+    assert not set(pictures) & set(drawn), f"nbs/{name}.ipynb cells {sorted(set(pictures) & set(drawn))} hold pictures of BUSI images"
+    drawing = [i for i in pictures if 'imshow' in src(nb['cells'][i])]            # a committed picture of images: synthetic ones only
+    assert all("load_data('synth" in src(nb['cells'][i]) and 'busi' not in src(nb['cells'][i]).lower() for i in drawing), drawing
 
 # ---------------------------------------------------------------- folds
 PAPER = ['benign'] * 109 + ['malignant'] * 54

@@ -18,7 +18,7 @@ def wheel(tmp_path_factory):
 def test_wheel_holds_the_package(wheel):
     import zipfile
     names = zipfile.ZipFile(wheel).namelist()
-    for mod in ("kdbus/__init__.py", "kdbus/cli.py", "kdbus/data.py", "kdbus/synth.py", "kdbus/_modidx.py",
+    for mod in ("kdbus/__init__.py", "kdbus/cli.py", "kdbus/data.py", "kdbus/duplicates.py", "kdbus/folds.py", "kdbus/synth.py", "kdbus/_modidx.py",
                 "kdbus/run.ipynb"):  # the experiment notebook travels with the package, for `kdbus grid`
         assert mod in names, f"{mod} missing from {wheel.name}"
     assert not any(n.startswith(("nbs/", "tests/")) for n in names)

@@ -10,7 +10,8 @@ import torch
 import kdbus.distill
 import kdbus.train as kt
 from kdbus.config import resolve_config
-from kdbus.data import SegData, load_data, make_folds
+from kdbus.data import SegData, load_data
+from kdbus.folds import make_folds
 from kdbus.evaluate import dice_iou
 from kdbus.files import atomic_save
 from kdbus.train import (Baseline, NonFiniteLoss, build_step, fit, load_model, pick_device, weights_hash)

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from kdbus.experiment import cpu_model
 from kdbus.config import resolve_config
-from kdbus.data import load_data, make_folds
+from kdbus.data import load_data
+from kdbus.folds import make_folds
 from kdbus.train import build_step, fit, weights_hash
 
 DATA, OUT = 'synth:n=24', Path(__file__).resolve().parents[1]/'tests'/'data'/'cpu_reference.json'
