@@ -196,7 +196,7 @@ def run_part(
     n: int|None = None,  # the first n images of it; None: all
 ) -> tuple:  # (SegData of those images at the run's size, the run's config.json as a dict)
     "Images of one part of a checkpoint's run, read from its data set: what the int8 rows calibrate on (train) and score on (test)."
-    from kdbus.report import load_run_images
+    from kdbus.figures import load_run_images
     cfg_file = Path(checkpoint).parent/'config.json'
     if not cfg_file.is_file(): raise DeployError(f"{checkpoint}: no config.json beside it, so its {part} images are unknown; the int8 rows need a run folder's best.pt")
     cfg = json.loads(cfg_file.read_text())
@@ -415,7 +415,7 @@ def results_preset(
     results: str|Path,  # a results folder
 ) -> str:
     "The model preset the runs of a results folder were trained with."
-    from kdbus.report import find_runs, run_config
+    from kdbus.results import find_runs, run_config
     done, _ = find_runs(results)
     if not done: raise ValueError(f"{results}: no complete run (a <label>/fold<k>/ folder with metrics.json)")
     from kdbus.config import PROFILES
@@ -434,7 +434,7 @@ def cost_plot(
     "Mean test Dice of each run of `results` against the parameters and the CPU latency of the model it deploys."
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, NullFormatter
-    from kdbus.report import collect
+    from kdbus.results import collect
     preset = results_preset(results)
     cost = df[df.preset == preset].set_index('model')
     if cost.empty: raise ValueError(f"{results} was trained with preset {preset!r}, which is not in the table; bench it too")

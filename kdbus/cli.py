@@ -81,11 +81,11 @@ def cmd_grid(args) -> int:
 
 def cmd_report(args) -> int:
     "Write Table 4, Figure 2 and the plots of a results folder."
-    from kdbus.report import write_report
+    from kdbus.publish import write_report
     if not Path(args.results).is_dir(): raise FileNotFoundError(f"{args.results}: results folder not found")
     for p in write_report(args.results, out=args.out, image=args.image, show_image=not args.no_image): print(f"wrote {p}")
     if args.readme is not None:
-        from kdbus.report import sync_readme
+        from kdbus.publish import sync_readme
         done = sync_readme(args.readme, only=args.out or args.results)
         print(f"{args.readme}: Table 4 of {args.out or args.results} " + ("updated" if done else "already in step"))
     return 0

@@ -16,10 +16,10 @@ import pandas as pd
 from PIL import Image
 
 # %% auto #0
-__all__ = ['KINDS', 'IMAGE_EXTS', 'MASK_SUFFIXES', 'BUSI_CLASSES', 'Problem', 'DataError', 'DataWarning', 'DataSpec',
-           'parse_spec', 'same_data', 'cache_dir', 'synth_path', 'resolve_spec', 'read_image', 'read_mask',
-           'read_labels', 'Case', 'natural_key', 'scan_cases', 'list_cases', 'as_cases', 'CaseRead', 'read_cases',
-           'find_problems', 'SegData', 'resize_image', 'load_data']
+__all__ = ['KINDS', 'DATA_CITATIONS', 'IMAGE_EXTS', 'MASK_SUFFIXES', 'BUSI_CLASSES', 'Problem', 'DataError', 'DataWarning',
+           'DataSpec', 'parse_spec', 'same_data', 'data_citation', 'cache_dir', 'synth_path', 'resolve_spec',
+           'read_image', 'read_mask', 'read_labels', 'Case', 'natural_key', 'scan_cases', 'list_cases', 'as_cases',
+           'CaseRead', 'read_cases', 'find_problems', 'SegData', 'resize_image', 'load_data']
 
 # %% ../nbs/01_data.ipynb #ccef39e1
 @dataclass(frozen=True)
@@ -122,6 +122,16 @@ def same_data(a: str|DataSpec, # a data set spec
         s = parse_spec(s)
         return replace(s, **{k: Path(v).resolve() for k in ('root', 'mask_root', 'splits') if (v := getattr(s, k)) is not None})
     return canon(a) == canon(b)
+
+DATA_CITATIONS = {
+    'busi': "Al-Dhabyani W., Gomaa M., Khaled H., Fahmy A. Dataset of breast ultrasound images. Data in Brief 28:104863, 2020. doi:10.1016/j.dib.2019.104863",
+    'udiat': "Yap M.H. et al. Automated breast ultrasound lesions detection using convolutional neural networks. IEEE J Biomed Health Inform 22(4):1218-1226, 2018. doi:10.1109/JBHI.2017.2731873",
+}  # how to cite a data set kind wherever its images or results on them are shown
+
+def data_citation(data: str, # a data set spec, e.g. 'busi:/data/BUSI'
+                 ) -> str:  # the citation, or '' for kinds without one (synth, pairs)
+    "The citation of a data set spec's kind (`DATA_CITATIONS`)."
+    return DATA_CITATIONS.get(str(data).split(':', 1)[0], '')
 
 # %% ../nbs/01_data.ipynb #761b1322
 def cache_dir() -> Path:

@@ -301,7 +301,7 @@ def run_grid(
         finally: ex.close()
     res.seconds = time.time() - t0
     if report:
-        from kdbus.report import write_report
+        from kdbus.publish import write_report
         try:
             for p in write_report(out): log(f"wrote {p}")
         except Exception as e: res.failed.append(('report', -1, error_reason(e)))

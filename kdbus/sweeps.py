@@ -16,7 +16,9 @@ from .config import ALL_RUNS, NAMED_FIELDS, NAMED_TYPES, PROFILES
 from .distill import TABLE3
 from .models import STUDENT_SIZES, preset_size
 from .files import atomic_write
-from .report import PAPER_TABLE4, label_key, quiet_seaborn, save_figure, paired_test, palette, run_summary, runs_line
+from .results import label_key, run_summary, runs_line
+from .figures import quiet_seaborn, save_figure, palette
+from .report import PAPER_TABLE4, paired_test
 from .stats import bootstrap_ci, complete_rows, fmt_p, holm, run_lift, run_lifts, verdict
 
 # %% auto #0
@@ -38,7 +40,7 @@ def settings_of(
     return base, tuple(named), seed
 
 def seed_averaged(
-    df: pd.DataFrame,  # `kdbus.report.collect`'s rows (every run of a results folder)
+    df: pd.DataFrame,  # `kdbus.results.collect`'s rows (every run of a results folder)
 ) -> tuple[dict, dict]:  # ({(base, named): per-image Dice averaged over seeds, indexed by (fold, id)}, {(base, named): seeds})
     "Per setting, each test image's Dice averaged over its seeds (the mean of the replicates, before any test)."
     keyed = df.assign(key=[settings_of(l)[:2] for l in df.label])
@@ -50,7 +52,7 @@ def seed_averaged(
 
 # %% ../nbs/10a_sweeps.ipynb #580dc883
 def paper_setting_runs(
-    df: pd.DataFrame,  # `kdbus.report.collect`'s rows
+    df: pd.DataFrame,  # `kdbus.results.collect`'s rows
 ) -> dict[str, pd.DataFrame]:  # {Table 4 row: its per-image rows of every seed}
     "The runs at the paper's settings (any seed), per Table 4 row, in the paper's order."
     key = [settings_of(l) for l in df.label]
@@ -59,7 +61,7 @@ def paper_setting_runs(
     return {b: g.drop(columns='row') for b, g in sorted(rows.groupby('row'), key=lambda x: label_key(x[0]))}
 
 def seeds_table(
-    df: pd.DataFrame,  # `kdbus.report.collect`'s rows
+    df: pd.DataFrame,  # `kdbus.results.collect`'s rows
 ) -> pd.DataFrame:  # one row per Table 4 run with the paper's settings and replicates (empty if none has)
     "Table 4 over seeds: mean and seed spread of the DSC, the run-level lift over the Student, and the paper's one-seed protocol."
     runs = paper_setting_runs(df)
@@ -101,7 +103,7 @@ def seeds_table(
     return t
 
 def common_folds(
-    df: pd.DataFrame,  # `kdbus.report.collect`'s rows
+    df: pd.DataFrame,  # `kdbus.results.collect`'s rows
     keys: list,  # the (Table 4 row, settings) of the seeds table
 ) -> list[int]:  # the folds that every seed of every key has run
     "The folds a multi-seed table can use: a seed that ran fewer folds than another would otherwise mix fold differences into the seed spread."
@@ -123,7 +125,7 @@ def _num(v, fmt='{:.2f}') -> str: return fmt.format(v) if v is not None and np.i
 
 def seeds_markdown(
     t: pd.DataFrame,  # from `seeds_table`
-    runs: pd.DataFrame|None = None,  # `kdbus.report.run_summary` of the runs in it
+    runs: pd.DataFrame|None = None,  # `kdbus.results.run_summary` of the runs in it
 ) -> str:
     "The multi-seed Table 4 as Markdown, with what each column means."
     own = t.attrs.get('own_seed', 0)
@@ -170,7 +172,7 @@ def seeds_markdown(
 
 # %% ../nbs/10a_sweeps.ipynb #35e4c2b1
 def lift_plot(
-    df: pd.DataFrame,  # `kdbus.report.collect`'s rows (with replicates)
+    df: pd.DataFrame,  # `kdbus.results.collect`'s rows (with replicates)
     table: pd.DataFrame|None = None,  # `seeds_table(df)`, when the caller has it already
 ) -> Figure:
     "Each replicated Table 4 row's per-run lifts over the Student (points), its run-level 95 % CI and the paper's lift."
@@ -208,7 +210,7 @@ def _value_key(field: str, v):
     return (1, 0) if field == 'stage' and v == -1 else (0, v)
 
 def sweep_table(
-    df: pd.DataFrame,  # `kdbus.report.collect`'s rows
+    df: pd.DataFrame,  # `kdbus.results.collect`'s rows
 ) -> pd.DataFrame:  # one row per (run, settings) beyond the paper's, and the paper's settings of the same runs (empty if none)
     "The sweep table: mean DSC with bootstrap CI per setting, and the paired comparison with the paper's setting of the same run."
     dice, seeds = seed_averaged(df)
@@ -242,7 +244,7 @@ def sweep_table(
               'n_pairs', 'lift_run', 'lift_run_low', 'lift_run_high', 'p_run', 'runs', 'n_images', 'seeds', 'note']]
 
 def sweep_plot(
-    df: pd.DataFrame,  # `kdbus.report.collect`'s rows
+    df: pd.DataFrame,  # `kdbus.results.collect`'s rows
 ) -> Figure:
     "DSC against each swept setting's value (one panel per setting), one line per Table 4 run, with bootstrap 95 % CIs over test images."
     dice, _ = seed_averaged(df)
@@ -275,7 +277,7 @@ def sweep_plot(
 
 def sweep_markdown(
     t: pd.DataFrame,  # from `sweep_table`
-    runs: pd.DataFrame|None = None,  # `kdbus.report.run_summary` of the runs in it
+    runs: pd.DataFrame|None = None,  # `kdbus.results.run_summary` of the runs in it
 ) -> str:
     "The sweep table as Markdown, with what each column means."
     paper = lambda s: s == 'paper'
@@ -314,7 +316,7 @@ def sweep_markdown(
 SWEEP_FILES = ('sweep.csv', 'sweep.md', 'sweep.png', 'table4_seeds.csv', 'table4_seeds.md', 'lifts.png')  # what `write_sweep_report` may write
 
 def write_sweep_report(
-    df: pd.DataFrame,  # `kdbus.report.collect`'s rows (every run of the folder)
+    df: pd.DataFrame,  # `kdbus.results.collect`'s rows (every run of the folder)
     out: str|Path,  # the folder to write into
 ) -> list[Path]:  # the files written
     "Write the sweep table and plot, and the multi-seed Table 4, of the runs that call for them."

@@ -129,7 +129,7 @@ def test_int8_dice_is_measured_on_the_runs_test_part(table, results):
 
 def test_static_calibration_never_uses_test_images(results):
     from kdbus.bench import calibration_images
-    from kdbus.report import load_run_images
+    from kdbus.figures import load_run_images
     from kdbus.augment import normalize
     out, _ = results
     ck = next(out.rglob('best.pt'))

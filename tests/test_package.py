@@ -48,7 +48,8 @@ def test_installed_wheel_runs_outside_checkout(wheel, tmp_path):
 def test_licence_and_citation_match_the_package():
     "LICENSE is the Apache-2.0 text settings.ini declares; CITATION.cff cites the paper and BUSI as kdbus's report does."
     import configparser, re, yaml
-    from kdbus.report import DATA_CITATIONS, PAPER
+    from kdbus.data import DATA_CITATIONS
+    from kdbus.report import PAPER
     ini = configparser.ConfigParser(); ini.read(ROOT / "settings.ini")
     assert ini["DEFAULT"]["license"] == "apache2"
     text = (ROOT / "LICENSE").read_text()

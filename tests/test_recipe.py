@@ -10,7 +10,9 @@ import torch
 import kdbus.experiment as experiment
 from kdbus.config import LEGACY_FIELDS, RunConfig, resolve_config
 from kdbus.grid import is_collapsed
-from kdbus.report import collect, run_summary, table4, table4_markdown, write_report
+from kdbus.results import collect, run_summary
+from kdbus.report import table4, table4_markdown
+from kdbus.publish import write_report
 from kdbus.train import Selector, build_step, lr_at
 
 DATA = 'synth:n=24'

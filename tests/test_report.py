@@ -12,9 +12,13 @@ from scipy import stats
 
 from kdbus.distill import TABLE3
 from kdbus.evaluate import load_predictions
-from kdbus.report import (ALL_RUNS, MIN_PAIRS, PAPER_TABLE4, REPORT_FILES, ReportWarning, choose_figure2_image, collect,
-                          dice_distribution, figure2, find_runs, learning_curves, loss_terms, plot_dice,
-                          plot_history, plot_overlays, stars, table4, table4_markdown, data_citation, write_report)
+from kdbus.data import data_citation
+from kdbus.stats import stars
+from kdbus.results import ReportWarning, collect, find_runs
+from kdbus.figures import (choose_figure2_image, dice_distribution, figure2, learning_curves, loss_terms, plot_dice,
+                           plot_history, plot_overlays)
+from kdbus.report import ALL_RUNS, MIN_PAIRS, PAPER_TABLE4, table4, table4_markdown
+from kdbus.publish import REPORT_FILES, write_report
 from kdbus.synth import write_synth
 from kdbus.testing import fake_results
 
@@ -393,7 +397,7 @@ MARKDOWN = lambda root: [root/'README.md', *sorted((root/'docs').glob('*.md')), 
 def test_readme_tables_are_the_committed_results():
     "Every '<!-- table4: DIR -->' and '<!-- seeds: DIR -->' block of README.md, docs/ and results/*/README.md is DIR's report table."
     import re
-    from kdbus.report import README_BLOCK, sync_readme
+    from kdbus.publish import README_BLOCK, sync_readme
     root = Path(__file__).resolve().parents[1]
     blocks = [(p, m['kind']) for p in MARKDOWN(root) for m in README_BLOCK.finditer(p.read_text())]
     assert sum(k == 'table4' for _, k in blocks) >= 3 and sum(k == 'seeds' for _, k in blocks) >= 3, blocks
@@ -405,7 +409,7 @@ def test_readme_tables_are_the_committed_results():
 
 def test_figures_name_the_runs_own_loss_and_checkpoint_rule(full, tmp_path):
     "learning_curves and loss_terms read sup_loss and select from the runs' config.json: a dice_ce, val_loss folder is labelled so."
-    from kdbus.report import learning_curves, loss_terms
+    from kdbus.figures import learning_curves, loss_terms
     res = copy_of(full, tmp_path)
     for cfg in res.glob('*/fold*/config.json'):
         c = json.loads(cfg.read_text())

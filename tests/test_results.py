@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 
 from kdbus.config import ALL_RUNS
-from kdbus.report import ReportWarning, collect, table4, table4_markdown, table4_table
+from kdbus.results import ReportWarning, collect
+from kdbus.report import table4, table4_markdown
+from kdbus.publish import table4_table
 from kdbus.sweeps import seeds_markdown, seeds_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,7 +28,7 @@ def _same_name(a, b) -> bool:
 
 def _collect(folder):
     "`collect` of a committed folder, its runs' data compared by name (the split guard itself is tested in test_report.py)."
-    import kdbus.report as kr
+    import kdbus.results as kr
     real = kr.same_data
     try:
         kr.same_data = _same_name

@@ -25,7 +25,7 @@ INPUTS = {'table4.ipynb': ['results/quick-synth/table4.csv']}  # its Table 4, Fi
 REAL_IMAGES = 'real-images'  # the tag of a cell that draws images of real data (../shared/data): they are never committed
 NOT_COMMITTED = ("(a figure of real BUSI images, drawn where `../shared/data` exists beside the project: images of that "
                  "data are not committed; run the notebook to see it)")
-FIGURES = {'00_synth', '01_data', '01a_duplicates', '02_augment', '04_losses', '07_train', '10_report', '13_bench', 'run', 'table4'}  # notebooks whose lessons are pictures
+FIGURES = {'00_synth', '01_data', '01a_duplicates', '02_augment', '04_losses', '07_train', '09b_figures', '13_bench', 'run', 'table4'}  # notebooks whose lessons are pictures
 MAX_BYTES = 6_000_000  # budget for all of nbs/ with outputs (kept light: PNG at 72 dpi, no retina; 3.8 MB when set)
 PRELUDE = "import matplotlib; matplotlib.rcParams.update({'figure.dpi': 72, 'savefig.dpi': 72})"
 
