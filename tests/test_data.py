@@ -14,7 +14,7 @@ from kdbus.data import (Case, DataError, DataSpec, DataWarning, Problem, find_pr
                         read_image, read_labels, read_mask, resolve_spec, same_data, scan_cases)
 from kdbus.duplicates import (DUPLICATE_THRESHOLD, VIEW_CORRELATION, check_data, duplicate_groups, duplicate_pairs, fingerprint,
                               fold_groups, format_summary, group_duplicates, group_ids, likely_views, read_fingerprint,
-                              scored_pairs, similarity, view_pairs)
+                              read_fingerprints, scored_pairs, similarity, view_pairs)
 from kdbus.folds import make_folds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -502,17 +502,27 @@ def test_check_data_warns_of_views_and_the_spec_groups_them(tmp_path):
     folds = make_folds([c.label for c in list_cases(f'busi:{root}')], k=2, val_frac=0.3, groups=grouped)
     check_groups_whole(folds, grouped)
 
-def test_busi_163_has_one_likely_view_pair_straddling_fold_0():
+@pytest.fixture(scope='module')
+def busi163_scored():
+    "busi-163's cases, fingerprints and scored pairs, read once for the tests below."
     if not BUSI_163.exists(): pytest.skip(f'busi-163 not found at {BUSI_163} (it lives beside the project, in ../shared)')
-    views = likely_views(f'busi:{BUSI_163}')
-    assert [v.ids for v in views] == [('benign (433)', 'benign (435)')]
-    assert views[0].correlation < 0.97 and views[0].similarity < 0.65
     cases = list_cases(f'busi:{BUSI_163}')
-    i, j = (next(k for k, c in enumerate(cases) if c.id == v) for v in views[0].ids)
+    prints = read_fingerprints(cases)
+    return cases, prints, scored_pairs(prints)
+
+def test_busi_163_has_one_likely_view_pair_straddling_fold_0(busi163_scored):
+    cases, prints, scored = busi163_scored
+    views = view_pairs(prints, scored)
+    assert [(cases[i].id, cases[j].id) for i, j, *_ in views] == [('benign (433)', 'benign (435)')]
+    (i, j, r, s), = views
+    assert r < 0.97 and s < 0.65
+    copies = [p for p in scored if p[2] >= DUPLICATE_THRESHOLD]
     y = [c.label for c in cases]
-    plain = make_folds(y, k=5, seed=0, n_folds=3, groups=fold_groups(f'busi:{BUSI_163}'))
+    plain = make_folds(y, k=5, seed=0, n_folds=3, groups=group_ids(len(cases), copies))
     assert i in plain[0].test and j in plain[0].val                           # the quick profile's fold 0 splits them
-    grouped = make_folds(y, k=5, seed=0, n_folds=3, groups=fold_groups(f'busi:{BUSI_163}:views'))
+    groups = fold_groups(f'busi:{BUSI_163}:views')                            # the spec's way: the same groups
+    assert groups == group_ids(len(cases), copies + views)
+    grouped = make_folds(y, k=5, seed=0, n_folds=3, groups=groups)
     assert all(({i, j} <= set(f.train.tolist())) or ({i, j} <= set(f.val.tolist())) or ({i, j} <= set(f.test.tolist())) for f in grouped)
 
 def test_real_synth_has_no_duplicates():
@@ -698,10 +708,9 @@ def test_busi_sample_duplicates(busi_sample):
     folds = make_folds([c.label for c in list_cases(f'busi:{busi_sample}')], groups=groups)
     check_partition(folds, 60); check_groups_whole(folds, groups)
 
-def test_busi_163_duplicates():
-    if not BUSI_163.exists(): pytest.skip(f'busi-163 not found at {BUSI_163} (it lives beside the project, in ../shared)')
-    cases = list_cases(f'busi:{BUSI_163}')
-    pairs = duplicate_pairs(cases, threshold=0.5)       # what lies near the threshold, on both sides
+def test_busi_163_duplicates(busi163_scored):
+    cases, prints, scored = busi163_scored
+    pairs = [p for p in scored if p[2] >= 0.5]          # what lies near the threshold, on both sides
     groups = group_duplicates(cases, [p for p in pairs if p[2] >= DUPLICATE_THRESHOLD])
     assert (len(groups), sum(len(g.ids) for g in groups), sum(g.mixed for g in groups)) == (10, 21, 0)
     assert min(g.score for g in groups) > 0.95 and max(s for *_, s in pairs if s < DUPLICATE_THRESHOLD) < 0.7
