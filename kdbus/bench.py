@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import kdbus
 from .deploy import (DeployError, export_onnx, load_student, ort_session, quantize_int8, quantize_int8_static, read_checkpoint)
-from .models import PRESETS, build_model, count_params, regressor_for, resolve_specs
+from .models import PRESETS, STUDENT_SIZES, build_model, count_params, preset_size, regressor_for, resolve_specs, student_size
 from .evaluate import dice_iou
 from .files import atomic_write
 
@@ -31,12 +31,14 @@ BENCH_MODELS = ('teacher', 'student', 'regressor')  # the rows of a preset, in t
 def preset_models(
     preset: str,  # a `kdbus.models.PRESETS` entry
     size: int = 224,  # image side S
+    student: str|None = None,  # a `kdbus.models.STUDENT_SIZES` name: that student instead of the preset's own
 ) -> dict[str, tuple[nn.Module, torch.Tensor]]:  # role -> (model in eval mode, example input of batch 1)
-    "The teacher, student and HR regressor of `preset` (random weights, seed 0) and an input for each."
+    "The teacher, student (the preset's, or the named size) and HR regressor of `preset` (random weights, seed 0) and an input for each."
     if preset not in PRESETS: raise ValueError(f"preset={preset!r} is not a model preset; valid: {', '.join(PRESETS)}")
     if not isinstance(size, int) or size < 32 or size % 32: raise ValueError(f"size={size!r} must be a positive multiple of 32")
+    s_spec = resolve_specs(preset)[1] if student is None else student_size(student, preset)  # refuses an unknown size, listing them
     torch.manual_seed(0)
-    t, s = (build_model(spec) for spec in resolve_specs(preset))
+    t, s = build_model(resolve_specs(preset)[0]), build_model(s_spec)
     r = regressor_for(t, s)
     x = torch.rand(1, 3, size, size)
     with torch.inference_mode(): feat = s.encoder(x)[-1]
@@ -239,10 +241,14 @@ def int8_dice(
                 mask_agree_int8=float((masks['fp32'] == masks['int8']).mean()), n_test=len(test),
                 dice_set=f"{cfg.get('label')} fold {cfg.get('config', {}).get('fold')} test part ({len(test)} images of {cfg.get('config', {}).get('data')}, {data.images.shape[1]} px)")
 
-def _check_student(preset: str, student: str|Path) -> nn.Module:
-    "The trained student of `student`, refused if it is not `preset`'s student architecture."
+def _student_spec(preset: str, size: str|None):
+    "The student `ModelSpec` of `preset` at `size` (None: the preset's own), without its weights."
+    return (resolve_specs(preset)[1] if size is None else student_size(size, preset)).replace(encoder_weights=None)
+
+def _check_student(preset: str, student: str|Path, size: str|None = None) -> nn.Module:
+    "The trained student of `student`, refused if it is not `preset`'s student architecture (at `size`)."
     model, info = load_student(student)
-    want = PRESETS[preset]['student'].replace(encoder_weights=None)
+    want = _student_spec(preset, size)
     if info['spec'].replace(encoder_weights=None) != want:
         fits = [p for p, m in PRESETS.items() if m['student'].replace(encoder_weights=None) == info['spec'].replace(encoder_weights=None)]
         raise DeployError(f"{student}: a {info['spec'].encoder} student ({', '.join(fits) or 'no'} preset), not the {preset!r} preset's "
@@ -261,6 +267,7 @@ def bench_preset(
     memory: bool = True,  # measure peak memory (two fresh processes per model)
     int8: bool = True,  # add the int8 ONNX student's row
     student: str|Path|None = None,  # a trained student checkpoint of this preset (its run folder gives the int8 Dice)
+    student_size: str|None = None,  # a `STUDENT_SIZES` name: bench that student (None: the preset's own)
     workdir: str|Path|None = None,  # where the ONNX files go; None: a temporary folder, deleted after
     progress: Callable[[str], None]|None = print,  # called with a line per step; None: silent
 ) -> pd.DataFrame:  # one row per model: teacher, student[, student_int8], regressor
@@ -271,8 +278,10 @@ def bench_preset(
     if not isinstance(batch, int) or batch < 1: raise ValueError(f"batch={batch!r} must be a positive integer")
     for k, v in dict(warmup=warmup, repeats=repeats, batch_repeats=batch_repeats).items():
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == 'warmup' else 1): raise ValueError(f"{k}={v!r} must be an integer >= {0 if k == 'warmup' else 1}")
-    models = preset_models(preset, size)
-    if student is not None: models['student'] = (_check_student(preset, student), models['student'][1])
+    models = preset_models(preset, size, student_size)
+    if student is not None: models['student'] = (_check_student(preset, student, student_size), models['student'][1])
+    named = student_size or preset_size(preset)  # the size the student rows are, in STUDENT_SIZES' names (None: none of them)
+    tag = f"{preset}" + (f"-{student_size}" if student_size else '')  # ONNX file names: sizes of one preset do not collide
     old_threads = torch.get_num_threads(); torch.set_num_threads(threads)
     tmpdir = None if workdir else tempfile.TemporaryDirectory(prefix='kdbus-bench-')
     wd = Path(workdir or tmpdir.name); wd.mkdir(parents=True, exist_ok=True)
@@ -282,21 +291,21 @@ def bench_preset(
         for role, (m, x) in models.items():
             say(f"{preset} {role}: ONNX export, MACs")
             spec = getattr(m, 'kdbus_spec', None)
-            onnx_file = export_onnx(m, wd/f"{preset}-{role}.onnx", size=size, example=None if role != 'regressor' else x, label=role)
-            rows[role] = dict(preset=preset, model=role, encoder=spec.encoder if spec else f"HR regressor ({x.shape[1]} -> {m[-2].out_channels} ch)",
+            onnx_file = export_onnx(m, wd/f"{tag}-{role}.onnx", size=size, example=None if role != 'regressor' else x, label=role)
+            rows[role] = dict(preset=preset, student_size=named, model=role, encoder=spec.encoder if spec else f"HR regressor ({x.shape[1]} -> {m[-2].out_channels} ch)",
                               input=' x '.join(map(str, x.shape[1:])), params=count_params(m), checkpoint_MB=checkpoint_bytes(m) / 1e6,
                               onnx_MB=onnx_file.stat().st_size / 1e6, MACs_G=count_macs(m, x) / 1e9, threads=threads, batch=batch, onnx=onnx_file)
             calls[role, 'torch'], calls[role, 'ort'] = (m, x), (ort_session(onnx_file, threads), x)
             if role == 'student' and int8:
                 say(f"{preset} student_int8: quantise")
-                q = quantize_int8(onnx_file, wd/f"{preset}-student.int8.onnx")
-                rows['student_int8'] = dict(preset=preset, model='student_int8', encoder=rows[role]['encoder'] + ' (ONNX dynamic int8)',
+                q = quantize_int8(onnx_file, wd/f"{tag}-student.int8.onnx")
+                rows['student_int8'] = dict(preset=preset, student_size=named, model='student_int8', encoder=rows[role]['encoder'] + ' (ONNX dynamic int8)',
                                             **{k: rows[role][k] for k in ('input', 'params')}, onnx_MB=q.stat().st_size / 1e6,
                                             **{k: rows[role][k] for k in ('MACs_G', 'threads', 'batch')}, onnx=q)
                 calls['student_int8', 'ort'] = (ort_session(q, threads), x)
                 say(f"{preset} student_int8_static: calibrate and quantise")
-                qs = quantize_int8_static(onnx_file, wd/f"{preset}-student.qdq.onnx", calibration_images(student, size))
-                rows['student_int8_static'] = dict(preset=preset, model='student_int8_static', encoder=rows[role]['encoder'] + ' (ONNX static int8, QDQ)',
+                qs = quantize_int8_static(onnx_file, wd/f"{tag}-student.qdq.onnx", calibration_images(student, size))
+                rows['student_int8_static'] = dict(preset=preset, student_size=named, model='student_int8_static', encoder=rows[role]['encoder'] + ' (ONNX static int8, QDQ)',
                                                    **{k: rows[role][k] for k in ('input', 'params')}, onnx_MB=qs.stat().st_size / 1e6,
                                                    **{k: rows[role][k] for k in ('MACs_G', 'threads', 'batch')}, onnx=qs)
                 calls['student_int8_static', 'ort'] = (ort_session(qs, threads), x)
@@ -334,7 +343,7 @@ def bench_preset(
 
 # %% ../nbs/13_bench.ipynb #5f518a07
 MD_COLUMNS = {  # bench.csv column -> bench.md header
-    'preset': 'preset', 'model': 'model', 'params': 'params (M)', 'checkpoint_MB': 'checkpoint (MB)', 'onnx_MB': 'ONNX (MB)',
+    'preset': 'preset', 'student_size': 'student size', 'model': 'model', 'params': 'params (M)', 'checkpoint_MB': 'checkpoint (MB)', 'onnx_MB': 'ONNX (MB)',
     'MACs_G': 'GMACs', 'cpu_ms_torch': 'CPU ms, PyTorch', 'cpu_ms_ort': 'CPU ms, ORT', 'ort_speedup': 'PyTorch / ORT',
     'cpu_ips_torch': 'img/s, PyTorch', 'cpu_ips_ort': 'img/s, ORT', 'peak_MB_torch': 'peak MB, PyTorch', 'peak_MB_ort': 'peak MB, ORT',
     'gpu_ms_torch': 'GPU ms, PyTorch', 'dice_change': 'int8 Dice change (points)'}
@@ -363,9 +372,10 @@ def ratios(
 ) -> pd.DataFrame:  # one row per preset: teacher/student params, MACs and latencies; ORT/PyTorch for the student
     "The ratios the targets are stated in."
     out = []
-    for preset, g in df.groupby('preset', sort=False):
+    df = df.assign(student_size=df.student_size.fillna('-')) if 'student_size' in df.columns else df.assign(student_size='-')
+    for (preset, size), g in df.groupby(['preset', 'student_size'], sort=False):
         t, s = g.set_index('model').loc['teacher'], g.set_index('model').loc['student']
-        r = dict(preset=preset, student_params_M=s.params / 1e6, teacher_params_M=t.params / 1e6, params_ratio=t.params / s.params,
+        r = dict(preset=preset, student_size=size, student_params_M=s.params / 1e6, teacher_params_M=t.params / 1e6, params_ratio=t.params / s.params,
                  macs_ratio=t.MACs_G / s.MACs_G, latency_ratio_torch=t.cpu_ms_torch / s.cpu_ms_torch,
                  latency_ratio_ort=t.cpu_ms_ort / s.cpu_ms_ort, student_ort_over_torch=s.cpu_ms_ort / s.cpu_ms_torch)
         if 'student_int8' in g.model.values: r['int8_over_fp32_ort'] = g.set_index('model').loc['student_int8', 'int8_over_fp32']
@@ -378,12 +388,12 @@ def bench_markdown(
     command: str|None = None,  # the command that produced it, shown above the table
 ) -> str:
     "bench.md: settings, the table, the ratios, notes."
-    cols = [c for c in MD_COLUMNS if c in df.columns and (c != 'gpu_ms_torch' or df[c].notna().any())]
+    cols = [c for c in MD_COLUMNS if c in df.columns and (c not in ('gpu_ms_torch', 'student_size') or df[c].notna().any())]
     head = '| ' + ' | '.join(MD_COLUMNS[c] for c in cols) + ' |\n|' + '---|' * len(cols) + '\n'
     body = ''.join('| ' + ' | '.join(_fmt(r[c], c) for c in cols) + ' |\n' for _, r in df.iterrows())
     r = ratios(df)
     def line(x):
-        s = (f"- `{x.preset}`: student {x.student_params_M:.3f} M, teacher {x.teacher_params_M:.1f} M parameters ({x.params_ratio:.1f}x); "
+        s = (f"- `{x.preset}`" + (f", student size `{x.student_size}`" if x.student_size != '-' else '') + f": student {x.student_params_M:.3f} M, teacher {x.teacher_params_M:.1f} M parameters ({x.params_ratio:.1f}x); "
              f"teacher/student MACs {x.macs_ratio:.1f}x; CPU latency teacher/student {x.latency_ratio_torch:.1f}x (PyTorch), "
              f"{x.latency_ratio_ort:.1f}x (ORT); student ORT / PyTorch latency {x.student_ort_over_torch:.2f}")
         if pd.notna(x.get('int8_over_fp32_ort', np.nan)): s += f"; int8 / float32 ORT latency {x['int8_over_fp32_ort']:.2f} (dynamic)"
@@ -469,6 +479,7 @@ def bench(
     presets: Sequence[str] = ('paper',),  # model presets to measure
     out: str|Path = '.',  # folder for bench.csv, bench.md (and bench.png)
     results: str|Path|None = None,  # a results folder: adds the Dice-vs-cost plot (its preset is benched too)
+    student_sizes: Sequence[str]|None = None,  # `STUDENT_SIZES` names: bench each preset with each of these students (None: its own)
     command: str|None = None,  # the command line, recorded in bench.md
     **kwargs,  # `bench_preset` settings: size, batch, warmup, repeats, batch_repeats, threads, memory, int8, student, progress
 ) -> pd.DataFrame:
@@ -480,14 +491,24 @@ def bench(
     if results is not None:
         rp = results_preset(results)  # fails now, before any measurement, if the folder has no runs
         if rp not in presets: presets.append(rp)
-    student = kwargs.pop('student', None)
-    if student is not None:
-        spec = read_checkpoint(student)['spec'].replace(encoder_weights=None)
-        owner = [p for p in presets if PRESETS[p]['student'].replace(encoder_weights=None) == spec]
-        if not owner: raise DeployError(f"{student}: its student ({spec.encoder}) is not the student of preset(s) {', '.join(presets)}; "
-                                        f"add its preset ({', '.join(p for p in PRESETS if PRESETS[p]['student'].replace(encoder_weights=None) == spec) or 'none'})")
+    sizes = [None] if student_sizes is None else list(student_sizes)
+    for s in sizes:
+        if s is not None and s not in STUDENT_SIZES: raise ValueError(f"student_sizes: {s!r} is not a student size; expected some of: {', '.join(STUDENT_SIZES)}")
+    students = kwargs.pop('student', None)
+    students = [] if students is None else [students] if isinstance(students, (str, Path)) else list(students)
+    cells = [(p, s) for p in presets for s in sizes]
+    owner = {}  # (preset, size) -> the checkpoint of its student
+    for st in students:
+        spec = read_checkpoint(st)['spec'].replace(encoder_weights=None)
+        fits = [c for c in cells if _student_spec(*c) == spec and c not in owner]
+        if not fits:
+            say = lambda p, s: f"{p} ({'size ' + s if s else 'its own student'})"
+            named = [say(p, s) for s in (None, *STUDENT_SIZES) for p in PRESETS if _student_spec(p, s) == spec]  # own students first
+            raise DeployError(f"{st}: its student ({spec.encoder}) is not the student of any preset and size benched here "
+                              f"({', '.join(say(*c) for c in cells)}); it is the student of: {', '.join(named[:4]) or 'none'}")
+        owner[fits[0]] = st
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    frames = [bench_preset(p, student=student if student is not None and p == owner[0] else None, **kwargs) for p in presets]
+    frames = [bench_preset(p, student=owner.get((p, s)), student_size=s, **kwargs) for p, s in cells]
     df = pd.concat(frames, ignore_index=True)
     df.attrs = {**frames[0].attrs}
     atomic_write(out/'bench.csv', df.to_csv(index=False))

@@ -51,6 +51,14 @@ def _labels(s: str) -> tuple[str, ...]:
     if not out: raise argparse.ArgumentTypeError(f"--runs {s!r}: expected comma-separated runs, e.g. Teacher,Student,L_KLD_WAug")
     return out
 
+def _student_sizes(s: str) -> list[str]:
+    "Parse comma-separated `kdbus.models.STUDENT_SIZES` names."
+    from kdbus.models import STUDENT_SIZES  # torch: only when the option is given
+    sizes = [x.strip() for x in s.split(',') if x.strip()]
+    bad = [x for x in sizes if x not in STUDENT_SIZES]
+    if not sizes or bad: raise argparse.ArgumentTypeError(f"{s!r}: expected comma-separated student sizes among {', '.join(STUDENT_SIZES)}")
+    return sizes
+
 def _similarity(s: str) -> float:
     "Parse a similarity threshold in (0, 1]."
     try: v = float(s)
@@ -124,7 +132,7 @@ def cmd_bench(args) -> int:
     cmd = 'kdbus ' + ' '.join(sys.argv[1:]) if Path(sys.argv[0]).name == 'kdbus' else None
     given = {k: getattr(args, k) for k in BENCH_SETTINGS if hasattr(args, k)}
     if 'budget' in given: given['budget'] = given['budget'] or None  # 0: no limit
-    df = bench(args.preset, out=args.out, results=args.results, command=cmd, threads=args.threads, memory=not args.no_memory,
+    df = bench(args.preset, out=args.out, results=args.results, student_sizes=args.student_sizes, command=cmd, threads=args.threads, memory=not args.no_memory,
                int8=not args.no_int8, student=args.student, **given)
     print(bench_markdown(df))
     print(f"wrote {Path(args.out)/'bench.csv'}, {Path(args.out)/'bench.md'}" + (f", {Path(args.out)/'bench.png'}" if args.results else ''))
@@ -221,7 +229,12 @@ def make_parser() -> argparse.ArgumentParser:
     b.add_argument("--preset", type=lambda s: [p for p in s.split(",") if p], default=["paper"], help="comma-separated model presets (default: paper)")
     b.add_argument("--out", type=Path, default=Path("."), help="folder for bench.csv, bench.md, bench.png (default: .)")
     b.add_argument("--results", type=Path, default=None, help="a results folder: plot its runs' Dice against cost (bench.png)")
-    b.add_argument("--student", type=Path, default=None, help="a trained student best.pt: measured instead of random weights, int8 Dice on its run's test part")
+    b.add_argument("--student", type=Path, action="append", default=None,
+                   help="a trained student best.pt: measured instead of random weights, int8 Dice on its run's test part "
+                        "(repeat it for the students of --student-sizes: each goes to the size it is)")
+    b.add_argument("--student-sizes", type=_student_sizes, default=None, metavar="SIZES",
+                   help="comma-separated student sizes (kdbus.models.STUDENT_SIZES, e.g. xs,s,m,l): bench each preset with each of these students, "
+                        "its teacher timed beside each (default: the preset's own student)")
     b.add_argument("--size", type=int, default=argparse.SUPPRESS, help="image side in pixels (default: 224)")
     b.add_argument("--batch", type=int, default=argparse.SUPPRESS, help="batch of the throughput measurement (default: 8)")
     b.add_argument("--warmup", type=int, default=argparse.SUPPRESS, help="untimed rounds before timing (default: 2)")

@@ -158,13 +158,38 @@ def test_bad_input_fails_before_measuring(results, tmp_path):
     teacher = build_model(PRESETS['quick']['student'])
     torch.save(dict(model=teacher.state_dict(), spec=teacher.kdbus_spec.to_dict()), tmp_path/'quick.pt')
     rc, _, err = cli('bench', '--preset', 'smoke', '--out', tmp_path, '--student', tmp_path/'quick.pt', *FAST)
-    assert rc == 2 and 'quick.pt' in err and 'add its preset (quick' in err
+    assert rc == 2 and 'quick.pt' in err and 'it is the student of: quick (its own student)' in err
     (tmp_path/'junk.pt').write_bytes(b'\x00' * 100)
     rc, _, err = cli('bench', '--preset', 'smoke', '--out', tmp_path, '--student', tmp_path/'junk.pt', *FAST)
     assert rc == 2 and 'junk.pt: not a readable PyTorch checkpoint' in err
     assert not (tmp_path/'bench.csv').exists()
     assert results_preset(res) == 'smoke'
 
+
+def test_student_sizes_are_benched_each_beside_the_teacher(tmp_path):
+    "`--student-sizes`: one teacher, student and regressor row per size, timed in one run each; the sizes' own parameter counts."
+    from kdbus.models import student_size
+    rc, out, err = cli('bench', '--preset', 'smoke', '--student-sizes', 'xs,m', '--out', tmp_path, '--no-memory', '--no-int8', '--budget', '0', *FAST)
+    assert rc == 0, err
+    df = pd.read_csv(tmp_path/'bench.csv')
+    assert list(zip(df.student_size, df.model)) == [(s, m) for s in ('xs', 'm') for m in BENCH_MODELS]
+    for s in ('xs', 'm'):
+        row = df[(df.student_size == s) & (df.model == 'student')].iloc[0]
+        assert row.params == count_params(build_model(student_size(s, 'smoke'), 'meta'))
+        assert row.encoder == student_size(s, 'smoke').encoder
+    assert df[df.model == 'teacher'].params.nunique() == 1                     # the same teacher beside each size
+    md = (tmp_path/'bench.md').read_text()
+    assert '| student size |' in md and "`smoke`, student size `xs`: student 0." in md and "`smoke`, student size `m`: student 0.8" in md
+    assert kdbus.bench.ratios(df).student_size.tolist() == ['xs', 'm']
+
+def test_student_sizes_are_refused_before_measuring(results, tmp_path):
+    res, _ = results
+    rc, _, err = cli('bench', '--preset', 'smoke', '--student-sizes', 'xs,xxl', '--out', tmp_path)
+    assert rc == 2 and "'xs,xxl': expected comma-separated student sizes among xs, s, m, l" in err
+    with pytest.raises(ValueError, match="'xxl' is not a student size; expected some of: xs, s, m, l"): bench(['smoke'], tmp_path, student_sizes=['xxl'])
+    rc, _, err = cli('bench', '--preset', 'smoke', '--student-sizes', 'xs,m', '--out', tmp_path, '--student', res/'Student'/'fold0'/'best.pt', *FAST)
+    assert rc == 2 and 'is not the student of any preset and size benched here (smoke (size xs), smoke (size m))' in err  # neither
+    assert not (tmp_path/'bench.csv').exists()
 
 def test_cli_leaves_the_settings_to_bench_preset_and_states_its_defaults():
     "`kdbus bench` passes a setting only when given (bench_preset's defaults are the only ones); its help states them."
