@@ -91,7 +91,8 @@ def cmd_report(args) -> int:
     "Write Table 4, Figure 2 and the plots of a results folder."
     from kdbus.publish import write_report
     if not Path(args.results).is_dir(): raise FileNotFoundError(f"{args.results}: results folder not found")
-    for p in write_report(args.results, out=args.out, image=args.image, show_image=not args.no_image): print(f"wrote {p}")
+    if args.bench is not None and not Path(args.bench).is_file(): raise FileNotFoundError(f"{args.bench}: bench table not found; expected the bench.csv of kdbus bench --student-sizes")
+    for p in write_report(args.results, out=args.out, image=args.image, show_image=not args.no_image, bench=args.bench): print(f"wrote {p}")
     if args.readme is not None:
         from kdbus.publish import sync_readme
         done = sync_readme(args.readme, only=args.out or args.results)
@@ -205,6 +206,7 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("--image", default=None, help="Figure 2's test image id (default: the documented rule)")
     r.add_argument("--no-image", action="store_true", help="Figure 2 without the image itself (contours only), for data sets that may not be redistributed")
     r.add_argument("--readme", type=Path, default=None, help="also rewrite this Markdown file's '<!-- table4: RESULTS -->' block from the new table4.md")
+    r.add_argument("--bench", type=Path, default=None, help="a bench.csv of kdbus bench --student-sizes: the costs joined to the student-size curve (capacity.md)")
     r.set_defaults(func=cmd_report)
 
     e = sub.add_parser("export", help="export a trained student checkpoint to ONNX and check it against PyTorch")

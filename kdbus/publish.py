@@ -9,6 +9,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from .capacity import capacity_runs, write_capacity_report
 from .config import ALL_RUNS
 from .figures import dice_distribution, figure2, learning_curves, loss_terms, save_figure
 from .files import atomic_write
@@ -28,15 +29,18 @@ def write_report(results_dir: str|Path, # the results folder OUT
                  image: str|None = None, # Figure 2's test image id (None: by `FIGURE2_RULE`)
                  fold: int|None = None, # the fold `image` was tested in (None: the first that tested it)
                  show_image: bool = True, # Figure 2 shows the image (False: contours only, for images that may not be redistributed)
+                 bench: str|Path|None = None, # a `kdbus bench --student-sizes` bench.csv: the costs of the student-size curve
                 ) -> list[Path]:
     "Write Table 4 (csv, md), Figure 2 (png, pdf) and the Dice, learning-curve and loss-term figures, and the sweep and seed reports of runs beyond Table 4 (`kdbus.sweeps`); return their paths."
     everything = collect(results_dir)
+    sizes = {s for (r, s) in capacity_runs(everything) if r == 'Student'}  # more than one: the student-size curve too
+    capacity = lambda: write_capacity_report(everything, out, bench) if len(sizes) > 1 else []
     df = everything[everything.label.isin(ALL_RUNS)]  # Table 4: the paper's settings, the folder's seed
     df.attrs.update(everything.attrs)
     out = Path(out) if out is not None else Path(results_dir)
     if df.empty and len(everything):  # a sweep of its own: no Table 4
         out.mkdir(parents=True, exist_ok=True)
-        return write_sweep_report(everything, out)
+        return write_sweep_report(everything, out) + capacity()
     t = table4(df)  # raises on a folder without complete runs, before anything is written
     out.mkdir(parents=True, exist_ok=True)
     paths = [out/n for n in REPORT_FILES]
@@ -52,7 +56,7 @@ def write_report(results_dir: str|Path, # the results folder OUT
         fig = make(df)
         try: save_figure(fig, path, dpi=120)
         finally: plt.close(fig)
-    return paths + write_sweep_report(everything, out)
+    return paths + write_sweep_report(everything, out) + capacity()
 
 # %% ../nbs/10d_publish.ipynb #11dd4dd9
 README_BLOCK = re.compile(r'(<!-- (?P<kind>table4|seeds): (?P<dir>\S+) -->\n)(?P<body>.*?)(<!-- /(?P=kind) -->)', re.S)  # a README's table block

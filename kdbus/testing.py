@@ -13,12 +13,13 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from .config import ALL_RUNS, label_params
+from .config import ALL_RUNS, NAMED_TYPES, label_params
 from .data import load_data
 from .folds import make_folds
 from .distill import TABLE3
 from .evaluate import dice_iou, hd95
 from .files import atomic_write
+from .models import build_model, count_params, student_size
 from .report import PAPER_TABLE4
 
 # %% auto #0
@@ -40,7 +41,7 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
                  data: str, # data set spec the runs claim (images and masks are read from it), e.g. 'udiat:/tmp/synth'
                  size: int = 64, # evaluation size S (pixels)
                  n_folds: int = 2, # folds 0..n_folds-1
-                 labels: Sequence[str] = ALL_RUNS, # the runs to write
+                 labels: Sequence[str] = ALL_RUNS, # the run folders to write: Table 4 rows, maybe with settings and a seed ('L_KLD_WAug+student=xs+seed=1')
                  incomplete: Sequence[tuple[str, int]] = (), # (label, fold) runs written without metrics.json
                  k_folds: int = 5, # partition of `make_folds` (as the grid's)
                  seed: int = 0, # seed of the folds and of the made-up numbers
@@ -50,12 +51,16 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
     d = load_data(data, size=size)
     folds = make_folds(d.labels, k=k_folds, seed=seed, n_folds=n_folds)
     for li, label in enumerate(labels):
-        quality = PAPER_TABLE4.get(label, (75.0,))[0]
+        base, *parts = label.split('+')
+        named = {k: (int(v) if k == 'seed' else NAMED_TYPES[k](v)) for k, _, v in (p.partition('=') for p in parts)}
+        quality = PAPER_TABLE4.get(base, (75.0,))[0] - 8 * ['l', 'm', 's', 'xs'].index(named.get('student', 'm'))  # smaller: worse
         miss = 1.6 * (100 - quality) / 100
-        kd = label in TABLE3
+        kd = base in TABLE3
+        params = (count_params(build_model(student_size(named['student'], 'smoke'), 'meta')) if 'student' in named
+                  else 82_000_000 if base == 'Teacher' else 820_000)
         for k, fold in enumerate(folds):
             run = out/label/f"fold{k}"; run.mkdir(parents=True, exist_ok=True)
-            rng = np.random.default_rng([seed, li, k])
+            rng = np.random.default_rng([seed, li, k, named.get('seed', 0)])
             test = fold.test
             preds = np.stack([_fake_prediction(d.masks[i], rng, miss) for i in test])
             rows = []
@@ -72,7 +77,8 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
             history = pd.DataFrame(dict(epoch=e, train_loss=0.5 * sup + 0.5 * kd_term if kd else sup, train_sup=sup,
                                         train_kd=kd_term, val_loss=val_loss,
                                         val_dice=per_image.dice.mean() * (1 - np.exp(-e / 2)), lr=1e-4, seconds=1.0))
-            config = dict(label=label, **label_params(label), fold=k, data=str(data), profile='fake', seed=seed,
+            config = dict(label=base, **label_params(base), **{f: v for f, v in named.items() if f != 'seed'}, fold=k, data=str(data),
+                          profile='fake', seed=named.get('seed', seed), **({'split_seed': seed} if 'seed' in named else {}),
                           out_dir=str(out), size=size, k_folds=k_folds, n_folds=n_folds, fake=True)
             atomic_write(run/'config.json', json.dumps(config, indent=1))
             atomic_write(run/'env.json', json.dumps(dict(fake=True), indent=1))
@@ -81,10 +87,9 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
             np.savez_compressed(run/'predictions.npz', ids=np.array([d.ids[i] for i in test]),
                                 masks=np.packbits(preds.astype(bool)), shape=np.array(preds.shape))
             if (label, k) in set(map(tuple, incomplete)): continue
-            metrics = dict(label=label, fold=k, dice_mean=float(per_image.dice.mean()), dice_std=float(per_image.dice.std(ddof=0)),
+            metrics = dict(label=base, run=label, fold=k, dice_mean=float(per_image.dice.mean()), dice_std=float(per_image.dice.std(ddof=0)),
                            iou_mean=float(per_image.iou.mean()), n_test=len(per_image),
-                           params=82_000_000 if label == 'Teacher' else 820_000,
-                           regressor_params=12_345 if label.startswith('HReg') else 0,
+                           params=params, regressor_params=12_345 if base.startswith('HReg') else 0,
                            best_epoch=int(np.argmin(val_loss)) + 1, epochs_run=epochs, seconds=float(epochs),
                            stopped='max_epochs', complete=True, fake=True)
             atomic_write(run/'metrics.json', json.dumps(metrics, indent=1))
