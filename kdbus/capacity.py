@@ -15,9 +15,8 @@ from .config import PROFILES
 from .files import atomic_write
 from .figures import save_figure
 from .models import STUDENT_SIZES, preset_size
-from .results import results_frame, run_config
+from .results import results_frame, run_config, settings_of
 from .stats import fmt_p, holm, run_lift, verdict
-from .sweeps import settings_of
 
 # %% auto #0
 __all__ = ['CAPACITY_ROWS', 'COLORS', 'CAPACITY_FILES', 'default_size', 'capacity_runs', 'capacity_table', 'capacity_plot',

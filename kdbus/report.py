@@ -15,12 +15,12 @@ from .distill import TABLE3
 
 # %% auto #0
 __all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_PAIRS', 'FINDINGS_RULE', 'FINDINGS_COLS',
-           'paired_test', 'table4', 'table4_markdown', 'paper_setting', 'findings']
+           'paired_test', 'table4', 'table4_markdown', 'findings']
 
 # %% ../nbs/10_report.ipynb #07d61946
 from .config import ALL_RUNS  # Table 4's rows (and run folder names), in the paper's order
 from .figures import FIGURE2_RULE
-from .results import ReportWarning, label_key, results_frame, runs_line  # reading a results folder (09a_results)
+from .results import ReportWarning, label_key, paper_setting_runs, results_frame, runs_line  # reading a results folder (09a_results)
 from .stats import complete_rows, fmt_p, holm, run_lift, signed_stars, verdict  # the statistics (08a_stats)
 
 PAPER = ("Behboodi B., Brooks R., Rivaz H. Optimizing knowledge distillation for efficient breast ultrasound image "
@@ -177,11 +177,6 @@ FINDINGS_RULE = ("**verdict**: from the run-level analysis (runs paired by fold 
                  "uncorrected, like the paper's p-values.")
 FINDINGS_COLS = ['finding (the paper)', 'paper', "ours: the paper's protocol (one seed, per image)", 'ours: run-level (seeds x folds)', 'verdict']
 
-def paper_setting(df: pd.DataFrame, # `collect`'s rows
-                 ) -> pd.Series:  # True for the runs of a Table 4 row at the paper's settings, any seed
-    "Which rows of `collect` are Table 4 runs at the paper's settings (the folder's seed or a replicate `<row>+seed=S`)."
-    return (df.label == df.base) | (df.label == df.base + '+seed=' + df.seed.astype(str))
-
 def _lift_text(r: dict) -> str:
     if not np.isfinite(r['p']): return r['note']
     return f"{r['lift']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], p = {fmt_p(r['p'], r['lift'])}"
@@ -205,7 +200,7 @@ def findings(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s 
     m = t.dsc_mean
     kd = [l for l in TABLE3 if l in t.index]
     dice = {l: g.set_index(['fold', 'id'])['dice'].astype(float) for l, g in own.groupby('label')}
-    runs = dict(tuple(everything[paper_setting(everything)].groupby('base')))
+    runs = paper_setting_runs(everything)
     short = {}
     if 'Student' in runs:  # a row whose replicates are still incomplete speaks with its own seed only: no run-level verdict yet
         _, short = complete_rows(runs)

@@ -11,14 +11,14 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .config import ALL_RUNS, NAMED_FIELDS, PROFILES
+from .config import ALL_RUNS, NAMED_FIELDS, NAMED_TYPES, PROFILES
 from .data import same_data
 from .evaluate import PER_IMAGE_COLUMNS, read_per_image  # the run files' readers (checked)
 
 # %% auto #0
 __all__ = ['RUN_COLS', 'SPLIT_FIELDS', 'SETTING_COLS', 'CONVERGED_SHARE', 'HISTORY_COLS', 'ReportWarning', 'label_key',
            'find_runs', 'read_metrics', 'run_config', 'split_of', 'check_one_split', 'run_settings', 'collect',
-           'results_frame', 'run_summary', 'runs_line', 'read_history']
+           'results_frame', 'run_summary', 'runs_line', 'settings_of', 'paper_setting_runs', 'read_history']
 
 # %% ../nbs/09a_results.ipynb #2846e5f9
 class ReportWarning(UserWarning):
@@ -170,6 +170,29 @@ def runs_line(runs: pd.DataFrame, # from `run_summary`
         if runs.dirty.eq(True).any(): s += (f" From a tree with uncommitted changes (env.json `git_dirty`): {bad('dirty', True)}: "
                                             "their code is not exactly their commit's.")
     return s
+
+# %% ../nbs/09a_results.ipynb #2a6fe76f
+def settings_of(
+    name: str,  # a run folder's name, e.g. 'H_MSE+stage=3+seed=1'
+) -> tuple[str, tuple, int|None]:  # (Table 4 row, ((setting, value), ...) in name order, replicate seed or None)
+    "What a run folder's name says: its Table 4 row, its non-default KD settings and, for a replicate, its seed."
+    base, *parts = name.split('+')
+    named, seed = [], None
+    for part in parts:
+        k, eq, v = part.partition('=')
+        if not eq or (k not in NAMED_TYPES and k != 'seed'): raise ValueError(f"run folder {name!r}: {part!r} is not NAME=VALUE with NAME one of {', '.join((*NAMED_TYPES, 'seed'))}")
+        if k == 'seed': seed = int(v)
+        else: named.append((k, NAMED_TYPES[k](v)))
+    return base, tuple(named), seed
+
+def paper_setting_runs(
+    df: pd.DataFrame,  # `kdbus.results.collect`'s rows
+) -> dict[str, pd.DataFrame]:  # {Table 4 row: its per-image rows of every seed}
+    "The runs at the paper's settings (any seed), per Table 4 row, in the paper's order."
+    key = [settings_of(l) for l in df.label]
+    keep = np.array([not named and base in ALL_RUNS for base, named, _ in key], dtype=bool)
+    rows = df[keep].assign(row=[k[0] for k, ok in zip(key, keep) if ok])
+    return {b: g.drop(columns='row') for b, g in sorted(rows.groupby('row'), key=lambda x: label_key(x[0]))}
 
 # %% ../nbs/09a_results.ipynb #9866d53f
 HISTORY_COLS = ('epoch', 'train_loss', 'train_sup', 'train_kd', 'val_loss', 'val_dice')  # history.csv columns the plots use

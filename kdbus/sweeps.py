@@ -16,29 +16,16 @@ from .config import ALL_RUNS, NAMED_FIELDS, NAMED_TYPES, PROFILES
 from .distill import TABLE3
 from .models import STUDENT_SIZES, preset_size
 from .files import atomic_write
-from .results import label_key, run_summary, runs_line
+from .results import label_key, paper_setting_runs, run_summary, runs_line, settings_of
 from .figures import quiet_seaborn, save_figure, palette
 from .report import PAPER_TABLE4, paired_test
 from .stats import bootstrap_ci, complete_rows, fmt_p, holm, run_lift, run_lifts, verdict
 
 # %% auto #0
-__all__ = ['SWEEP_FILES', 'settings_of', 'seed_averaged', 'paper_setting_runs', 'seeds_table', 'common_folds', 'seeds_markdown',
-           'lift_plot', 'sweep_table', 'sweep_plot', 'sweep_markdown', 'write_sweep_report']
+__all__ = ['SWEEP_FILES', 'seed_averaged', 'seeds_table', 'common_folds', 'seeds_markdown', 'lift_plot', 'sweep_table',
+           'sweep_plot', 'sweep_markdown', 'write_sweep_report']
 
 # %% ../nbs/10a_sweeps.ipynb #3a6a1b7b
-def settings_of(
-    name: str,  # a run folder's name, e.g. 'H_MSE+stage=3+seed=1'
-) -> tuple[str, tuple, int|None]:  # (Table 4 row, ((setting, value), ...) in name order, replicate seed or None)
-    "What a run folder's name says: its Table 4 row, its non-default KD settings and, for a replicate, its seed."
-    base, *parts = name.split('+')
-    named, seed = [], None
-    for part in parts:
-        k, eq, v = part.partition('=')
-        if not eq or (k not in NAMED_TYPES and k != 'seed'): raise ValueError(f"run folder {name!r}: {part!r} is not NAME=VALUE with NAME one of {', '.join((*NAMED_TYPES, 'seed'))}")
-        if k == 'seed': seed = int(v)
-        else: named.append((k, NAMED_TYPES[k](v)))
-    return base, tuple(named), seed
-
 def seed_averaged(
     df: pd.DataFrame,  # `kdbus.results.collect`'s rows (every run of a results folder)
 ) -> tuple[dict, dict]:  # ({(base, named): per-image Dice averaged over seeds, indexed by (fold, id)}, {(base, named): seeds})
@@ -51,15 +38,6 @@ def seed_averaged(
     return dice, seeds
 
 # %% ../nbs/10a_sweeps.ipynb #580dc883
-def paper_setting_runs(
-    df: pd.DataFrame,  # `kdbus.results.collect`'s rows
-) -> dict[str, pd.DataFrame]:  # {Table 4 row: its per-image rows of every seed}
-    "The runs at the paper's settings (any seed), per Table 4 row, in the paper's order."
-    key = [settings_of(l) for l in df.label]
-    keep = np.array([not named and base in ALL_RUNS for base, named, _ in key], dtype=bool)
-    rows = df[keep].assign(row=[k[0] for k, ok in zip(key, keep) if ok])
-    return {b: g.drop(columns='row') for b, g in sorted(rows.groupby('row'), key=lambda x: label_key(x[0]))}
-
 def seeds_table(
     df: pd.DataFrame,  # `kdbus.results.collect`'s rows
 ) -> pd.DataFrame:  # one row per Table 4 run with the paper's settings and replicates (empty if none has)

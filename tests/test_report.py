@@ -284,7 +284,8 @@ def test_bad_results_folders(full, tmp_path):
     ('no per_image', FileNotFoundError, r"L_MSE/fold0/per_image\.csv: file not found"),
     ('dice out of range', ValueError, r"per_image\.csv: dice of image '\d{6}' is 1\.5; expected a number in \[0, 1\]"),
     ('missing column', ValueError, r"per_image\.csv: missing column\(s\) iou"),
-    ('label mismatch', ValueError, r"metrics\.json: label='H_MSE'.*but the folder is L_MSE/fold0"),
+    ('run mismatch', ValueError, r"metrics\.json: run='H_MSE'.*but the folder is L_MSE/fold0"),
+    ('label mismatch', ValueError, r"metrics\.json: label='H_MSE'.*but the folder is L_MSE/fold0"),  # a run made before `run` was recorded
     ('bad json', ValueError, r"metrics\.json: not valid JSON"),
     ('n_test mismatch', ValueError, r"n_test=99 but per_image\.csv has 5 rows"),
 ])
@@ -296,7 +297,8 @@ def test_broken_run_files_are_named(full, tmp_path, case, error, match):
     elif case == 'dice out of range':
         d = pd.read_csv(pi, dtype={'id': str}); d.loc[2, 'dice'] = 1.5; d.to_csv(pi, index=False)
     elif case == 'missing column': pd.read_csv(pi, dtype={'id': str}).drop(columns='iou').to_csv(pi, index=False)
-    elif case == 'label mismatch': m.write_text(json.dumps({**json.loads(m.read_text()), 'label': 'H_MSE'}))
+    elif case == 'run mismatch': m.write_text(json.dumps({**json.loads(m.read_text()), 'run': 'H_MSE'}))
+    elif case == 'label mismatch': m.write_text(json.dumps({**{k: v for k, v in json.loads(m.read_text()).items() if k != 'run'}, 'label': 'H_MSE'}))
     elif case == 'bad json': m.write_text('{"label": ')
     elif case == 'n_test mismatch': m.write_text(json.dumps({**json.loads(m.read_text()), 'n_test': 99}))
     with pytest.raises(error, match=match): collect(out)
