@@ -19,11 +19,13 @@ from .deploy import (DeployError, export_onnx, load_student, ort_session, quanti
 from .models import PRESETS, STUDENT_SIZES, build_model, count_params, preset_size, regressor_for, resolve_specs, student_size
 from .evaluate import dice_iou
 from .files import atomic_write
+from .figures import cost_plot
+from .results import results_preset
 
 # %% auto #0
-__all__ = ['BENCH_MODELS', 'MD_COLUMNS', 'TABLE5', 'preset_models', 'checkpoint_bytes', 'count_macs', 'time_interleaved',
-           'summarise_times', 'peak_memory', 'run_part', 'calibration_images', 'int8_dice', 'bench_preset', 'machine',
-           'ratios', 'bench_markdown', 'results_preset', 'cost_plot', 'bench']
+__all__ = ['BENCH_MODELS', 'MD_COLUMNS', 'preset_models', 'checkpoint_bytes', 'count_macs', 'time_interleaved', 'summarise_times',
+           'peak_memory', 'run_part', 'calibration_images', 'int8_dice', 'bench_preset', 'machine', 'ratios',
+           'bench_markdown', 'bench']
 
 # %% ../nbs/13_bench.ipynb #ad730290
 BENCH_MODELS = ('teacher', 'student', 'regressor')  # the rows of a preset, in this order
@@ -418,63 +420,6 @@ def bench_markdown(
     return ((f"```bash\n{command}\n```\n\n" if command else '') + head + body + "\nRatios:\n" + rt + "\n" + ''.join(f"- {n}\n" for n in notes))
 
 # %% ../nbs/13_bench.ipynb #707398a7
-TABLE5 = (('Liang et al.', 84, 20.5), ('Gao et al.', 85, 2.34), ('Lou et al.', 90, 26.63), ('Lee et al.', 89, 7.7),
-          ('paper L_KLD_WAug', 80, 0.82))  # the paper's Table 5: (model, DSC %, parameters M), on UDIAT
-
-def results_preset(
-    results: str|Path,  # a results folder
-) -> str:
-    "The model preset the runs of a results folder were trained with."
-    from kdbus.results import find_runs, run_config
-    done, _ = find_runs(results)
-    if not done: raise ValueError(f"{results}: no complete run (a <label>/fold<k>/ folder with metrics.json)")
-    from kdbus.config import PROFILES
-    cfg = run_config(done[0])
-    preset = cfg.get('model_preset') or PROFILES.get(cfg.get('profile'), {}).get('model_preset')
-    if preset not in PRESETS:
-        raise ValueError(f"{done[0]/'config.json'}: records no model preset (model_preset={cfg.get('model_preset')!r}, profile={cfg.get('profile')!r}); "
-                         f"expected one of {', '.join(PRESETS)}")
-    return preset
-
-def cost_plot(
-    df: pd.DataFrame,  # from `bench` (must hold the results' preset)
-    results: str|Path,  # a results folder (from `kdbus grid`)
-    engine: str = 'torch',  # latency of 'torch' or 'ort'
-):  # a matplotlib Figure
-    "Mean test Dice of each run of `results` against the parameters and the CPU latency of the model it deploys."
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-    from kdbus.results import collect
-    preset = results_preset(results)
-    cost = df[df.preset == preset].set_index('model')
-    if cost.empty: raise ValueError(f"{results} was trained with preset {preset!r}, which is not in the table; bench it too")
-    per = collect(results).groupby('label', sort=False).agg(dice=('dice', 'mean'), n=('dice', 'size'))
-    per['dice'] *= 100
-    role = lambda l: 'teacher' if l == 'Teacher' else 'student'
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout='constrained')
-    col = f'cpu_ms_{engine}'
-    for ax, x, xl in ((axes[0], 'params', 'trainable parameters (M, log scale)'), (axes[1], col, f"CPU ms per {int(df.attrs.get('size', 224))} px image ({'PyTorch' if engine == 'torch' else 'ONNX Runtime'}, "
-                                                                                               f"{int(cost.threads.iloc[0])} thread(s), log scale)")):
-        xs = lambda l: cost.loc[role(l), x] / (1e6 if x == 'params' else 1)
-        kd = [l for l in per.index if l not in ('Teacher', 'Student')]
-        if kd: ax.scatter([xs(l) for l in kd], per.dice[kd], s=18, c='0.55', zorder=2, label=f'{len(kd)} KD students')
-        for l, c, mk in (('Teacher', 'tab:red', 's'), ('Student', 'tab:blue', 'o')):
-            if l in per.index: ax.scatter([xs(l)], [per.dice[l]], s=60, c=c, marker=mk, zorder=3, label=l)
-        if kd:
-            best = per.dice[kd].idxmax()
-            ax.annotate(f"best KD: {best}", (xs(best), per.dice[best]), xytext=(8, -3), textcoords='offset points', fontsize=8, ha='left')
-        if x == 'params':
-            for name, d, p in TABLE5:
-                ax.scatter([p], [d], s=22, marker='x', c='0.3', zorder=2)
-                ax.annotate(name, (p, d), xytext=(4, -10), textcoords='offset points', fontsize=7, color='0.3')
-            ax.scatter([], [], marker='x', c='0.3', label="paper's Table 5 (UDIAT)")
-        lo, hi = ax.dataLim.x0, ax.dataLim.x1
-        ax.set_xscale('log'); ax.set_xlim(lo / 1.6, hi * 1.6); ax.set_xlabel(xl); ax.set_ylabel('mean test Dice (%)'); ax.grid(alpha=0.3)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}")); ax.xaxis.set_minor_formatter(NullFormatter())
-    axes[0].legend(fontsize=8, loc='lower right')
-    fig.suptitle(f"Dice against cost: {Path(results).name} ({preset} preset, {int(per.n.max())} test images per run)", fontsize=10)
-    return fig
-
 def bench(
     presets: Sequence[str] = ('paper',),  # model presets to measure
     out: str|Path = '.',  # folder for bench.csv, bench.md (and bench.png)

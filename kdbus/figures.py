@@ -21,12 +21,12 @@ from .data import SegData, data_citation, list_cases, load_data, natural_key
 from .distill import TABLE3
 from .evaluate import load_predictions, read_per_image
 from .files import temp_path
-from .results import ReportWarning, label_key, read_history, read_metrics, results_frame, run_config
+from .results import ReportWarning, collect, label_key, read_history, read_metrics, results_frame, results_preset, run_config
 
 # %% auto #0
-__all__ = ['FIGURE2_RULE', 'SELECT_WORDS', 'SUP_WORDS', 'choose_figure2_image', 'load_run_images', 'figure2', 'palette',
+__all__ = ['FIGURE2_RULE', 'SELECT_WORDS', 'SUP_WORDS', 'TABLE5', 'choose_figure2_image', 'load_run_images', 'figure2', 'palette',
            'quiet_seaborn', 'dice_distribution', 'learning_curves', 'loss_terms', 'plot_history', 'plot_dice',
-           'plot_overlays', 'save_figure']
+           'plot_overlays', 'cost_plot', 'save_figure']
 
 # %% ../nbs/09b_figures.ipynb #4db07f5e
 FIGURE2_RULE = ("chosen among the test images every run predicted as the one whose Teacher Dice is closest to the "
@@ -288,6 +288,48 @@ def plot_overlays(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
                f"{r.id} ({r.cls or 'unlabelled'})\nDSC {100 * r.dice:.1f} %")
     fig.legend(handles=_LEGEND, loc='outside lower center', ncol=2, frameon=False)
     fig.suptitle(f"{run.parent.name}, {run.name}: test images from the worst Dice to the best" + (f" ({why})" if why else ''), fontsize=10)
+    return fig
+
+# %% ../nbs/09b_figures.ipynb #6814c169
+TABLE5 = (('Liang et al.', 84, 20.5), ('Gao et al.', 85, 2.34), ('Lou et al.', 90, 26.63), ('Lee et al.', 89, 7.7),
+          ('paper L_KLD_WAug', 80, 0.82))  # the paper's Table 5: (model, DSC %, parameters M), on UDIAT
+
+def cost_plot(
+    df: pd.DataFrame,  # from `bench` (must hold the results' preset)
+    results: str|Path,  # a results folder (from `kdbus grid`)
+    engine: str = 'torch',  # latency of 'torch' or 'ort'
+):  # a matplotlib Figure
+    "Mean test Dice of each run of `results` against the parameters and the CPU latency of the model it deploys."
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    preset = results_preset(results)
+    cost = df[df.preset == preset].set_index('model')
+    if cost.empty: raise ValueError(f"{results} was trained with preset {preset!r}, which is not in the table; bench it too")
+    per = collect(results).groupby('label', sort=False).agg(dice=('dice', 'mean'), n=('dice', 'size'))
+    per['dice'] *= 100
+    role = lambda l: 'teacher' if l == 'Teacher' else 'student'
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout='constrained')
+    col = f'cpu_ms_{engine}'
+    for ax, x, xl in ((axes[0], 'params', 'trainable parameters (M, log scale)'), (axes[1], col, f"CPU ms per {int(df.attrs.get('size', 224))} px image ({'PyTorch' if engine == 'torch' else 'ONNX Runtime'}, "
+                                                                                               f"{int(cost.threads.iloc[0])} thread(s), log scale)")):
+        xs = lambda l: cost.loc[role(l), x] / (1e6 if x == 'params' else 1)
+        kd = [l for l in per.index if l not in ('Teacher', 'Student')]
+        if kd: ax.scatter([xs(l) for l in kd], per.dice[kd], s=18, c='0.55', zorder=2, label=f'{len(kd)} KD students')
+        for l, c, mk in (('Teacher', 'tab:red', 's'), ('Student', 'tab:blue', 'o')):
+            if l in per.index: ax.scatter([xs(l)], [per.dice[l]], s=60, c=c, marker=mk, zorder=3, label=l)
+        if kd:
+            best = per.dice[kd].idxmax()
+            ax.annotate(f"best KD: {best}", (xs(best), per.dice[best]), xytext=(8, -3), textcoords='offset points', fontsize=8, ha='left')
+        if x == 'params':
+            for name, d, p in TABLE5:
+                ax.scatter([p], [d], s=22, marker='x', c='0.3', zorder=2)
+                ax.annotate(name, (p, d), xytext=(4, -10), textcoords='offset points', fontsize=7, color='0.3')
+            ax.scatter([], [], marker='x', c='0.3', label="paper's Table 5 (UDIAT)")
+        lo, hi = ax.dataLim.x0, ax.dataLim.x1
+        ax.set_xscale('log'); ax.set_xlim(lo / 1.6, hi * 1.6); ax.set_xlabel(xl); ax.set_ylabel('mean test Dice (%)'); ax.grid(alpha=0.3)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}")); ax.xaxis.set_minor_formatter(NullFormatter())
+    axes[0].legend(fontsize=8, loc='lower right')
+    fig.suptitle(f"Dice against cost: {Path(results).name} ({preset} preset, {int(per.n.max())} test images per run)", fontsize=10)
     return fig
 
 # %% ../nbs/09b_figures.ipynb #ec14943c

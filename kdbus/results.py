@@ -18,7 +18,8 @@ from .evaluate import PER_IMAGE_COLUMNS, read_per_image  # the run files' reader
 # %% auto #0
 __all__ = ['RUN_COLS', 'SPLIT_FIELDS', 'SETTING_COLS', 'CONVERGED_SHARE', 'HISTORY_COLS', 'ReportWarning', 'label_key',
            'find_runs', 'read_metrics', 'run_config', 'split_of', 'check_one_split', 'run_settings', 'collect',
-           'results_frame', 'run_summary', 'runs_line', 'settings_of', 'paper_setting_runs', 'read_history']
+           'results_frame', 'run_summary', 'runs_line', 'settings_of', 'paper_setting_runs', 'results_preset',
+           'read_history']
 
 # %% ../nbs/09a_results.ipynb #2846e5f9
 class ReportWarning(UserWarning):
@@ -193,6 +194,21 @@ def paper_setting_runs(
     keep = np.array([not named and base in ALL_RUNS for base, named, _ in key], dtype=bool)
     rows = df[keep].assign(row=[k[0] for k, ok in zip(key, keep) if ok])
     return {b: g.drop(columns='row') for b, g in sorted(rows.groupby('row'), key=lambda x: label_key(x[0]))}
+
+# %% ../nbs/09a_results.ipynb #cc0432a9
+def results_preset(
+    results: str|Path,  # a results folder
+) -> str:
+    "The model preset the runs of a results folder were trained with."
+    from kdbus.models import PRESETS  # torch: only here, so reading results stays light
+    done, _ = find_runs(results)
+    if not done: raise ValueError(f"{results}: no complete run (a <label>/fold<k>/ folder with metrics.json)")
+    cfg = run_config(done[0])
+    preset = cfg.get('model_preset') or PROFILES.get(cfg.get('profile'), {}).get('model_preset')
+    if preset not in PRESETS:
+        raise ValueError(f"{done[0]/'config.json'}: records no model preset (model_preset={cfg.get('model_preset')!r}, profile={cfg.get('profile')!r}); "
+                         f"expected one of {', '.join(PRESETS)}")
+    return preset
 
 # %% ../nbs/09a_results.ipynb #9866d53f
 HISTORY_COLS = ('epoch', 'train_loss', 'train_sup', 'train_kd', 'val_loss', 'val_dice')  # history.csv columns the plots use

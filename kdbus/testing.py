@@ -5,6 +5,7 @@
 # %% ../nbs/10b_testing.ipynb #67fb32ce
 from __future__ import annotations
 import json, math
+from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +38,11 @@ def _fake_prediction(gt: np.ndarray, rng: np.random.Generator, miss: float) -> n
     elif k < 0: p = ndimage.binary_erosion(p, iterations=-k)
     return p
 
+@lru_cache(maxsize=None)
+def _size_params(size: str) -> int:
+    "Trainable parameters of a student size (built on the meta device: shapes only)."
+    return count_params(build_model(student_size(size, 'smoke'), 'meta'))
+
 def fake_results(out: str|Path, # the results folder OUT to write runs into
                  data: str, # data set spec the runs claim (images and masks are read from it), e.g. 'udiat:/tmp/synth'
                  size: int = 64, # evaluation size S (pixels)
@@ -56,8 +62,7 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
         quality = PAPER_TABLE4.get(base, (75.0,))[0] - 8 * ['l', 'm', 's', 'xs'].index(named.get('student', 'm'))  # smaller: worse
         miss = 1.6 * (100 - quality) / 100
         kd = base in TABLE3
-        params = (count_params(build_model(student_size(named['student'], 'smoke'), 'meta')) if 'student' in named
-                  else 82_000_000 if base == 'Teacher' else 820_000)
+        params = (_size_params(named['student']) if 'student' in named else 82_000_000 if base == 'Teacher' else 820_000)
         for k, fold in enumerate(folds):
             run = out/label/f"fold{k}"; run.mkdir(parents=True, exist_ok=True)
             rng = np.random.default_rng([seed, li, k, named.get('seed', 0)])

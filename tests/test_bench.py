@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import kdbus.bench
-from kdbus.bench import BENCH_MODELS, bench, count_macs, peak_memory, preset_models, results_preset, time_interleaved
+from kdbus.bench import BENCH_MODELS, bench, count_macs, peak_memory, preset_models, time_interleaved
+from kdbus.results import results_preset
 from kdbus.cli import main
 from kdbus.models import PRESETS, build_model, count_params, resolve_specs
 

@@ -73,7 +73,7 @@ def test_parallel_runs_overlap_and_kd_runs_wait_for_their_teacher(tmp_path):
     from kdbus.grid import run_grid
     from kdbus.testing import fake_execute
     labels = ("Teacher", "Student", "L_MSE", "L_KLD_WAug", "H_MSE")
-    slow_teacher = functools.partial(fake_execute, teacher_seconds=5.0)  # longer than a worker's start on a loaded machine
+    slow_teacher = functools.partial(fake_execute, teacher_seconds=4.0)  # longer than a worker's start on a loaded machine
     r = run_grid("smoke", DATA, folds=(0, 1), out=tmp_path, labels=labels, execute=slow_teacher, parallel=3, report=False, log=lambda *a: None)
     assert not r.failed and len(r.done) == 10, r
     span = lambda l, f: [a["t"] for a in attempts(tmp_path / l / f"fold{f}") if a["event"] in ("start", "done")]
