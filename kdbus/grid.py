@@ -73,7 +73,7 @@ def grid_jobs(
                     jobs.append(Job(cfg.name, f, {k: v for k, v in params.items() if k not in combo or k in cfg.identity()},
                                     cfg.teacher_config().name if cfg.is_kd else None))
     for k in sweeps:
-        if not any(k in resolve_config(**j.params).identity() for j in jobs):
+        if not any(k in j.config.identity() for j in jobs):
             raise ValueError(f"--sweep {k}: no chosen run uses {k} ({', '.join(ordered)}); "
                              + {'T': "T and kd_axis apply to KLD runs", 'kd_axis': "T and kd_axis apply to KLD runs",
                                 'stage': "stage applies to the hidden paths (H_*, HReg_*)", 'alpha': "alpha applies to KD runs",
@@ -263,7 +263,6 @@ def run_grid(
     **overrides,  # `OVERRIDES`: epochs, size, batch_size, model_preset, teacher_train_aug, regressor_relu, sup_loss
 ) -> GridResult:
     "Run (or finish) a grid of experiments and report every failure at the end."
-    from kdbus.config import resolve_config
     if executor == 'ray':
         from kdbus.ray_grid import require_ray; require_ray()  # no Ray: say how to install it, before anything else
     elif executor == 'local' and (address, cpus_per_run, gpus_per_run) != (None, None, None):
@@ -277,7 +276,7 @@ def run_grid(
     jobs = grid_jobs(profile, data, tuple(folds), out, seed, tuple(labels), sweeps, seeds, **overrides)
     from kdbus.experiment import check_stage
     for j in jobs:  # every parameter checked before the first run starts
-        check_stage(resolve_config(**{k: v for k, v in j.params.items()}))  # e.g. a stage the encoders do not have
+        check_stage(j.config)  # e.g. a stage the encoders do not have
         check_compatible(j, out)
     res, t0 = GridResult(), time.time()
     tags = {j: f"[{i}/{len(jobs)}] {j.label}/fold{j.fold}" for i, j in enumerate(jobs, 1)}

@@ -6,10 +6,11 @@
 from __future__ import annotations
 import _thread, contextlib, json, os, shutil, socket, tempfile, threading, time, uuid
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
-from .config import label_params
+from .config import RunConfig, label_params, resolve_config
 
 # %% auto #0
 __all__ = ['LOCK_NAME', 'STALE_AFTER', 'ATTEMPTS_NAME', 'run_params', 'Job', 'run_status', 'check_compatible', 'run_notebook',
@@ -31,6 +32,11 @@ class Job:
     params: dict = field(hash=False, compare=False)  # all papermill parameters
     teacher: str|None = None  # a KD run: the folder name of the teacher run it distils from ('Teacher', or 'Teacher+seed=S' for a replicate)
 
+    @cached_property
+    def config(self) -> RunConfig:
+        "The run's `RunConfig`, resolved once from its papermill parameters (what `run.ipynb` will resolve)."
+        return resolve_config(**self.params)
+
     def run_dir(self, out: Path) -> Path:
         "The run's folder under the results folder `out`."
         return Path(out) / self.label / f"fold{self.fold}"
@@ -49,14 +55,13 @@ def check_compatible(
     out: Path,  # results folder
 ):
     "Refuse to mix runs of another profile, data set, seed, model preset, budget or training recipe into a results folder."
-    from kdbus.config import resolve_config
     cfg = job.run_dir(out) / 'config.json'
     if not cfg.is_file(): return
     from kdbus.config import LEGACY_FIELDS
     from kdbus.data import same_data
     record = json.loads(cfg.read_text())
     saved = {**LEGACY_FIELDS, **record['config']}  # runs saved before the recipe fields used the legacy rules
-    cfg_asked = resolve_config(**job.params)
+    cfg_asked = job.config
     asked = cfg_asked.to_dict()  # specs compare in their canonical form
     asked_id = cfg_asked.identity()  # recipe fields count only where they decide this run (e.g. regressor_relu: HReg runs)
     for k in ('profile', 'data', 'seed', 'model_preset', 'size', 'batch_size', 'epochs', 'patience', 'lr', *(f for f in LEGACY_FIELDS if f in asked_id)):
