@@ -1,5 +1,5 @@
-"Fixtures shared by several test files."
-import importlib.util, warnings
+"Fixtures and helpers shared by several test files."
+import contextlib, importlib.util, io, warnings
 from pathlib import Path
 
 import pytest
@@ -27,3 +27,13 @@ def script():
         mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
         return mod
     return load
+
+
+def kdbus_main(*args):
+    "Run `kdbus ARGS` in this process (the console script's `main`): (exit code, stdout, stderr). Test files import it."
+    from kdbus.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: rc = main([str(a) for a in args])
+        except SystemExit as e: rc = e.code
+    return rc, out.getvalue(), err.getvalue()

@@ -1,5 +1,5 @@
 "Tests of kdbus.bench and `kdbus bench`: the cost table's counts, files, int8 Dice, memory, the Dice-vs-cost plot, bad input."
-import contextlib, io, json, time
+import json, time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +10,7 @@ import torch
 import kdbus.bench
 from kdbus.bench import BENCH_MODELS, bench, count_macs, peak_memory, preset_models, time_interleaved
 from kdbus.results import results_preset
-from kdbus.cli import main
+from conftest import kdbus_main as cli
 from kdbus.models import PRESETS, build_model, count_params, resolve_specs
 
 FAST = ['--size', '64', '--batch', '2', '--warmup', '0', '--repeats', '2', '--batch-repeats', '1', '--threads', '1']
@@ -22,12 +22,6 @@ def results(smoke_student):
     return smoke_student
 
 
-def cli(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: rc = main([str(a) for a in args])
-        except SystemExit as e: rc = e.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope='module')

@@ -1,26 +1,18 @@
 "The student-size curve: `kdbus report` writes capacity.csv/md/png for a folder with runs of several student sizes."
-import contextlib, io, warnings
-from pathlib import Path
+import warnings
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from kdbus.capacity import CAPACITY_FILES, CAPACITY_ROWS, capacity_table
-from kdbus.cli import main
-from kdbus.models import STUDENT_SIZES, build_model, count_params, student_size
+from conftest import kdbus_main as cli
+from kdbus.models import build_model, count_params, student_size
 from kdbus.results import collect
 from kdbus.stats import run_lift
 from kdbus.synth import write_synth
 from kdbus.testing import fake_results
 
 
-def cli(*args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: rc = main([str(a) for a in args])
-        except SystemExit as e: rc = e.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope='module')

@@ -8,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import kdbus_main
 from kdbus.cli import main
 from kdbus.data import load_data, read_image
 from kdbus.deploy import (PARITY_ATOL, PARITY_MASK, PARITY_RTOL, PREDICT_COLUMNS, DeployError, check_parity, export_student,
@@ -35,12 +36,7 @@ class Result:
 
 def cli(*args):
     "Run `kdbus ARGS` in this process (the console script's `main`), capturing its exit code and output."
-    import contextlib, io
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try: rc = main([str(a) for a in args])
-        except SystemExit as e: rc = e.code
-    return Result(rc, out.getvalue(), err.getvalue())
+    return Result(*kdbus_main(*args))
 
 def script(*args):
     "Run the installed `kdbus` console script in a process of its own."
