@@ -10,11 +10,11 @@ from pathlib import Path
 
 from .config import ALL_RUNS, NAMED_TYPES
 from .jobs import (ATTEMPTS_NAME, LOCK_NAME, STALE_AFTER, Job, LockLost, RunLocked, error_reason, attempts, check_compatible,
-                        execute_job, lock_is_stale, lock_owner, run_folder_lock, run_job, run_notebook, run_params, run_status)
+                        execute_job, is_collapsed, lock_is_stale, lock_owner, run_folder_lock, run_job, run_notebook, run_params, run_status)
 
 # %% auto #0
-__all__ = ['OVERRIDES', 'SWEEPS', 'parse_sweep', 'grid_jobs', 'teacher_ready', 'teacher_waits', 'GridResult', 'is_collapsed',
-           'LocalExecutor', 'ParallelExecutor', 'schedule', 'provenance_warnings', 'run_grid']
+__all__ = ['OVERRIDES', 'SWEEPS', 'parse_sweep', 'grid_jobs', 'teacher_ready', 'teacher_waits', 'GridResult', 'LocalExecutor',
+           'ParallelExecutor', 'schedule', 'provenance_warnings', 'run_grid']
 
 # %% ../nbs/11_grid.ipynb #a619fa54
 OVERRIDES = ('epochs', 'size', 'batch_size', 'model_preset', 'teacher_train_aug', 'regressor_relu', 'sup_loss')  # profile settings a grid may override (run.ipynb parameters)
@@ -123,14 +123,6 @@ class GridResult:
         lines += [f"  COLLAPSED {l}/fold{f}: its kept model finds no lesion on the validation images, or none better than the full mask (metrics.json: collapsed)"
                   for l, f in self.collapsed]
         return "\n".join(lines)
-
-def is_collapsed(
-    run_dir: str|Path,  # a run folder
-) -> bool:
-    "Whether a complete run's metrics.json says its kept model collapsed (finds no lesion on the validation images, or none better than the full mask)."
-    p = Path(run_dir) / 'metrics.json'
-    try: return bool(json.loads(p.read_text()).get('collapsed', False)) if p.is_file() else False
-    except (OSError, ValueError): return False
 
 class LocalExecutor:
     "Run jobs one at a time in this process."
@@ -276,8 +268,8 @@ def run_grid(
     jobs = grid_jobs(profile, data, tuple(folds), out, seed, tuple(labels), sweeps, seeds, **overrides)
     from kdbus.experiment import check_stage
     for j in jobs:  # every parameter checked before the first run starts
+        check_compatible(j, out)  # the folder's runs were made by the same recipe and data
         check_stage(j.config)  # e.g. a stage the encoders do not have
-        check_compatible(j, out)
     res, t0 = GridResult(), time.time()
     tags = {j: f"[{i}/{len(jobs)}] {j.label}/fold{j.fold}" for i, j in enumerate(jobs, 1)}
     todo = []

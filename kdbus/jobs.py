@@ -13,9 +13,9 @@ from pathlib import Path
 from .config import RunConfig, label_params, resolve_config
 
 # %% auto #0
-__all__ = ['LOCK_NAME', 'STALE_AFTER', 'ATTEMPTS_NAME', 'run_params', 'Job', 'run_status', 'check_compatible', 'run_notebook',
-           'IPCKernelManager', 'execute_job', 'RunLocked', 'LockLost', 'lock_owner', 'lock_is_stale', 'run_folder_lock',
-           'attempts', 'run_job', 'error_reason']
+__all__ = ['LOCK_NAME', 'STALE_AFTER', 'ATTEMPTS_NAME', 'run_params', 'Job', 'run_status', 'is_collapsed', 'check_compatible',
+           'run_notebook', 'IPCKernelManager', 'execute_job', 'RunLocked', 'LockLost', 'lock_owner', 'lock_is_stale',
+           'run_folder_lock', 'attempts', 'run_job', 'error_reason']
 
 # %% ../nbs/10c_jobs.ipynb #7057e3b9
 def run_params(
@@ -49,6 +49,14 @@ def run_status(
     d = Path(run_dir)
     if (d / 'metrics.json').is_file(): return 'complete'
     return 'broken' if d.exists() else 'missing'
+
+def is_collapsed(
+    run_dir: str|Path,  # a run folder
+) -> bool:
+    "Whether a complete run's metrics.json says its kept model collapsed (finds no lesion on the validation images, or none better than the full mask)."
+    p = Path(run_dir) / 'metrics.json'
+    try: return bool(json.loads(p.read_text()).get('collapsed', False)) if p.is_file() else False
+    except (OSError, ValueError): return False
 
 def check_compatible(
     job: Job,  # a job of this grid

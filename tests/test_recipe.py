@@ -9,7 +9,7 @@ import torch
 
 import kdbus.experiment as experiment
 from kdbus.config import LEGACY_FIELDS, RunConfig, resolve_config
-from kdbus.grid import is_collapsed
+from kdbus.jobs import is_collapsed
 from kdbus.results import collect, run_summary
 from kdbus.report import table4, table4_markdown
 from kdbus.publish import write_report
