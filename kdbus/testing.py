@@ -20,7 +20,7 @@ from .folds import make_folds
 from .distill import TABLE3
 from .evaluate import dice_iou, hd95
 from .files import atomic_write
-from .models import build_model, count_params, student_size
+from .models import STUDENT_SIZES, build_model, count_params, student_size
 from .report import PAPER_TABLE4
 
 # %% auto #0
@@ -59,7 +59,7 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
     for li, label in enumerate(labels):
         base, *parts = label.split('+')
         named = {k: (int(v) if k == 'seed' else NAMED_TYPES[k](v)) for k, _, v in (p.partition('=') for p in parts)}
-        quality = PAPER_TABLE4.get(base, (75.0,))[0] - 8 * ['l', 'm', 's', 'xs'].index(named.get('student', 'm'))  # smaller: worse
+        quality = PAPER_TABLE4.get(base, (75.0,))[0] - 8 * list(STUDENT_SIZES)[::-1].index(named.get('student', 'm'))  # smaller: worse
         miss = 1.6 * (100 - quality) / 100
         kd = base in TABLE3
         params = (_size_params(named['student']) if 'student' in named else 82_000_000 if base == 'Teacher' else 820_000)
