@@ -21,6 +21,7 @@ from .evaluate import dice_iou
 from .files import atomic_write
 from .figures import cost_plot
 from .results import results_preset
+from .runfolder import CONFIG
 
 # %% auto #0
 __all__ = ['BENCH_MODELS', 'MD_COLUMNS', 'preset_models', 'checkpoint_bytes', 'count_macs', 'time_interleaved', 'summarise_times',
@@ -201,7 +202,7 @@ def run_part(
 ) -> tuple:  # (SegData of those images at the run's size, the run's config.json as a dict)
     "Images of one part of a checkpoint's run, read from its data set: what the int8 rows calibrate on (train) and score on (test)."
     from kdbus.figures import load_run_images
-    cfg_file = Path(checkpoint).parent/'config.json'
+    cfg_file = Path(checkpoint).parent/CONFIG
     if not cfg_file.is_file(): raise DeployError(f"{checkpoint}: no config.json beside it, so its {part} images are unknown; the int8 rows need a run folder's best.pt")
     cfg = json.loads(cfg_file.read_text())
     ids = (cfg.get('split') or {}).get(part)

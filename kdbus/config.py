@@ -16,6 +16,7 @@ from .data import DataError, parse_spec
 from .distill import KD_PATHS, TABLE3, parse_run_name, run_name
 from .losses import KD_LOSSES, SUP_LOSSES
 from .models import PRESETS, REGRESSOR_RELU, STUDENT_SIZES, resolve_specs
+from .runfolder import run_path
 
 # %% auto #0
 __all__ = ['RUN_PATHS', 'ALL_RUNS', 'PROFILES', 'DATA_EPOCHS', 'RUNTIME_FIELDS', 'AMP_MODES', 'SWITCHES', 'LR_SCHEDULES',
@@ -215,7 +216,7 @@ class RunConfig:
     @property
     def run_dir(self) -> Path:
         "The run's folder: out_dir/name/fold<k> (Table 3's name for the paper's settings)."
-        return Path(self.out_dir)/self.name/f"fold{self.fold}"
+        return run_path(self.out_dir, self.name, self.fold)
 
     def replace(self, **changes) -> RunConfig:
         "A checked copy with `changes` applied."

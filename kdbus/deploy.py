@@ -21,6 +21,7 @@ from .augment import IMAGENET_MEAN, IMAGENET_STD, normalize
 from .data import IMAGE_EXTS, MASK_SUFFIXES, DataError, resize_image, natural_key, read_image
 from .models import PRESETS, ModelSpec, build_model, count_params
 from .files import atomic_write, temp_path
+from .runfolder import CONFIG
 
 # %% auto #0
 __all__ = ['PAPER_SIZE', 'ONNX_OPSET', 'INPUT_NAME', 'OUTPUT_NAME', 'PARITY_MASK', 'PARITY_ATOL', 'PARITY_RTOL',
@@ -46,7 +47,7 @@ def _preset_role(spec: ModelSpec) -> str|None:
 
 def _run_info(path: Path) -> dict:
     "Label and training size from the run's config.json beside `path` (empty when there is none)."
-    cfg = path.parent/'config.json'
+    cfg = path.parent/CONFIG
     if not cfg.is_file(): return {}
     try: d = json.loads(cfg.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e: raise DeployError(f"{cfg}: not valid JSON ({e}); expected the run's config.json") from None

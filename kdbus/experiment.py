@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_experiment.ipynb #f2ffe66a
 from __future__ import annotations
-import contextlib, json, os, platform, subprocess, time, warnings
+import os, platform, subprocess, time, warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,18 +15,19 @@ from torch import nn
 
 import kdbus
 from .config import RunConfig
-from .data import DataError, DataWarning, SegData, list_cases, load_data, same_data
+from .data import DataError, DataWarning, SegData, list_cases, load_data
 from .duplicates import fold_groups
 from .folds import Fold, make_folds, spec_test_folds
 from .evaluate import evaluate, save_predictions, summarise
 from .models import build_model, model_record, resolve_specs, resolve_stages
 from .files import atomic_write
+from .runfolder import (BEST, CONFIG, ENV, HISTORY, LAST, METRICS, PER_IMAGE, PREDICTIONS, check_same_run, read_json, run_lock,
+                             write_json)
 from .train import build_step, fit, load_model, pick_device, weights_hash
 
 # %% auto #0
 __all__ = ['CODE_PATHS', 'check_run', 'check_stage', 'run_data', 'duplicate_id_groups', 'split_record', 'git_commit', 'cpu_model',
-           'env_info', 'write_json', 'read_json', 'saved_config', 'check_same_run', 'run_lock', 'ensure_teacher',
-           'check_no_leak', 'portable_config', 'portable_teacher', 'run_experiment']
+           'env_info', 'ensure_teacher', 'check_no_leak', 'portable_config', 'portable_teacher', 'run_experiment']
 
 # %% ../nbs/09_experiment.ipynb #ef9d9548
 def check_run(
@@ -126,44 +127,6 @@ def env_info(
                 cpu=cpu_model(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
                 cpu_count=os.cpu_count(), platform=platform.platform(), started=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
 
-def write_json(path: Path|str, obj) -> Path:
-    "Write `obj` as indented JSON, atomically."
-    return atomic_write(path, json.dumps(obj, indent=2, default=str) + '\n')
-
-def read_json(path: Path|str) -> dict:
-    "A JSON file of a run folder, with a clear error if it is not readable."
-    try: return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as e: raise ValueError(f"{path}: cannot read it as JSON ({e}); delete the run folder to run it again") from None
-
-# %% ../nbs/09_experiment.ipynb #5d56cd6e
-def saved_config(run_dir: Path|str) -> RunConfig|None:
-    "The `RunConfig` in run_dir/config.json, or None if there is none yet."
-    p = Path(run_dir)/'config.json'
-    return RunConfig.from_dict(read_json(p)['config']) if p.exists() else None
-
-def check_same_run(
-    cfg: RunConfig,  # the run about to use `run_dir`
-    run_dir: Path|str,  # a run folder, maybe holding another run's files
-):
-    "Raise if `run_dir` already holds a run whose settings differ from `cfg`'s."
-    saved = saved_config(run_dir)
-    if saved is None: return
-    a, b = saved.identity(), cfg.identity()
-    same = lambda k: same_data(a[k], b[k]) if k == 'data' and k in a and k in b else a.get(k) == b.get(k)  # data: any spelling of its folder
-    diff = [f"{k}: {a.get(k)!r} there, {b.get(k)!r} here" for k in sorted(set(a) | set(b)) if not same(k)]
-    if diff: raise ValueError(f"{run_dir} holds a different {saved.label} run ({'; '.join(diff)}); use another out_dir, or delete that folder to replace it")
-
-@contextlib.contextmanager
-def run_lock(run_dir: Path|str):
-    "Hold an exclusive lock on `run_dir` (POSIX; no-op elsewhere): one process per run folder."
-    run_dir = Path(run_dir); run_dir.mkdir(parents=True, exist_ok=True)
-    try: import fcntl
-    except ImportError: yield; return
-    with open(run_dir/'.lock', 'a') as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
-
 # %% ../nbs/09_experiment.ipynb #74468872
 def ensure_teacher(
     cfg: RunConfig,  # a KD run (or the Teacher run itself)
@@ -172,13 +135,13 @@ def ensure_teacher(
 ) -> tuple[nn.Module, dict]:  # (the trained teacher, its record: run_dir, checkpoint, weights_sha256, best_epoch, split)
     "The trained teacher of `cfg`'s fold, from out_dir/Teacher/fold<k>, trained there first if needed."
     tcfg = cfg.teacher_config()
-    tdir, best = tcfg.run_dir, tcfg.run_dir/'best.pt'
+    tdir, best = tcfg.run_dir, tcfg.run_dir/BEST
     check_same_run(tcfg, tdir)
-    done = (tdir/'metrics.json').exists()
+    done = (tdir/METRICS).exists()
     if done and not best.exists():  # results kept without checkpoints: train it again
-        old = read_json(tdir/'metrics.json')
+        old = read_json(tdir/METRICS)
         with run_lock(tdir):
-            for f in ('metrics.json', 'last.pt'): (tdir/f).unlink(missing_ok=True)
+            for f in (METRICS, LAST): (tdir/f).unlink(missing_ok=True)
         new = run_experiment(tcfg, progress=progress)
         if abs(new['dice_mean'] - old.get('dice_mean', new['dice_mean'])) > 1e-9:
             warnings.warn(f"the teacher retrained in {tdir} scores dice_mean {new['dice_mean']:.6f}, the recorded one {old['dice_mean']:.6f}: "
@@ -188,7 +151,7 @@ def ensure_teacher(
     elif not done: run_experiment(tcfg, progress=progress)
     teacher = load_model(best, device or pick_device(cfg.device))
     ck = torch.load(best, map_location='cpu', weights_only=True)
-    split = read_json(tdir/'config.json')['split']
+    split = read_json(tdir/CONFIG)['split']
     return teacher, dict(run_dir=str(tdir), checkpoint=str(best), weights_sha256=weights_hash(teacher), best_epoch=int(ck['epoch']), split=split)
 
 def check_no_leak(
@@ -222,10 +185,10 @@ def run_experiment(
     check_run(cfg)
     run_dir = cfg.run_dir
     check_same_run(cfg, run_dir)
-    if (run_dir/'metrics.json').exists(): return read_json(run_dir/'metrics.json')
+    if (run_dir/METRICS).exists(): return read_json(run_dir/METRICS)
     data, fold = run_data(cfg)  # a broken image fails here, before anything is written
     with run_lock(run_dir):
-        if (run_dir/'metrics.json').exists(): return read_json(run_dir/'metrics.json')  # another process finished it meanwhile
+        if (run_dir/METRICS).exists(): return read_json(run_dir/METRICS)  # another process finished it meanwhile
         device = pick_device(cfg.device)
         split = split_record(cfg, data, fold)
         teacher, trec = ensure_teacher(cfg, progress, device) if cfg.is_kd else (None, None)
@@ -233,19 +196,19 @@ def run_experiment(
         step = build_step(cfg, teacher, device)
         models = dict(trained=model_record(step.student))
         if teacher is not None: models['teacher'] = model_record(teacher)
-        if not (run_dir/'config.json').exists():
-            write_json(run_dir/'config.json', dict(config=portable_config(cfg), label=cfg.label, run=cfg.name, models=models, split=split,
+        if not (run_dir/CONFIG).exists():
+            write_json(run_dir/CONFIG, dict(config=portable_config(cfg), label=cfg.label, run=cfg.name, models=models, split=split,
                                                    teacher=portable_teacher(trec, cfg.out_dir) if trec else None))
-        write_json(run_dir/'env.json', env_info(device))
+        write_json(run_dir/ENV, env_info(device))
         res = fit(step, cfg, data.subset(fold.train), data.subset(fold.val), run_dir, progress)
         per_image, pred = evaluate(res.model, data.subset(fold.test), cfg.batch_size)
-        atomic_write(run_dir/'per_image.csv', per_image.to_csv(index=False))
-        save_predictions(run_dir/'predictions.npz', per_image.id.tolist(), pred)
+        atomic_write(run_dir/PER_IMAGE, per_image.to_csv(index=False))
+        save_predictions(run_dir/PREDICTIONS, per_image.id.tolist(), pred)
         metrics = dict(label=cfg.label, run=cfg.name, fold=cfg.fold, **summarise(per_image), params=res.params, regressor_params=res.regressor_params,
                        best_epoch=res.best_epoch, epochs_run=res.epochs_run, seconds=round(res.seconds, 3), stopped=res.stopped,
                        path=cfg.path, loss=cfg.loss, teacher_aug=cfg.teacher_aug, profile=cfg.profile, data=cfg.data, seed=cfg.seed, split_seed=cfg.folds_seed,
                        best_val_loss=res.best_val_loss, best_val_dice=res.best_val_dice, select=cfg.select, collapsed=res.collapsed,
                        teacher_weights_sha256=trec['weights_sha256'] if trec else None, complete=True)
-        write_json(run_dir/'metrics.json', metrics)
-        (run_dir/'last.pt').unlink(missing_ok=True)  # the run is complete: its resume state is dead weight (best.pt stays)
+        write_json(run_dir/METRICS, metrics)
+        (run_dir/LAST).unlink(missing_ok=True)  # the run is complete: its resume state is dead weight (best.pt stays)
         return metrics

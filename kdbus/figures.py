@@ -22,6 +22,7 @@ from .distill import TABLE3
 from .evaluate import load_predictions, read_per_image
 from .files import temp_path
 from .results import ReportWarning, collect, label_key, read_history, read_metrics, results_frame, results_preset, run_config
+from .runfolder import CONFIG, METRICS, PER_IMAGE, PREDICTIONS
 
 # %% auto #0
 __all__ = ['FIGURE2_RULE', 'SELECT_WORDS', 'SUP_WORDS', 'TABLE5', 'choose_figure2_image', 'load_run_images', 'figure2', 'palette',
@@ -54,7 +55,7 @@ def load_run_images(run_dir: str|Path, # a run folder (its config.json names the
     cfg = run_config(run_dir)
     cases = {c.id: c for c in list_cases(cfg['data'])}
     missing = [i for i in ids if i not in cases]
-    if missing: raise ValueError(f"image id(s) {', '.join(map(repr, missing[:5]))} not in data set {cfg['data']!r} of {Path(run_dir)/'config.json'}")
+    if missing: raise ValueError(f"image id(s) {', '.join(map(repr, missing[:5]))} not in data set {cfg['data']!r} of {Path(run_dir)/CONFIG}")
     return load_data([cases[i] for i in ids], size=int(cfg['size']))
 
 def _images_or_blank(run_dir, ids, shape) -> tuple[np.ndarray, np.ndarray|None, str]:
@@ -104,7 +105,7 @@ def figure2(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s D
     sel = df[(df.fold == fold) & (df.id == image)]
     runs = {r.label: (Path(r.run_dir), r.dice) for r in sel.itertuples()}
     first = runs[next(l for l in sorted(runs, key=label_key))][0]
-    ids, masks = load_predictions(first/'predictions.npz')
+    ids, masks = load_predictions(first/PREDICTIONS)
     shape = masks.shape[1:]
     imgs, gts, why = _images_or_blank(first, [image], shape)
     img, gt = imgs[0], (gts[0] if gts is not None else None)
@@ -120,8 +121,8 @@ def figure2(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s D
             ax.set_xticks([]); ax.set_yticks([]); ax.set_title(f"({letter}) {label}", fontsize=9)
             continue
         run, dice = runs[label]
-        rids, rmasks = load_predictions(run/'predictions.npz')
-        if image not in rids: raise ValueError(f"{run/'predictions.npz'}: no prediction for image {image!r} listed in its per_image.csv")
+        rids, rmasks = load_predictions(run/PREDICTIONS)
+        if image not in rids: raise ValueError(f"{run/PREDICTIONS}: no prediction for image {image!r} listed in its per_image.csv")
         _panel(ax, img, gt, rmasks[rids.index(image)], f"({letter}) {label}\nDSC {100 * dice:.1f} %")
     fig.legend(handles=_LEGEND, loc='outside lower center', ncol=2, frameon=False)
     cite = data_citation(run_config(first)['data'])
@@ -238,7 +239,7 @@ def plot_history(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
     "A run's training losses, validation loss and validation DSC per epoch."
     run = Path(run_dir)
     h = read_history(run)
-    best = read_metrics(run).get('best_epoch') if (run/'metrics.json').is_file() else None
+    best = read_metrics(run).get('best_epoch') if (run/METRICS).is_file() else None
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), layout='constrained')
     for col, name in (('train_loss', 'train total'), ('train_sup', 'train L_sup (CE)'), ('train_kd', 'train L_distill (KD)'),
                       ('val_loss', 'validation CE')):
@@ -256,7 +257,7 @@ def plot_dice(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
              ) -> Figure:
     "A run's per-image test DSC (%), by class, with its mean."
     run = Path(run_dir)
-    pi = read_per_image(run/'per_image.csv')
+    pi = read_per_image(run/PER_IMAGE)
     d = pi.assign(DSC=100 * pi.dice.astype(float), cls=pi['class'].replace('', 'unlabelled'))
     order = sorted(d.cls.unique())
     fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(order) + 2), 3.8), layout='constrained')
@@ -275,8 +276,8 @@ def plot_overlays(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
     "Contours on `n` test images of a run: ground truth green, prediction red."
     if not isinstance(n, (int, np.integer)) or n < 1: raise ValueError(f"n={n!r}: expected an integer >= 1 (number of images)")
     run = Path(run_dir)
-    ids, masks = load_predictions(run/'predictions.npz')
-    pi = read_per_image(run/'per_image.csv')
+    ids, masks = load_predictions(run/PREDICTIONS)
+    pi = read_per_image(run/PER_IMAGE)
     pi = pi[pi.id.isin(ids)]
     pi = pi.iloc[sorted(range(len(pi)), key=lambda i: (float(pi.dice.iloc[i]), natural_key(pi.id.iloc[i])))]
     if pi.empty: raise ValueError(f"{run}: no test image in both per_image.csv and predictions.npz")

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import ALL_RUNS, NAMED_TYPES
-from .jobs import (ATTEMPTS_NAME, LOCK_NAME, STALE_AFTER, Job, LockLost, RunLocked, error_reason, attempts, check_compatible,
-                        execute_job, is_collapsed, lock_is_stale, lock_owner, run_folder_lock, run_job, run_notebook, run_params, run_status)
+from .jobs import Job, check_compatible, error_reason, execute_job, run_job, run_params
+from .runfolder import is_collapsed, run_path, run_status, teacher_ready
 
 # %% auto #0
-__all__ = ['OVERRIDES', 'SWEEPS', 'parse_sweep', 'grid_jobs', 'teacher_ready', 'teacher_waits', 'GridResult', 'LocalExecutor',
-           'ParallelExecutor', 'schedule', 'provenance_warnings', 'run_grid']
+__all__ = ['OVERRIDES', 'SWEEPS', 'parse_sweep', 'grid_jobs', 'teacher_waits', 'GridResult', 'LocalExecutor', 'ParallelExecutor',
+           'schedule', 'provenance_warnings', 'run_grid']
 
 # %% ../nbs/11_grid.ipynb #a619fa54
 OVERRIDES = ('epochs', 'size', 'batch_size', 'model_preset', 'teacher_train_aug', 'regressor_relu', 'sup_loss')  # profile settings a grid may override (run.ipynb parameters)
@@ -81,15 +81,6 @@ def grid_jobs(
     return jobs
 
 # %% ../nbs/11_grid.ipynb #96fb4394
-def teacher_ready(
-    out: str|Path,  # results folder
-    fold: int,  # fold index
-    name: str = 'Teacher',  # the teacher run's folder name ('Teacher+seed=S' for a replicate)
-) -> bool:
-    "Whether fold `fold`'s teacher can be loaded by a KD run without training it."
-    d = Path(out) / name / f"fold{fold}"
-    return (d / 'metrics.json').is_file() and (d / 'best.pt').is_file()
-
 def teacher_waits(
     todo: list[Job],  # the jobs to run, in grid order
     out: str|Path,  # results folder
@@ -98,7 +89,7 @@ def teacher_waits(
     waits, makers = {}, {}
     teachers = {(j.fold, j.label): j for j in todo if j.params.get('path') == 'teacher'}
     for j in todo:
-        if j.teacher is None or teacher_ready(out, j.fold, j.teacher): continue
+        if j.teacher is None or teacher_ready(run_path(out, j.teacher, j.fold)): continue
         key = (j.fold, j.teacher)
         if key in teachers: waits[j] = teachers[key]
         elif key in makers: waits[j] = makers[key]
@@ -190,7 +181,7 @@ def schedule(
         for j in list(waiting):
             dep = waits.get(j)
             if dep is not None and dep not in ended: continue
-            if dep is not None and dep not in ok and not teacher_ready(out, j.fold):
+            if dep is not None and dep not in ok and not teacher_ready(run_path(out, j.teacher, j.fold)):
                 waiting.remove(j)
                 why = (f"not run: its teacher {j.teacher}/fold{j.fold} failed" if dep.label == j.teacher else
                        f"not run: {dep.label}/fold{j.fold}, which was to train its teacher {j.teacher}, failed")
@@ -228,8 +219,8 @@ def provenance_warnings(
             said.append(f"warning: {out} holds committed results and kdbus's code has uncommitted changes: the new runs' env.json will say "
                         "git_dirty: true and no commit holds the code that made them; commit first, or run from a git worktree of one commit")
     for name, fold in sorted({(j.teacher, j.fold) for j in todo if j.teacher}):
-        d = out / name / f"fold{fold}"
-        if (d / 'metrics.json').is_file() and not (d / 'best.pt').is_file() and not any(j.label == name and j.fold == fold for j in todo):
+        d = run_path(out, name, fold)
+        if run_status(d) == 'complete' and not teacher_ready(d) and not any(j.label == name and j.fold == fold for j in todo):
             said.append(f"note: {name}/fold{fold} is complete but has no best.pt (checkpoints are not committed): its first KD run "
                         "trains it again in place, and its files then describe the retrained teacher the KD runs distil from")
     return said

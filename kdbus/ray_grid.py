@@ -6,7 +6,8 @@
 from __future__ import annotations
 from pathlib import Path
 
-from .jobs import STALE_AFTER, Job, execute_job
+from .jobs import Job, execute_job
+from .runfolder import STALE_AFTER
 
 # %% auto #0
 __all__ = ['INSTALL_HINT', 'CPUS_PER_RUN', 'MAX_RETRIES', 'require_ray', 'run_resources', 'check_shared_paths', 'check_feasible',
@@ -81,7 +82,7 @@ class RayExecutor:
                  max_retries: int|None = None,  # extra attempts for a task that raises or whose worker dies; None: `MAX_RETRIES`
                  cpus_per_run: float|None = None,  # CPUs each run asks for (None: `CPUS_PER_RUN`)
                  gpus_per_run: float|None = None,  # GPUs each run asks for (None: 1 for the paper profile, else 0)
-                 stale_after: float = STALE_AFTER,  # see `kdbus.jobs.run_folder_lock`
+                 stale_after: float = STALE_AFTER,  # see `kdbus.runfolder.run_folder_lock`
                 ):
         ray = self.ray = require_ray()
         self.execute, self.cpus, self.gpus, self.stale_after = execute, cpus_per_run, gpus_per_run, stale_after

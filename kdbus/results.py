@@ -14,6 +14,7 @@ import pandas as pd
 from .config import ALL_RUNS, NAMED_FIELDS, NAMED_TYPES, PROFILES
 from .data import same_data
 from .evaluate import PER_IMAGE_COLUMNS, read_per_image  # the run files' readers (checked)
+from .runfolder import CONFIG, ENV, HISTORY, METRICS, PER_IMAGE, read_json
 
 # %% auto #0
 __all__ = ['RUN_COLS', 'SPLIT_FIELDS', 'SETTING_COLS', 'CONVERGED_SHARE', 'HISTORY_COLS', 'ReportWarning', 'label_key',
@@ -32,13 +33,6 @@ def label_key(label: str) -> tuple:
     "Sort key: Table 4's order, then other labels by name."
     return (ALL_RUNS.index(label), '') if label in ALL_RUNS else (len(ALL_RUNS), label)
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file(): raise FileNotFoundError(f"{path}: file not found")
-    try: d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict): raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
-    return d
-
 def find_runs(results_dir: str|Path, # the results folder OUT
              ) -> tuple[list[Path], list[Path]]:
     "Complete (with metrics.json) and incomplete run folders OUT/<label>/fold<k>/, in Table 4's order."
@@ -47,26 +41,26 @@ def find_runs(results_dir: str|Path, # the results folder OUT
         raise FileNotFoundError(f"results_dir={str(root)!r} is not a folder; expected a results folder holding <label>/fold<k>/ run folders")
     runs = [p for p in root.glob('*/fold*') if p.is_dir() and _FOLD.fullmatch(p.name) and not p.parent.name.startswith(('.', '_'))]
     runs.sort(key=lambda p: (label_key(p.parent.name), int(p.name[4:])))
-    done = [p for p in runs if (p/'metrics.json').is_file()]
-    return done, [p for p in runs if not (p/'metrics.json').is_file()]
+    done = [p for p in runs if (p/METRICS).is_file()]
+    return done, [p for p in runs if not (p/METRICS).is_file()]
 
 def read_metrics(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
                 ) -> dict:
     "A run's metrics.json, checked against its folder's label and fold."
     run = Path(run_dir)
-    m = _read_json(run/'metrics.json')
+    m = read_json(run/METRICS)
     fold = int(_FOLD.fullmatch(run.name).group(1)) if _FOLD.fullmatch(run.name) else None
     key = 'run' if 'run' in m else 'label'  # the folder name: `RunConfig.name` (runs made before it: the label)
     if m.get(key, run.parent.name) != run.parent.name or (fold is not None and m.get('fold', fold) != fold):
-        raise ValueError(f"{run/'metrics.json'}: {key}={m.get(key)!r}, fold={m.get('fold')!r}, but the folder is "
+        raise ValueError(f"{run/METRICS}: {key}={m.get(key)!r}, fold={m.get('fold')!r}, but the folder is "
                          f"{run.parent.name}/{run.name}; expected the run folder OUT/<{key}>/fold<k> of that run")
     return dict(m, label=run.parent.name, fold=fold if fold is not None else m.get('fold'))
 
 def run_config(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
               ) -> dict:
     "A run's config.json as a flat dict holding at least `data` and `size`."
-    path = Path(run_dir)/'config.json'
-    cfg = _read_json(path)
+    path = Path(run_dir)/CONFIG
+    cfg = read_json(path)
     if not {'data', 'size'} <= set(cfg):  # tolerate the RunConfig nested one level down (e.g. {'config': {...}, 'models': ...})
         inner = next((v for v in cfg.values() if isinstance(v, dict) and {'data', 'size'} <= set(v)), None)
         if inner is None: raise ValueError(f"{path}: no 'data' and 'size' entries; expected the run's resolved RunConfig")
@@ -119,9 +113,9 @@ def collect(results_dir: str|Path, # the results folder OUT
                       + ', '.join(str(p.relative_to(root)) for p in todo), ReportWarning, stacklevel=2)
     frames = []
     for run in done:
-        m, pi = read_metrics(run), read_per_image(run/'per_image.csv')
+        m, pi = read_metrics(run), read_per_image(run/PER_IMAGE)
         if 'n_test' in m and m['n_test'] != len(pi):
-            raise ValueError(f"{run/'metrics.json'}: n_test={m['n_test']} but per_image.csv has {len(pi)} rows; expected them to agree")
+            raise ValueError(f"{run/METRICS}: n_test={m['n_test']} but per_image.csv has {len(pi)} rows; expected them to agree")
         pi.insert(0, 'label', m['label']); pi.insert(1, 'fold', int(m['fold']))
         for k in RUN_COLS: pi[k] = m.get(k, False if k in ('fake', 'collapsed') else np.nan)
         for k, v in run_settings(run).items(): pi[k] = v
@@ -148,7 +142,7 @@ def run_summary(results: str|Path|pd.DataFrame, # a results folder, or `collect`
     for (label, fold), g in df.groupby(['label', 'fold'], sort=False):
         r = g.iloc[0]
         budget = int(run_config(r.run_dir).get('epochs', r.epochs_run))
-        env = _read_json(Path(r.run_dir)/'env.json') if (Path(r.run_dir)/'env.json').is_file() else {}
+        env = read_json(Path(r.run_dir)/ENV) if (Path(r.run_dir)/ENV).is_file() else {}
         rows.append(dict(label=label, fold=int(fold), epochs=budget, best_epoch=int(r.best_epoch), epochs_run=int(r.epochs_run),
                          stopped=r.stopped, converged=bool(r.stopped == 'early' or r.best_epoch <= CONVERGED_SHARE * budget),
                          collapsed=bool(r.collapsed) if pd.notna(r.collapsed) else False, minutes=round(float(r.seconds) / 60, 2),
@@ -206,7 +200,7 @@ def results_preset(
     cfg = run_config(done[0])
     preset = cfg.get('model_preset') or PROFILES.get(cfg.get('profile'), {}).get('model_preset')
     if preset not in PRESETS:
-        raise ValueError(f"{done[0]/'config.json'}: records no model preset (model_preset={cfg.get('model_preset')!r}, profile={cfg.get('profile')!r}); "
+        raise ValueError(f"{done[0]/CONFIG}: records no model preset (model_preset={cfg.get('model_preset')!r}, profile={cfg.get('profile')!r}); "
                          f"expected one of {', '.join(PRESETS)}")
     return preset
 
@@ -216,7 +210,7 @@ HISTORY_COLS = ('epoch', 'train_loss', 'train_sup', 'train_kd', 'val_loss', 'val
 def read_history(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
                 ) -> pd.DataFrame:
     "A run's history.csv, checked against the contract."
-    path = Path(run_dir)/'history.csv'
+    path = Path(run_dir)/HISTORY
     if not path.is_file(): raise FileNotFoundError(f"{path}: file not found; expected columns {', '.join(HISTORY_COLS)}, ...")
     h = pd.read_csv(path)
     missing = [c for c in HISTORY_COLS if c not in h.columns]

@@ -22,6 +22,7 @@ from .evaluate import dice_iou, hd95
 from .files import atomic_write
 from .models import STUDENT_SIZES, build_model, count_params, student_size
 from .report import PAPER_TABLE4
+from .runfolder import BEST, CONFIG, ENV, HISTORY, METRICS, PER_IMAGE, PREDICTIONS
 
 # %% auto #0
 __all__ = ['fake_results', 'fake_execute']
@@ -85,11 +86,11 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
             config = dict(label=base, **label_params(base), **{f: v for f, v in named.items() if f != 'seed'}, fold=k, data=str(data),
                           profile='fake', seed=named.get('seed', seed), **({'split_seed': seed} if 'seed' in named else {}),
                           out_dir=str(out), size=size, k_folds=k_folds, n_folds=n_folds, fake=True)
-            atomic_write(run/'config.json', json.dumps(config, indent=1))
-            atomic_write(run/'env.json', json.dumps(dict(fake=True), indent=1))
-            atomic_write(run/'history.csv', history.to_csv(index=False))
-            atomic_write(run/'per_image.csv', per_image.to_csv(index=False))
-            np.savez_compressed(run/'predictions.npz', ids=np.array([d.ids[i] for i in test]),
+            atomic_write(run/CONFIG, json.dumps(config, indent=1))
+            atomic_write(run/ENV, json.dumps(dict(fake=True), indent=1))
+            atomic_write(run/HISTORY, history.to_csv(index=False))
+            atomic_write(run/PER_IMAGE, per_image.to_csv(index=False))
+            np.savez_compressed(run/PREDICTIONS, ids=np.array([d.ids[i] for i in test]),
                                 masks=np.packbits(preds.astype(bool)), shape=np.array(preds.shape))
             if (label, k) in set(map(tuple, incomplete)): continue
             metrics = dict(label=base, run=label, fold=k, dice_mean=float(per_image.dice.mean()), dice_std=float(per_image.dice.std(ddof=0)),
@@ -97,7 +98,7 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
                            params=params, regressor_params=12_345 if base.startswith('HReg') else 0,
                            best_epoch=int(np.argmin(val_loss)) + 1, epochs_run=epochs, seconds=float(epochs),
                            stopped='max_epochs', complete=True, fake=True)
-            atomic_write(run/'metrics.json', json.dumps(metrics, indent=1))
+            atomic_write(run/METRICS, json.dumps(metrics, indent=1))
     return out
 
 # %% ../nbs/10b_testing.ipynb #72453d0f
@@ -109,6 +110,6 @@ def fake_execute(
     "Stand-in for `kdbus.jobs.execute_job` (tests, lessons): `teacher_seen`, then `best.pt` and `metrics.json` in the run folder."
     import time
     d = job.run_dir(out)
-    (d / 'teacher_seen').write_text(str((Path(out) / (job.teacher or 'Teacher') / f"fold{job.fold}" / 'metrics.json').is_file()))
+    (d / 'teacher_seen').write_text(str((Path(out) / (job.teacher or 'Teacher') / f"fold{job.fold}" / METRICS).is_file()))
     if job.label.startswith('Teacher'): time.sleep(teacher_seconds)
-    for f in ('best.pt', 'metrics.json'): (d / f).write_text('{}')
+    for f in (BEST, METRICS): (d / f).write_text('{}')

@@ -24,6 +24,7 @@ from .distill import Distiller
 from .checks import check_choice
 from .losses import SUP_LOSSES, KDLosses, check_values, sup_loss
 from .models import ModelSpec, build_model, count_params, resolve_specs
+from .runfolder import BEST, HISTORY, LAST
 
 # %% auto #0
 __all__ = ['HISTORY_COLUMNS', 'SEGMENTS_DICE', 'WEAK_ONLY', 'pick_device', 'loader_workers', 'amp_dtype', 'memory_format',
@@ -296,7 +297,7 @@ def fit(
     order = EpochOrder(cfg.seed, len(train_ds))
     dl = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=order, drop_last=drop_last, num_workers=workers,
                     pin_memory=device.type == 'cuda', persistent_workers=workers > 0)
-    best_pt, last_pt = run_dir/'best.pt', run_dir/'last.pt'
+    best_pt, last_pt = run_dir/BEST, run_dir/LAST
     sel = Selector(cfg.select, cfg.patience, cfg.warmup_epochs, bool(val.masks.any()), full_mask_dice(val.masks))
     history, epoch0, stopped = [], 0, None
     if last_pt.exists():  # resume
@@ -347,11 +348,11 @@ def fit(
             atomic_save(dict(model=step.state_dict(), optimizer=opt.state_dict(), epoch=epoch, history=history, best=sel.best,
                              bad_epochs=sel.bad, low_loss=sel.low_loss, stopped=stopped, identity=cfg.identity(), rng=torch.get_rng_state()), last_pt)
             epoch0 = epoch
-            atomic_write(run_dir/'history.csv', pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(index=False))
+            atomic_write(run_dir/HISTORY, pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(index=False))
             bar.set_postfix(val_loss=f"{val_loss:.4f}", val_dice=f"{val_dice:.3f}", best=sel.best['epoch'], refresh=False); bar.update(1)
     finally: bar.close()
     if not history: raise RuntimeError(f"{run_dir}: no epoch was trained")  # cannot happen: epochs >= 1
-    if not (run_dir/'history.csv').exists(): atomic_write(run_dir/'history.csv', pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(index=False))
+    if not (run_dir/HISTORY).exists(): atomic_write(run_dir/HISTORY, pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(index=False))
     model.load_state_dict(torch.load(best_pt, map_location='cpu', weights_only=True)['model'])
     model.eval()
     hist = pd.DataFrame(history, columns=HISTORY_COLUMNS)

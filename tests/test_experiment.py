@@ -11,7 +11,8 @@ from PIL import Image
 from kdbus.config import RunConfig, label_params, resolve_config
 from kdbus.data import DataError
 from kdbus.evaluate import BOUNDARY_COLUMNS, PER_IMAGE_COLUMNS, load_predictions, read_per_image
-from kdbus.experiment import check_run, check_same_run, ensure_teacher, read_json, run_experiment
+from kdbus.experiment import check_run, ensure_teacher, run_experiment
+from kdbus.runfolder import check_same_run, read_json
 from kdbus.train import HISTORY_COLUMNS, load_model, weights_hash
 
 DATA = 'synth:n=24'

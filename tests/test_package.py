@@ -39,7 +39,7 @@ def test_installed_wheel_runs_outside_checkout(wheel, tmp_path):
                        capture_output=True, text=True, check=True)
     assert Path(r.stdout.strip()).is_relative_to(target), r.stdout
     # the grid finds its notebook inside the installed package, a real file with the parameters cell
-    r = subprocess.run([sys.executable, "-c", "from kdbus.grid import run_notebook; print(run_notebook())"], cwd=work,
+    r = subprocess.run([sys.executable, "-c", "from kdbus.jobs import run_notebook; print(run_notebook())"], cwd=work,
                        env=env, capture_output=True, text=True, check=True)
     nb = Path(r.stdout.strip())
     assert nb.is_relative_to(target) and not nb.is_symlink() and '"parameters"' in nb.read_text()

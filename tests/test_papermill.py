@@ -2,7 +2,7 @@
 import functools, json, os, signal, subprocess, sys, time
 from pathlib import Path
 
-from kdbus.grid import attempts
+from kdbus.jobs import attempts
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

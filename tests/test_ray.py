@@ -4,13 +4,15 @@ import json, os, subprocess, sys, time
 from pathlib import Path
 import pandas as pd, pytest
 
-from kdbus.grid import LOCK_NAME, attempts, grid_jobs, run_folder_lock, run_grid
+from kdbus.grid import grid_jobs, run_grid
+from kdbus.jobs import attempts
+from kdbus.runfolder import LOCK_NAME, run_folder_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DATA = "synth:n=30"
 RUN_FILES = {"config.json", "env.json", "history.csv", "per_image.csv", "metrics.json", "predictions.npz", "best.pt",
-             "run.ipynb", "grid_attempts.jsonl", ".lock"}  # .lock: kdbus.experiment.run_lock (flock), as in local runs
+             "run.ipynb", "grid_attempts.jsonl", ".lock"}  # .lock: kdbus.runfolder.run_lock (flock), as in local runs
 REPORT_FILES = {"table4.csv", "table4.md", "figure2.png", "figure2.pdf", "dice_distribution.png", "learning_curves.png",
                 "loss_terms.png"}
 quiet = lambda *a: None
@@ -193,7 +195,7 @@ def test_ray_options_refused_for_the_local_executor(tmp_path, capsys):
 LOCKER = """
 import sys, time
 from pathlib import Path
-from kdbus.grid import run_folder_lock, RunLocked
+from kdbus.runfolder import run_folder_lock, RunLocked
 d, go = sys.argv[1], Path(sys.argv[2])
 print('ready', flush=True)
 while not go.exists(): time.sleep(0.001)
@@ -218,7 +220,7 @@ def test_only_one_process_owns_a_run_folder(tmp_path):
 STALLER = """
 import json, os, sys, time
 from pathlib import Path
-from kdbus.grid import LockLost, lock_owner, run_folder_lock
+from kdbus.runfolder import LockLost, lock_owner, run_folder_lock
 d = Path(sys.argv[1]); lock = d / '.grid.lock'
 try:
     with run_folder_lock(d, stale_after=0.4):

@@ -9,7 +9,7 @@ import torch
 
 import kdbus.experiment as experiment
 from kdbus.config import LEGACY_FIELDS, RunConfig, resolve_config
-from kdbus.jobs import is_collapsed
+from kdbus.runfolder import is_collapsed
 from kdbus.results import collect, run_summary
 from kdbus.report import table4, table4_markdown
 from kdbus.publish import write_report
@@ -255,7 +255,8 @@ def test_a_views_spec_keeps_views_of_one_lesion_in_one_part_and_records_them(tmp
     assert part['benign (50)'] == part['benign (51)']
 
 def test_the_grid_refuses_to_mix_grouped_and_ungrouped_folds(tmp_path):
-    from kdbus.grid import check_compatible, grid_jobs
+    from kdbus.grid import grid_jobs
+    from kdbus.jobs import check_compatible
     root = _busi_with_a_copy(tmp_path/'B')
     out = tmp_path/'runs'
     job = grid_jobs('smoke', f"busi:{root}", (0,), out, labels=('Teacher',))[0]
@@ -271,7 +272,8 @@ def test_the_grid_refuses_to_mix_grouped_and_ungrouped_folds(tmp_path):
 
 def test_the_grid_refuses_to_mix_training_recipes(tmp_path):
     "A results folder made with the earlier recipe (no recipe fields saved: constant rate, lowest validation loss) takes no runs of the new one."
-    from kdbus.grid import check_compatible, grid_jobs
+    from kdbus.grid import grid_jobs
+    from kdbus.jobs import check_compatible
     job = grid_jobs('smoke', DATA, (0,), tmp_path, labels=('Student',))[0]
     d = job.run_dir(tmp_path); d.mkdir(parents=True)
     old = resolve_config(**job.params).to_dict()
@@ -297,7 +299,8 @@ def test_replaying_a_history_through_the_selector_gives_the_run_s_own_choice(scr
 
 def test_the_grid_refuses_to_mix_supervised_losses(tmp_path):
     "A folder of cross-entropy runs (saved before `sup_loss` existed, or with 'ce') takes no run with sup_loss='dice_ce', and the reverse."
-    from kdbus.grid import check_compatible, grid_jobs
+    from kdbus.grid import grid_jobs
+    from kdbus.jobs import check_compatible
     ce, dice = (grid_jobs('smoke', DATA, (0,), tmp_path, labels=('Student',), sup_loss=s)[0] for s in (None, 'dice_ce'))
     assert (resolve_config(**ce.params).sup_loss, resolve_config(**dice.params).sup_loss) == ('ce', 'dice_ce')
     d = ce.run_dir(tmp_path); d.mkdir(parents=True)

@@ -8,7 +8,8 @@ import torch
 import kdbus.models as km
 import kdbus.weights as kw
 from kdbus.config import label_params, resolve_config
-from kdbus.experiment import check_run, read_json, run_experiment
+from kdbus.experiment import check_run, run_experiment
+from kdbus.runfolder import read_json
 from kdbus.models import PRESETS, ModelSpec, WeightsUnavailableError, build_model, hub_reachable, model_record
 from kdbus.weights import (INSTALL_HINT, LITE_CHECKPOINTS, OFFLINE_WEIGHTS, checkpoint_file, file_sha256, lite_classifier,
                            lite_reference, load_offline_weights, offline_source, lite_state_dict, to_timm_keys)

@@ -3,16 +3,18 @@
 Usage: python tools/replay_selection.py [RESULTS_DIR ...]   (default: every folder under results/)
 A run is replayed when its history has `val_nonempty` and its data can be loaded here (busi:... needs the folder).
 """
-import json, sys
+import sys
 from pathlib import Path
 import pandas as pd
 from kdbus.data import parse_spec
-from kdbus.experiment import run_data, saved_config
+from kdbus.config import RunConfig
+from kdbus.experiment import run_data
+from kdbus.runfolder import HISTORY, METRICS, read_config, read_json
 from kdbus.train import Selector, full_mask_dice
 
 def replay(run_dir: Path) -> dict|None:
     "The kept epoch, stop epoch and collapsed flag of `run_dir` under the current rule, beside the recorded ones; None if it cannot be replayed."
-    cfg, hist = saved_config(run_dir), pd.read_csv(run_dir/'history.csv')
+    cfg, hist = RunConfig.from_dict(read_config(run_dir)['config']), pd.read_csv(run_dir/HISTORY)
     if 'val_nonempty' not in hist or (parse_spec(cfg.data).kind != 'synth' and not Path(parse_spec(cfg.data).root).exists()): return None
     data, fold = run_data(cfg)
     masks = data.masks[fold.val]
@@ -20,7 +22,7 @@ def replay(run_dir: Path) -> dict|None:
     for row in hist.to_dict('records'):
         sel.update(row)
         if sel.stop: stop = int(row['epoch']); break
-    m = json.loads((run_dir/'metrics.json').read_text())
+    m = read_json(run_dir/METRICS)
     old_stop = m['epochs_run'] if m['stopped'] == 'early' else None
     return dict(run=str(run_dir), full_mask_dice=round(full_mask_dice(masks), 3), best=m['best_epoch'], best_now=sel.best['epoch'],
                 stop=old_stop, stop_now=stop, collapsed=m['collapsed'], collapsed_now=sel.collapsed)
