@@ -71,7 +71,7 @@ def grid_jobs(
                     if (cfg.name, f) in named: continue  # a setting that does not apply to this run (e.g. T of an MSE run): one run
                     named.add((cfg.name, f))
                     jobs.append(Job(cfg.name, f, {k: v for k, v in params.items() if k not in combo or k in cfg.identity()},
-                                    cfg.teacher_config().name if cfg.is_kd else None))
+                                    cfg.teacher_config().name if cfg.is_kd else None, cfg))
     for k in sweeps:
         if not any(k in j.config.identity() for j in jobs):
             raise ValueError(f"--sweep {k}: no chosen run uses {k} ({', '.join(ordered)}); "

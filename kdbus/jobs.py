@@ -6,7 +6,6 @@
 from __future__ import annotations
 import json, os, shutil, socket, tempfile, time
 from dataclasses import dataclass, field
-from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -31,11 +30,10 @@ class Job:
     fold: int  # fold index
     params: dict = field(hash=False, compare=False)  # all papermill parameters
     teacher: str|None = None  # a KD run: the folder name of the teacher run it distils from ('Teacher', or 'Teacher+seed=S' for a replicate)
+    config: RunConfig|None = field(default=None, hash=False, compare=False, repr=False)  # the run's `RunConfig` (None: resolved from `params`, as `run.ipynb` will)
 
-    @cached_property
-    def config(self) -> RunConfig:
-        "The run's `RunConfig`, resolved once from its papermill parameters (what `run.ipynb` will resolve)."
-        return resolve_config(**self.params)
+    def __post_init__(self):
+        if self.config is None: object.__setattr__(self, 'config', resolve_config(**self.params))
 
     def run_dir(self, out: Path) -> Path:
         "The run's folder under the results folder `out`."
@@ -49,13 +47,13 @@ def check_compatible(
     out: Path,  # results folder
 ):
     "Refuse to mix runs of another profile, data set, seed, model preset, budget or training recipe into a results folder."
-    cfg = job.run_dir(out) / CONFIG
-    if not cfg.is_file(): return
     from kdbus.config import LEGACY_FIELDS
     from kdbus.experiment import duplicate_id_groups
+    asked, asked_id = job.config.to_dict(), job.config.identity()  # recipe fields count only where they decide this run
+    cfg = run_path(out, job.label, job.fold) / CONFIG
+    if not cfg.is_file(): return
     record = read_json(cfg)
     saved = {**LEGACY_FIELDS, **record['config']}  # runs saved before the recipe fields used the legacy rules
-    asked, asked_id = job.config.to_dict(), job.config.identity()  # recipe fields count only where they decide this run
     keys = [k for k in (*SHARED, *(f for f in LEGACY_FIELDS if f in asked_id)) if k in saved]
     for k in keys:
         if config_differences(saved, asked, [k]):

@@ -134,11 +134,19 @@ def test_kd_runs_wait_for_their_teacher(cluster, tmp_path):
     for f in (0, 1):
         for l in labels[2:]: assert (tmp_path / l / f"fold{f}" / "teacher_seen").read_text() == "True", f"{l}/fold{f}"
 
+def teacher_outlasts_a_kd_run(job, out):
+    """`fake_run` whose Teacher ends only once a KD run has looked for it (at most 60 s): on a loaded machine, where a Ray
+    worker can take longer to start than `fake_run`'s Teacher takes, the overlap still happens."""
+    if job.label == "Teacher":
+        t = time.time()
+        while not any(Path(out).glob("L_*/fold*/teacher_seen")) and time.time() - t < 60: time.sleep(0.1)
+    fake_run(job, out)
+
 def test_order_check_catches_a_student_started_without_its_teacher(cluster, tmp_path):
     "Negative control: the same jobs submitted to Ray all at once, bypassing the schedule, are caught by the check above."
     import ray
     from kdbus.ray_grid import RayExecutor
-    ex = RayExecutor(fake_run)
+    ex = RayExecutor(teacher_outlasts_a_kd_run)
     jobs = grid_jobs("smoke", DATA, folds=(0,), out=tmp_path, labels=("Teacher", "L_MSE", "L_KLD"))
     ray.get([ex.submit(j, tmp_path) for j in jobs])
     seen = {j.label: (j.run_dir(tmp_path) / "teacher_seen").read_text() for j in jobs[1:]}
