@@ -39,7 +39,8 @@ def check_teacher_aug(
 def _pair(name, v, lo=-np.inf, hi=np.inf):
     "`v` as an ordered float pair within [lo, hi], else a `ValueError` naming the setting."
     try: a, b = (float(x) for x in v)
-    except (TypeError, ValueError): raise ValueError(f"AugSettings.{name}={v!r} must be a pair (low, high) of numbers") from None
+    except (TypeError, ValueError):
+        raise ValueError(f"AugSettings.{name}={v!r} must be a pair (low, high) of numbers") from None
     if not lo <= a <= b <= hi: raise ValueError(f"AugSettings.{name}={v!r} must satisfy {lo} <= low <= high <= {hi}")
     return (a, b)
 
@@ -59,7 +60,8 @@ class AugSettings:
     scale: tuple[float, float] = (0.9, 1.1)  # strong: range of the isotropic zoom factor
     rotate: float = 45.0  # strong: largest rotation, in degrees, either way
     p_affine: float = 0.5  # strong: probability of the shift-scale-rotation
-    noise_std: tuple[float, float] = (0.012, 0.028)  # strong: range of the Gaussian noise's std, as a fraction of [0, 1]
+    # strong: range of the Gaussian noise's std, as a fraction of [0, 1]
+    noise_std: tuple[float, float] = (0.012, 0.028)
     p_noise: float = 0.5  # strong: probability of the Gaussian noise
     dropout_prob: float = 0.01  # strong: fraction of pixels set to 0 by pixel dropout
     p_dropout: float = 0.5  # strong: probability of the pixel dropout
@@ -80,7 +82,8 @@ class AugSettings:
             try: v = tuple(float(x) for x in v)
             except (TypeError, ValueError): v = ()
             if len(v) != 3 or (k == 'std' and min(v) <= 0):
-                raise ValueError(f"AugSettings.{k}={getattr(self, k)!r} must be 3 numbers (RGB){', all > 0' if k == 'std' else ''}")
+                raise ValueError(f"AugSettings.{k}={getattr(self, k)!r} must be 3 numbers "
+                                 f"(RGB){', all > 0' if k == 'std' else ''}")
             setattr(self, k, v)
 
 # %% ../nbs/02_augment.ipynb #0c943f05
@@ -170,7 +173,8 @@ def identity_theta(
 
 # %% ../nbs/02_augment.ipynb #cd7c4cf9
 def carry_to_student(
-    t: Tensor,  # floating teacher tensor B x C x h x w in the teacher's frame: logits (full size) or features (any size)
+    # floating teacher tensor B x C x h x w in the teacher's frame: logits (full size) or features (any size)
+    t: Tensor,
     theta: Tensor,  # B x 2 x 3 affine, student -> teacher normalised coordinates (`align_corners=False`)
     mode: str = 'bilinear',  # `F.grid_sample` interpolation: 'bilinear' (logits, features) or 'nearest' (labels)
 ) -> tuple[Tensor, Tensor]:  # (t in the student's frame, 0 outside the teacher's view; valid B x 1 x h x w in {0, 1})
@@ -192,12 +196,14 @@ def carry_to_student(
 def applied_matrix(
     affine: A.Affine,  # the strong pipeline's affine, just called
 ) -> np.ndarray:  # 3 x 3 OpenCV matrix, teacher-view pixels -> student-view pixels
-    "The matrix `affine` applied on its last call: the identity if it was not applied (p < 1), an error if Albumentations no longer reports it."
+    """The matrix `affine` applied on its last call: the identity if it was not applied (p < 1), an error if
+    Albumentations no longer reports it."""
     params = affine.get_applied_params()  # Albumentations 2.x: {} when the transform was skipped
     if not params: return np.eye(3)
     if 'matrix' not in params:  # a renamed key must not silently become the identity (misaligned KD targets)
-        raise RuntimeError(f"albumentations {A.__version__}: the applied Affine's parameters have no 'matrix' (keys: {sorted(params)}); "
-                           "kdbus cannot align the teacher's weak view with the student's; install albumentations 2.0.x")
+        raise RuntimeError(f"albumentations {A.__version__}: the applied Affine's parameters have no 'matrix' (keys: "
+                           f"{sorted(params)}); kdbus cannot align the teacher's weak view with the student's; install "
+                           "albumentations 2.0.x")
     return np.asarray(params['matrix'], np.float64)
 
 class AlignedViews:
@@ -226,7 +232,8 @@ class AlignedViews:
         self,
         image: np.ndarray,  # float32 S x S x 3 in [0, 1]
         mask: np.ndarray,  # uint8 S x S in {0, 1}
-    ) -> dict:  # student, teacher (normalised float32 3 x S x S), mask, teacher_mask (uint8 S x S), theta (float32 2 x 3)
+    # student, teacher (normalised float32 3 x S x S), mask, teacher_mask (uint8 S x S), theta (float32 2 x 3)
+    ) -> dict:
         "The student's strong view and mask, the teacher's view and mask, and `theta` (student -> teacher)."
         weak = self.crop(image=image, mask=mask)
         st = self.strong(image=weak['image'], mask=weak['mask'])
@@ -278,7 +285,8 @@ class KDDataset(Dataset):
 
     def __len__(self): return len(self.images)
 
-    def __getitem__(self, i: int|tuple[int, int]) -> dict[str, Tensor]:  # an image index, or (epoch, index): see `EpochOrder`
+    def __getitem__(self, i: int|tuple[int, int]
+                    ) -> dict[str, Tensor]:  # an image index, or (epoch, index): see `EpochOrder`
         epoch, i = (int(i[0]), int(i[1])) if isinstance(i, tuple) else (self.epoch, int(i))
         if not self.train:
             x = torch.from_numpy(normalize(self.images[i], self.settings))

@@ -16,7 +16,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import kdbus
 from .deploy import (DeployError, export_onnx, load_student, ort_session, quantize_int8, quantize_int8_static, read_checkpoint)
-from .models import PRESETS, STUDENT_SIZES, build_model, count_params, preset_size, regressor_for, resolve_specs, student_size
+from .models import (PRESETS, STUDENT_SIZES, build_model, count_params, preset_size, regressor_for, resolve_specs,
+                          student_size)
 from .evaluate import dice_iou
 from .files import atomic_write
 from .figures import cost_plot
@@ -36,10 +37,13 @@ def preset_models(
     size: int = 224,  # image side S
     student: str|None = None,  # a `kdbus.models.STUDENT_SIZES` name: that student instead of the preset's own
 ) -> dict[str, tuple[nn.Module, torch.Tensor]]:  # role -> (model in eval mode, example input of batch 1)
-    "The teacher, student (the preset's, or the named size) and HR regressor of `preset` (random weights, seed 0) and an input for each."
+    """The teacher, student (the preset's, or the named size) and HR regressor of `preset` (random weights, seed 0)
+    and an input for each."""
     if preset not in PRESETS: raise ValueError(f"preset={preset!r} is not a model preset; valid: {', '.join(PRESETS)}")
-    if not isinstance(size, int) or size < 32 or size % 32: raise ValueError(f"size={size!r} must be a positive multiple of 32")
-    s_spec = resolve_specs(preset)[1] if student is None else student_size(student, preset)  # refuses an unknown size, listing them
+    if not isinstance(size, int) or size < 32 or size % 32:
+        raise ValueError(f"size={size!r} must be a positive multiple of 32")
+    # refuses an unknown size, listing them
+    s_spec = resolve_specs(preset)[1] if student is None else student_size(student, preset)
     torch.manual_seed(0)
     t, s = build_model(resolve_specs(preset)[0]), build_model(s_spec)
     r = regressor_for(t, s)
@@ -74,9 +78,11 @@ def time_interleaved(
     budget: float|None = None,  # seconds for the timed rounds, priced by the last warm-up round; None: `repeats` rounds
     min_rounds: int = 3,  # rounds run whatever the budget (at most `repeats`)
 ) -> dict:  # name -> seconds of its call in each timed round
-    "Time several calls in interleaved rounds: each round calls every one once, in order, after `warmup` untimed rounds."
+    """Time several calls in interleaved rounds: each round calls every one once, in order, after `warmup` untimed
+    rounds."""
     for k, v in dict(warmup=warmup, repeats=repeats, min_rounds=min_rounds).items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == 'warmup' else 1): raise ValueError(f"{k}={v!r} must be an integer >= {0 if k == 'warmup' else 1}")
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == 'warmup' else 1):
+            raise ValueError(f"{k}={v!r} must be an integer >= {0 if k == 'warmup' else 1}")
     sync = sync or (lambda: None)
     def one_round():
         out = {}
@@ -144,7 +150,8 @@ def _memory_child(job: dict) -> dict:
         base = _proc_status()['VmRSS'] if Path('/proc/self/status').exists() else maxrss()
         run = build(); built_peak = before = maxrss()
         run(); peak, method = maxrss(), 'ru_maxrss (the inference delta is a lower bound)'
-    return dict(mem_MB=(peak - before) / 1024, peak_MB=(max(peak, built_peak) - base) / 1024, rss_MB=max(peak, built_peak) / 1024, mem_method=method)
+    return dict(mem_MB=(peak - before) / 1024, peak_MB=(max(peak, built_peak) - base) / 1024,
+                rss_MB=max(peak, built_peak) / 1024, mem_method=method)
 
 def peak_memory(
     engine: str,  # 'torch' or 'onnx'
@@ -164,7 +171,8 @@ def peak_memory(
     env = {**os.environ, **({'OMP_NUM_THREADS': str(threads)} if threads else {})}
     r = subprocess.run([sys.executable, '-c', code, json.dumps(job)], capture_output=True, text=True, timeout=timeout, env=env)
     line = next((l for l in r.stdout.splitlines() if l.startswith('KDBUS-MEM ')), None)
-    if r.returncode or line is None: raise RuntimeError(f"memory measurement of {job} failed (exit {r.returncode}): {r.stderr.strip()[-800:]}")
+    if r.returncode or line is None:
+        raise RuntimeError(f"memory measurement of {job} failed (exit {r.returncode}): {r.stderr.strip()[-800:]}")
     return json.loads(line[len('KDBUS-MEM '):])
 
 # %% ../nbs/13_bench.ipynb #d43c150c
@@ -180,7 +188,8 @@ def _runner(model, x: torch.Tensor) -> Callable[[], object]:
 def _batch(x: torch.Tensor, batch: int) -> torch.Tensor: return x.repeat(batch, *([1] * (x.ndim - 1)))
 
 def _gpu_cols(models: dict, batch: int, warmup: int, repeats: int, batch_repeats: int, budget: float|None) -> dict:
-    "Role -> eager latency, throughput (interleaved rounds over the models) and peak allocated memory on the current CUDA device."
+    """Role -> eager latency, throughput (interleaved rounds over the models) and peak allocated memory on the
+    current CUDA device."""
     sync = torch.cuda.synchronize
     on = {role: (m.to('cuda'), x.to('cuda')) for role, (m, x) in models.items()}
     one = time_interleaved({r: _runner(m, x) for r, (m, x) in on.items()}, warmup, repeats, sync, budget)
@@ -200,7 +209,8 @@ def run_part(
     part: str,  # 'train' or 'test': which part of the run's split
     n: int|None = None,  # the first n images of it; None: all
 ) -> tuple:  # (SegData of those images at the run's size, the run's config.json as a dict)
-    "Images of one part of a checkpoint's run, read from its data set: what the int8 rows calibrate on (train) and score on (test)."
+    """Images of one part of a checkpoint's run, read from its data set: what the int8 rows calibrate on (train) and
+    score on (test)."""
     from kdbus.figures import load_run_images
     cfg_file = Path(checkpoint).parent/CONFIG
     if not cfg_file.is_file(): raise DeployError(f"{checkpoint}: no config.json beside it, so its {part} images are unknown; the int8 rows need a run folder's best.pt")
@@ -214,11 +224,13 @@ def calibration_images(
     size: int,  # image side S of the random images (a trained student's are at its run's size)
     n: int = 32,  # images
 ) -> np.ndarray:  # float32 n x 3 x S x S, normalised
-    "Static int8's calibration inputs: the first `n` training images of the student's run (never its test images), or, for random weights, random images."
+    """Static int8's calibration inputs: the first `n` training images of the student's run (never its test images),
+    or, for random weights, random images."""
     from kdbus.augment import normalize
     if student is None:
         rng = np.random.default_rng(0)
-        ims = rng.random((n, size, size, 3), dtype=np.float32)  # random weights: what is measured is the cost, not the ranges
+        # random weights: what is measured is the cost, not the ranges
+        ims = rng.random((n, size, size, 3), dtype=np.float32)
     else:
         ims = run_part(student, 'train', n)[0].images  # at the run's size: the ONNX file takes any size
     return np.stack([normalize(im) for im in ims]).astype(np.float32)
@@ -254,8 +266,9 @@ def _check_student(preset: str, student: str|Path, size: str|None = None) -> nn.
     want = _student_spec(preset, size)
     if info['spec'].replace(encoder_weights=None) != want:
         fits = [p for p, m in PRESETS.items() if m['student'].replace(encoder_weights=None) == info['spec'].replace(encoder_weights=None)]
-        raise DeployError(f"{student}: a {info['spec'].encoder} student ({', '.join(fits) or 'no'} preset), not the {preset!r} preset's "
-                          f"{want.encoder} student; use the preset it was trained with" + (f" (preset={fits[0]!r})" if fits else ''))
+        raise DeployError(f"{student}: a {info['spec'].encoder} student ({', '.join(fits) or 'no'} preset), not the "
+                          f"{preset!r} preset's {want.encoder} student; "
+                          "use the preset it was trained with" + (f" (preset={fits[0]!r})" if fits else ''))
     return model
 
 def bench_preset(
@@ -265,7 +278,8 @@ def bench_preset(
     warmup: int = 2,  # untimed rounds before timing
     repeats: int = 10,  # timed rounds of one image (at most)
     batch_repeats: int = 3,  # timed rounds of a batch (at most)
-    budget: float|None = 60,  # seconds for each series of rounds (one image; batch) of the preset: fewer rounds, at least 3; None: no limit
+    # seconds for each series of rounds (one image; batch) of the preset: fewer rounds, at least 3; None: no limit
+    budget: float|None = 60,
     threads: int|None = None,  # CPU threads for PyTorch and ONNX Runtime; None: `torch.get_num_threads()`
     memory: bool = True,  # measure peak memory (two fresh processes per model)
     int8: bool = True,  # add the int8 ONNX student's row
@@ -277,14 +291,18 @@ def bench_preset(
     "The cost table of one preset."
     say = progress or (lambda s: None)
     threads = threads or torch.get_num_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1: raise ValueError(f"threads={threads!r} must be a positive integer")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads={threads!r} must be a positive integer")
     if not isinstance(batch, int) or batch < 1: raise ValueError(f"batch={batch!r} must be a positive integer")
     for k, v in dict(warmup=warmup, repeats=repeats, batch_repeats=batch_repeats).items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == 'warmup' else 1): raise ValueError(f"{k}={v!r} must be an integer >= {0 if k == 'warmup' else 1}")
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if k == 'warmup' else 1):
+            raise ValueError(f"{k}={v!r} must be an integer >= {0 if k == 'warmup' else 1}")
     models = preset_models(preset, size, student_size)
     if student is not None: models['student'] = (_check_student(preset, student, student_size), models['student'][1])
-    named = student_size or preset_size(preset)  # the size the student rows are, in STUDENT_SIZES' names (None: none of them)
-    tag = f"{preset}" + (f"-{student_size}" if student_size else '')  # ONNX file names: sizes of one preset do not collide
+    # the size the student rows are, in STUDENT_SIZES' names (None: none of them)
+    named = student_size or preset_size(preset)
+    # ONNX file names: sizes of one preset do not collide
+    tag = f"{preset}" + (f"-{student_size}" if student_size else '')
     old_threads = torch.get_num_threads(); torch.set_num_threads(threads)
     tmpdir = None if workdir else tempfile.TemporaryDirectory(prefix='kdbus-bench-')
     wd = Path(workdir or tmpdir.name); wd.mkdir(parents=True, exist_ok=True)
@@ -297,31 +315,36 @@ def bench_preset(
             onnx_file = export_onnx(m, wd/f"{tag}-{role}.onnx", size=size, example=None if role != 'regressor' else x, label=role)
             rows[role] = dict(preset=preset, student_size=named, model=role, encoder=spec.encoder if spec else f"HR regressor ({x.shape[1]} -> {m[-2].out_channels} ch)",
                               input=' x '.join(map(str, x.shape[1:])), params=count_params(m), checkpoint_MB=checkpoint_bytes(m) / 1e6,
-                              onnx_MB=onnx_file.stat().st_size / 1e6, MACs_G=count_macs(m, x) / 1e9, threads=threads, batch=batch, onnx=onnx_file)
+                              onnx_MB=onnx_file.stat().st_size / 1e6, MACs_G=count_macs(m, x) / 1e9, threads=threads,
+                              batch=batch, onnx=onnx_file)
             calls[role, 'torch'], calls[role, 'ort'] = (m, x), (ort_session(onnx_file, threads), x)
             if role == 'student' and int8:
                 say(f"{preset} student_int8: quantise")
                 q = quantize_int8(onnx_file, wd/f"{tag}-student.int8.onnx")
-                rows['student_int8'] = dict(preset=preset, student_size=named, model='student_int8', encoder=rows[role]['encoder'] + ' (ONNX dynamic int8)',
+                rows['student_int8'] = dict(preset=preset, student_size=named, model='student_int8',
+                                            encoder=rows[role]['encoder'] + ' (ONNX dynamic int8)',
                                             **{k: rows[role][k] for k in ('input', 'params')}, onnx_MB=q.stat().st_size / 1e6,
                                             **{k: rows[role][k] for k in ('MACs_G', 'threads', 'batch')}, onnx=q)
                 calls['student_int8', 'ort'] = (ort_session(q, threads), x)
                 say(f"{preset} student_int8_static: calibrate and quantise")
                 qs = quantize_int8_static(onnx_file, wd/f"{tag}-student.qdq.onnx", calibration_images(student, size))
-                rows['student_int8_static'] = dict(preset=preset, student_size=named, model='student_int8_static', encoder=rows[role]['encoder'] + ' (ONNX static int8, QDQ)',
+                rows['student_int8_static'] = dict(preset=preset, student_size=named, model='student_int8_static',
+                                                   encoder=rows[role]['encoder'] + ' (ONNX static int8, QDQ)',
                                                    **{k: rows[role][k] for k in ('input', 'params')}, onnx_MB=qs.stat().st_size / 1e6,
                                                    **{k: rows[role][k] for k in ('MACs_G', 'threads', 'batch')}, onnx=qs)
                 calls['student_int8_static', 'ort'] = (ort_session(qs, threads), x)
         say(f"{preset}: timing {len(calls)} (model, runtime) pairs in interleaved rounds (up to {repeats} x 1 image, "
             f"{batch_repeats} x {batch} images, budget {budget} s per series, {threads} thread(s))")
         one = time_interleaved({k: _runner(e, x) for k, (e, x) in calls.items()}, warmup, repeats, budget=budget)
-        many = time_interleaved({k: _runner(e, _batch(x, batch)) for k, (e, x) in calls.items()}, min(warmup, 1), batch_repeats, budget=budget)
+        many = time_interleaved({k: _runner(e, _batch(x, batch)) for k, (e, x) in calls.items()}, min(warmup, 1),
+                                batch_repeats, budget=budget)
         for (role, eng), t in one.items():
             row, a, b = rows[role], summarise_times(t), summarise_times(many[role, eng], batch)
             row.update({'repeats': len(t), 'batch_repeats': len(many[role, eng]), 'FLOPs_G': 2 * row['MACs_G'],
                         f'cpu_ms_{eng}': a['ms'], f'cpu_ms_{eng}_iqr': a['iqr_ms'], f'cpu_ips_{eng}': b['ips']})
         for role, row in rows.items():
-            if role.startswith('student_int8'): row['int8_over_fp32'] = row['cpu_ms_ort'] / rows['student']['cpu_ms_ort']
+            if role.startswith('student_int8'):
+                row['int8_over_fp32'] = row['cpu_ms_ort'] / rows['student']['cpu_ms_ort']
             else: row['ort_speedup'] = row['cpu_ms_torch'] / row['cpu_ms_ort']
         for role, row in rows.items() if memory else ():
             say(f"{preset} {role}: peak memory (fresh processes)")
@@ -332,7 +355,8 @@ def bench_preset(
             for k in ('peak_MB', 'mem_MB', 'rss_MB'): row.update({f'{k}_{e}': m[k] for e, m in mem.items() if m})
             row['mem_method'] = mem['ort']['mem_method']
         if gpu:
-            for role, cols in _gpu_cols(models, batch, warmup, repeats, batch_repeats, budget).items(): rows[role].update(cols)
+            for role, cols in _gpu_cols(models, batch, warmup, repeats, batch_repeats, budget).items():
+                rows[role].update(cols)
         if student is not None and int8:
             say(f"{preset} student_int8: Dice on the test part of {student}'s run")
             for q in ('student_int8', 'student_int8_static'):
@@ -346,7 +370,8 @@ def bench_preset(
 
 # %% ../nbs/13_bench.ipynb #5f518a07
 MD_COLUMNS = {  # bench.csv column -> bench.md header
-    'preset': 'preset', 'student_size': 'student size', 'model': 'model', 'params': 'params (M)', 'checkpoint_MB': 'checkpoint (MB)', 'onnx_MB': 'ONNX (MB)',
+    'preset': 'preset', 'student_size': 'student size', 'model': 'model', 'params': 'params (M)',
+    'checkpoint_MB': 'checkpoint (MB)', 'onnx_MB': 'ONNX (MB)',
     'MACs_G': 'GMACs', 'cpu_ms_torch': 'CPU ms, PyTorch', 'cpu_ms_ort': 'CPU ms, ORT', 'ort_speedup': 'PyTorch / ORT',
     'cpu_ips_torch': 'img/s, PyTorch', 'cpu_ips_ort': 'img/s, ORT', 'peak_MB_torch': 'peak MB, PyTorch', 'peak_MB_ort': 'peak MB, ORT',
     'gpu_ms_torch': 'GPU ms, PyTorch', 'dice_change': 'int8 Dice change (points)'}
@@ -378,11 +403,14 @@ def ratios(
     df = df.assign(student_size=df.student_size.fillna('-')) if 'student_size' in df.columns else df.assign(student_size='-')
     for (preset, size), g in df.groupby(['preset', 'student_size'], sort=False):
         t, s = g.set_index('model').loc['teacher'], g.set_index('model').loc['student']
-        r = dict(preset=preset, student_size=size, student_params_M=s.params / 1e6, teacher_params_M=t.params / 1e6, params_ratio=t.params / s.params,
+        r = dict(preset=preset, student_size=size, student_params_M=s.params / 1e6, teacher_params_M=t.params / 1e6,
+                 params_ratio=t.params / s.params,
                  macs_ratio=t.MACs_G / s.MACs_G, latency_ratio_torch=t.cpu_ms_torch / s.cpu_ms_torch,
                  latency_ratio_ort=t.cpu_ms_ort / s.cpu_ms_ort, student_ort_over_torch=s.cpu_ms_ort / s.cpu_ms_torch)
-        if 'student_int8' in g.model.values: r['int8_over_fp32_ort'] = g.set_index('model').loc['student_int8', 'int8_over_fp32']
-        if 'student_int8_static' in g.model.values: r['int8_static_over_fp32_ort'] = g.set_index('model').loc['student_int8_static', 'int8_over_fp32']
+        if 'student_int8' in g.model.values:
+            r['int8_over_fp32_ort'] = g.set_index('model').loc['student_int8', 'int8_over_fp32']
+        if 'student_int8_static' in g.model.values:
+            r['int8_static_over_fp32_ort'] = g.set_index('model').loc['student_int8_static', 'int8_over_fp32']
         out.append(r)
     return pd.DataFrame(out)
 
@@ -399,18 +427,21 @@ def bench_markdown(
         s = (f"- `{x.preset}`" + (f", student size `{x.student_size}`" if x.student_size != '-' else '') + f": student {x.student_params_M:.3f} M, teacher {x.teacher_params_M:.1f} M parameters ({x.params_ratio:.1f}x); "
              f"teacher/student MACs {x.macs_ratio:.1f}x; CPU latency teacher/student {x.latency_ratio_torch:.1f}x (PyTorch), "
              f"{x.latency_ratio_ort:.1f}x (ORT); student ORT / PyTorch latency {x.student_ort_over_torch:.2f}")
-        if pd.notna(x.get('int8_over_fp32_ort', np.nan)): s += f"; int8 / float32 ORT latency {x['int8_over_fp32_ort']:.2f} (dynamic)"
-        if pd.notna(x.get('int8_static_over_fp32_ort', np.nan)): s += f", {x['int8_static_over_fp32_ort']:.2f} (static QDQ)"
+        if pd.notna(x.get('int8_over_fp32_ort', np.nan)):
+            s += f"; int8 / float32 ORT latency {x['int8_over_fp32_ort']:.2f} (dynamic)"
+        if pd.notna(x.get('int8_static_over_fp32_ort', np.nan)):
+            s += f", {x['int8_static_over_fp32_ort']:.2f} (static QDQ)"
         return s + "\n"
     rt = ''.join(line(x) for _, x in r.iterrows())
     a = df.attrs
     size = a.get('size') or int(df.input.iloc[0].split(' x ')[-1])
-    notes = [f"Image {size} x {size} px (the regressor: the student's encoder output); "
-             f"{int(df.threads.iloc[0])} CPU thread(s) for PyTorch and ONNX Runtime; latency: median over {_span(df.repeats)} "
-             f"rounds of one image after warm-up (IQR in bench.csv); throughput: batch of {int(df.batch.iloc[0])}, "
-             f"median over {_span(df.batch_repeats)} rounds.",
-             "Repeats are interleaved across models and runtimes: within a preset, each round times every model (teacher, student, "
-             "int8 student, regressor) in PyTorch and in ONNX Runtime once, so the ratios are taken under the same load.",
+    notes = [f"Image {size} x {size} px (the regressor: the student's encoder output); {int(df.threads.iloc[0])} CPU "
+             f"thread(s) for PyTorch and ONNX Runtime; latency: median over {_span(df.repeats)} rounds of one image "
+             f"after warm-up (IQR in bench.csv); throughput: batch of {int(df.batch.iloc[0])}, median over "
+             f"{_span(df.batch_repeats)} rounds.",
+             "Repeats are interleaved across models and runtimes: within a preset, each round times every model "
+             "(teacher, student, int8 student, regressor) in PyTorch and in ONNX Runtime once, so the ratios are taken "
+             "under the same load.",
              "GMACs: multiply-accumulates of convolutions and matrix products (torch.utils.flop_counter; FLOPs = 2 x MACs).",
              "peak MB: memory of the loaded model and one inference of one image (peak RSS of a fresh process, minus its RSS before the model was loaded); bench.csv also has mem_MB (what the inference alone adds) and rss_MB (the whole process).",
              f"Machine: {machine()}."]
@@ -425,7 +456,8 @@ def bench(
     presets: Sequence[str] = ('paper',),  # model presets to measure
     out: str|Path = '.',  # folder for bench.csv, bench.md (and bench.png)
     results: str|Path|None = None,  # a results folder: adds the Dice-vs-cost plot (its preset is benched too)
-    student_sizes: Sequence[str]|None = None,  # `STUDENT_SIZES` names: bench each preset with each of these students (None: its own)
+    # `STUDENT_SIZES` names: bench each preset with each of these students (None: its own)
+    student_sizes: Sequence[str]|None = None,
     command: str|None = None,  # the command line, recorded in bench.md
     **kwargs,  # `bench_preset` settings: size, batch, warmup, repeats, batch_repeats, threads, memory, int8, student, progress
 ) -> pd.DataFrame:
@@ -449,9 +481,11 @@ def bench(
         fits = [c for c in cells if _student_spec(*c) == spec and c not in owner]
         if not fits:
             say = lambda p, s: f"{p} ({'size ' + s if s else 'its own student'})"
-            named = [say(p, s) for s in (None, *STUDENT_SIZES) for p in PRESETS if _student_spec(p, s) == spec]  # own students first
-            raise DeployError(f"{st}: its student ({spec.encoder}) is not the student of any preset and size benched here "
-                              f"({', '.join(say(*c) for c in cells)}); it is the student of: {', '.join(named[:4]) or 'none'}")
+            # own students first
+            named = [say(p, s) for s in (None, *STUDENT_SIZES) for p in PRESETS if _student_spec(p, s) == spec]
+            raise DeployError(f"{st}: its student ({spec.encoder}) is not the student of any preset and size benched "
+                              f"here ({', '.join(say(*c) for c in cells)}); it is the student of: "
+                              f"{', '.join(named[:4]) or 'none'}")
         owner[fits[0]] = st
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     frames = [bench_preset(p, student=owner.get((p, s)), student_size=s, **kwargs) for p, s in cells]

@@ -23,7 +23,8 @@ __all__ = ['CAPACITY_ROWS', 'COLORS', 'CAPACITY_FILES', 'default_size', 'capacit
            'capacity_markdown', 'write_capacity_report']
 
 # %% ../nbs/10e_capacity.ipynb #ac7bacea
-CAPACITY_ROWS = ('Student', 'L_KLD_WAug', 'H_MSE_WAug')  # the rows of the student-size plan: the Student and two KD rows
+# the rows of the student-size plan: the Student and two KD rows
+CAPACITY_ROWS = ('Student', 'L_KLD_WAug', 'H_MSE_WAug')
 
 def default_size(run_dir: str|Path) -> str|None:
     "The `STUDENT_SIZES` name of a run's student when its config names none: its model preset's own."
@@ -31,7 +32,8 @@ def default_size(run_dir: str|Path) -> str|None:
 
 def capacity_runs(
     results: str|Path|pd.DataFrame,  # a results folder, or `collect`'s rows
-) -> dict[tuple[str, str|None], pd.DataFrame]:  # (row, size) -> per-image rows (fold, seed, id, dice, params); the Teacher's size: None
+# (row, size) -> per-image rows (fold, seed, id, dice, params); the Teacher's size: None
+) -> dict[tuple[str, str|None], pd.DataFrame]:
     "The per-image rows of the Teacher and of each `CAPACITY_ROWS` row at each student size."
     df, out = results_frame(results), {}
     for label, g in df.groupby('label', sort=False):
@@ -47,7 +49,8 @@ def capacity_table(
     bench: pd.DataFrame|None = None,  # `kdbus bench --student-sizes` (bench.csv): latencies per size
     family: int = 2 * len(STUDENT_SIZES),  # the KD lifts Holm's correction is over (the plan's: 2 rows x 4 sizes)
 ) -> pd.DataFrame:  # one row per (size, model), sizes smallest first
-    "Each size's rows: mean Dice with run-level CIs, KD lifts over the same-size Student, Holm, verdicts, the Teacher's lead, costs."
+    """Each size's rows: mean Dice with run-level CIs, KD lifts over the same-size Student, Holm, verdicts, the
+    Teacher's lead, costs."""
     runs, rows = capacity_runs(results), []
     sizes = [s for s in STUDENT_SIZES if ('Student', s) in runs]
     for s in sizes:
@@ -67,14 +70,17 @@ def capacity_table(
                 r.update(lift=k['lift'], lift_low=k['ci_low'], lift_high=k['ci_high'], p=k['p'])
             rows.append(r)
     t = pd.DataFrame(rows)
-    if t.empty: raise ValueError("no Student run at any student size: expected runs of `kdbus grid --sweep student=...` (or Table 4's)")
+    if t.empty:
+        raise ValueError("no Student run at any student size: expected runs of `kdbus grid --sweep "
+                         "student=...` (or Table 4's)")
     kd = t.model != 'Student'
     t['p_holm'] = np.nan
     t.loc[kd, 'p_holm'] = holm(t.loc[kd, 'p'].to_numpy(), family=max(family, int(kd.sum())))
     t['verdict'] = [('-' if m == 'Student' else verdict(*((l, h) if ph < 0.05 else (np.nan, np.nan))))
                     for m, l, h, ph in zip(t.model, t.get('lift_low', np.nan), t.get('lift_high', np.nan), t.p_holm)]
     if bench is not None:
-        b = bench[bench.model.isin(['student', 'student_int8_static'])].pivot_table(index='student_size', columns='model', values='cpu_ms_ort')
+        b = bench[bench.model.isin(['student', 'student_int8_static'])].pivot_table(
+            index='student_size', columns='model', values='cpu_ms_ort')
         b = b.rename(columns={'student': 'cpu_ms_ort', 'student_int8_static': 'cpu_ms_ort_int8'})
         pt = bench[bench.model == 'student'].set_index('student_size').cpu_ms_torch.rename('cpu_ms_torch')
         teacher = bench[bench.model == 'teacher'].set_index('student_size').cpu_ms_ort.rename('teacher_ms_ort')
@@ -83,7 +89,8 @@ def capacity_table(
     return t.reset_index(drop=True)
 
 # %% ../nbs/10e_capacity.ipynb #775e16f9
-COLORS = {'Student': 'tab:blue', 'L_KLD_WAug': 'tab:orange', 'H_MSE_WAug': 'tab:green'}  # one colour per row of the curve
+# one colour per row of the curve
+COLORS = {'Student': 'tab:blue', 'L_KLD_WAug': 'tab:orange', 'H_MSE_WAug': 'tab:green'}
 
 def capacity_plot(
     t: pd.DataFrame,  # from `capacity_table`
@@ -96,18 +103,22 @@ def capacity_plot(
     shift = {m: 1 + 0.04 * (i - 1) for i, m in enumerate(CAPACITY_ROWS)}  # side by side on a log axis
     for m, g in t.groupby('model', sort=False):
         xs = x[g.index] * shift[m]
-        a.errorbar(xs, g.dsc, yerr=[g.dsc - g.dsc_low, g.dsc_high - g.dsc], fmt='o-', capsize=3, color=COLORS.get(m), label=m)
+        a.errorbar(xs, g.dsc, yerr=[g.dsc - g.dsc_low, g.dsc_high - g.dsc], fmt='o-', capsize=3, color=COLORS.get(m),
+                   label=m)
         if m != 'Student':
             xb = g.params / 1e6 * shift[m]
-            b.errorbar(xb, g.lift, yerr=[g.lift - g.lift_low, g.lift_high - g.lift], fmt='o-', capsize=3, color=COLORS.get(m), label=m)
+            b.errorbar(xb, g.lift, yerr=[g.lift - g.lift_low, g.lift_high - g.lift], fmt='o-', capsize=3,
+                       color=COLORS.get(m), label=m)
     for (_, r), xv in zip(t[t.model == 'Student'].iterrows(), x[t.model == 'Student']):
         a.annotate(r['size'], (xv, r.dsc), xytext=(0, -14), textcoords='offset points', ha='center', fontsize=8)
     if teacher_dsc is not None: a.axhline(teacher_dsc, color='tab:red', ls='--', lw=1, label='Teacher')
     a.set_xscale('log'); b.set_xscale('log'); b.axhline(0, color='0.4', lw=1, ls=':')
     a.set_xlabel('student CPU latency, ms per image (ONNX Runtime, log)' if lat else 'student parameters (M, log)')
     a.set_ylabel('test DSC (%), run-level 95 % CI'); a.legend(fontsize=8); a.grid(alpha=0.3)
-    b.set_xlabel('student parameters (M, log)'); b.set_ylabel('lift over the same-size Student (points)'); b.legend(fontsize=8); b.grid(alpha=0.3)
-    a.set_title('Dice against cost, by student size', fontsize=10); b.set_title('What distillation adds at each size', fontsize=10)
+    b.set_xlabel('student parameters (M, log)'); b.set_ylabel('lift over the same-size Student (points)')
+    b.legend(fontsize=8); b.grid(alpha=0.3)
+    a.set_title('Dice against cost, by student size', fontsize=10)
+    b.set_title('What distillation adds at each size', fontsize=10)
     return fig
 
 # %% ../nbs/10e_capacity.ipynb #c54da253
@@ -119,21 +130,27 @@ def capacity_markdown(
     "capacity.md: the table behind the figures, and what its columns mean."
     ci = lambda v, lo, hi: '-' if not np.isfinite(v) else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
     lines = ['# The student-size curve', '',
-             '| size | params (M) | model | runs | DSC (%) [95 % CI] | lift vs same-size Student [95 % CI] | p | p (Holm) | verdict |'
+             '| size | params (M) | model | runs | DSC (%) [95 % CI] | lift vs same-size Student [95 % CI] | p | '
+             'p (Holm) | verdict |'
              + (' ORT ms | int8 ORT ms | teacher / student latency |' if 'cpu_ms_ort' in t else ''),
              '|---|---|---|---|---|---|---|---|---|' + ('---|---|---|' if 'cpu_ms_ort' in t else '')]
     for _, r in t.iterrows():
-        row = (f"| {r['size']} | {r.params / 1e6:.3f} | {r.model} | {r.runs} | {r.dsc:.2f} [{r.dsc_low:.2f}, {r.dsc_high:.2f}] | "
+        row = (f"| {r['size']} | {r.params / 1e6:.3f} | {r.model} | {r.runs} | {r.dsc:.2f} [{r.dsc_low:.2f}, "
+               f"{r.dsc_high:.2f}] | "
                f"{ci(r.get('lift', np.nan), r.get('lift_low', np.nan), r.get('lift_high', np.nan))} | "
                f"{fmt_p(r.get('p', np.nan), r.get('lift', np.nan), self_row=r.model == 'Student')} | "
                f"{'-' if r.model == 'Student' else f'{r.p_holm:.4f}'} | {r.verdict} |")
         if 'cpu_ms_ort' in t: row += f" {r.cpu_ms_ort:.3g} | {r.cpu_ms_ort_int8:.3g} | {r.speedup_vs_teacher:.1f}x |"
         lines.append(row)
     lead = t[(t.model == 'Student') & t.get('teacher_lead', pd.Series(np.nan, index=t.index)).notna()]
-    notes = ["**DSC**: the mean per-image test Dice over the runs (seeds x folds) and their test images, with a 95 % CI that includes run-to-run variance (`kdbus.stats.run_lift`).",
-             "**lift**: the KD row minus the Student of the same size, runs paired by (fold, seed) and images by id; **p (Holm)**: over the plan's fixed family of the KD lifts; **verdict**: *lifts* / *lowers* where the Holm-adjusted p < 0.05, *not shown* otherwise."]
+    notes = ["**DSC**: the mean per-image test Dice over the runs (seeds x folds) and their test images, with a 95 % "
+             "CI that includes run-to-run variance (`kdbus.stats.run_lift`).",
+             "**lift**: the KD row minus the Student of the same size, runs paired by (fold, seed) and images by id; "
+             "**p (Holm)**: over the plan's fixed family of the KD lifts; **verdict**: *lifts* / *lowers* where the "
+             "Holm-adjusted p < 0.05, *not shown* otherwise."]
     if len(lead): notes.append("**The Teacher's lead** over each size's Student: " + '; '.join(
-        f"{r['size']} {ci(r.teacher_lead, r.teacher_lead_low, r.teacher_lead_high)}" for _, r in lead.iterrows()) + " points.")
+        f"{r['size']} {ci(r.teacher_lead, r.teacher_lead_low, r.teacher_lead_high)}"
+        for _, r in lead.iterrows()) + " points.")
     return '\n'.join(lines) + '\n\n' + ''.join(f"- {n}\n" for n in notes)
 
 def write_capacity_report(

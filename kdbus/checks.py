@@ -14,6 +14,8 @@ def check_choice(
     value,  # the value given
     allowed,  # the values it may take
 ):
-    "Return `value` if it is one of `allowed`, else raise a `ValueError` naming the parameter, the value and the choices."
-    if value not in tuple(allowed): raise ValueError(f"{name}={value!r} is not valid; expected one of: {', '.join(map(repr, allowed))}")
+    """Return `value` if it is one of `allowed`, else raise a `ValueError` naming the parameter, the value and the
+    choices."""
+    if value not in tuple(allowed):
+        raise ValueError(f"{name}={value!r} is not valid; expected one of: {', '.join(map(repr, allowed))}")
     return value

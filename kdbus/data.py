@@ -390,7 +390,8 @@ def as_cases(data: str|DataSpec|Sequence[Case], # a data set spec, or cases from
             ) -> list[Case]:
     "The cases of a spec, or the given non-empty list of cases: what functions that take either work on."
     cases = list(data) if isinstance(data, (list, tuple)) else list_cases(data, include_normal)
-    if not cases or not all(isinstance(c, Case) for c in cases): raise DataError(f"nothing to load: expected a spec or a non-empty list of Case, got {data!r}")
+    if not cases or not all(isinstance(c, Case) for c in cases):
+        raise DataError(f"nothing to load: expected a spec or a non-empty list of Case, got {data!r}")
     return cases
 
 # %% ../nbs/01_data.ipynb #612c33ce

@@ -50,7 +50,8 @@ def _run_info(path: Path) -> dict:
     cfg = path.parent/CONFIG
     if not cfg.is_file(): return {}
     try: d = json.loads(cfg.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise DeployError(f"{cfg}: not valid JSON ({e}); expected the run's config.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DeployError(f"{cfg}: not valid JSON ({e}); expected the run's config.json") from None
     inner = d.get('config', {}) if isinstance(d, dict) else {}
     return dict(label=d.get('label'), size=inner.get('size'), profile=inner.get('profile'), data=inner.get('data'), config_file=str(cfg))
 
@@ -62,16 +63,18 @@ def read_checkpoint(
     if not path.is_file(): raise FileNotFoundError(f"{path}: checkpoint not found")
     if path.stat().st_size == 0: raise DeployError(f"{path}: empty file; expected a kdbus best.pt checkpoint")
     try: ck = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # a damaged pickle fails in many ways (UnpicklingError, RuntimeError, EOFError, KeyError, ...)
+    # a damaged pickle fails in many ways (UnpicklingError, RuntimeError, EOFError, KeyError, ...)
+    except Exception as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise DeployError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt? {first}); "
                           "expected a kdbus best.pt (a run folder's best-validation checkpoint)") from None
     if not isinstance(ck, dict) or not {'model', 'spec'} <= set(ck):
         what = f"a dict with keys {sorted(map(str, ck))[:6]}" if isinstance(ck, dict) else f"a {type(ck).__name__}"
-        raise DeployError(f"{path}: not a kdbus checkpoint ({what}); expected a dict with 'model' (the weights) and 'spec' "
-                          "(the ModelSpec), as a run folder's best.pt")
+        raise DeployError(f"{path}: not a kdbus checkpoint ({what}); expected a dict with 'model' (the weights) and "
+                          "'spec' (the ModelSpec), as a run folder's best.pt")
     try: spec = ModelSpec.from_dict(ck['spec'])
-    except (TypeError, ValueError) as e: raise DeployError(f"{path}: its 'spec' is not a valid ModelSpec ({e})") from None
+    except (TypeError, ValueError) as e:
+        raise DeployError(f"{path}: its 'spec' is not a valid ModelSpec ({e})") from None
     if spec.classes != 2 or spec.in_channels != 3:
         raise DeployError(f"{path}: the model has {spec.in_channels} input channel(s) and {spec.classes} classes; "
                           "kdbus students take 3-channel images and give 2 classes (background, lesion)")
@@ -86,14 +89,17 @@ def load_student(
     allow_teacher: bool = False,  # also accept a Teacher checkpoint (for cost tables)
     device: str|torch.device = 'cpu',  # where to put the model
 ) -> tuple[nn.Module, dict]:  # (the model in eval mode, `read_checkpoint`'s facts without the weights)
-    "The trained student of `path`, checked: a teacher, a foreign or corrupt file, or mismatched weights raise `DeployError`."
+    """The trained student of `path`, checked: a teacher, a foreign or corrupt file, or mismatched weights raise
+    `DeployError`."""
     info = read_checkpoint(path)
     if info['role'] == 'teacher' and not allow_teacher:
-        why = f"its run is labelled {info['label']!r}" if info['label'] else f"its spec is a preset's teacher ({info['spec'].encoder})"
+        why = (f"its run is labelled {info['label']!r}"
+               if info['label'] else f"its spec is a preset's teacher ({info['spec'].encoder})")
         raise DeployError(f"{path}: a teacher checkpoint ({why}), not a student; kdbus deploys students "
                           "(a Student or KD run's best.pt, e.g. runs/L_KLD_WAug/fold0/best.pt)")
     if info['role'] is None:
-        warnings.warn(f"{path}: no config.json beside it and its spec matches no preset; treating it as a student", UserWarning, stacklevel=2)
+        warnings.warn(f"{path}: no config.json beside it and its spec matches no preset; treating it as a student",
+                      UserWarning, stacklevel=2)
     model = build_model(info['spec'].replace(encoder_weights=None), device)
     try: model.load_state_dict(info.pop('state'))
     except RuntimeError as e:
@@ -127,7 +133,8 @@ def export_onnx(
     size: int = PAPER_SIZE,  # the training size: the example input's side, and `kdbus_size` in the metadata
     label: str|None = None,  # the run's label, kept in the metadata
     opset: int = ONNX_OPSET,  # ONNX opset
-    example: torch.Tensor|None = None,  # another module's example input (e.g. the regressor's features); None: zeros 1 x 3 x size x size
+    # another module's example input (e.g. the regressor's features); None: zeros 1 x 3 x size x size
+    example: torch.Tensor|None = None,
 ) -> Path:
     "Export `model` to ONNX with a dynamic batch, height and width, metadata included, checked by `onnx.checker`."
     import onnx
@@ -138,13 +145,15 @@ def export_onnx(
     tmp = temp_path(out, ".onnx")  # unique per writer
     was = model.training; model.eval()
     p = next(model.parameters())
-    x = torch.zeros(1, 3, size, size, dtype=p.dtype, device=p.device) if example is None else example.to(p.device, p.dtype)
+    x = (torch.zeros(1, 3, size, size, dtype=p.dtype, device=p.device)
+         if example is None else example.to(p.device, p.dtype))
     axes = {0: 'batch', 2: 'height', 3: 'width'}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')  # the legacy exporter's deprecation and tracer warnings
             torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes}, do_constant_folding=True)
+                              output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+                              do_constant_folding=True)
         m = onnx.load(str(tmp))
         onnx.helper.set_model_props(m, _onnx_meta(model, size, label))
         onnx.checker.check_model(m)
@@ -163,7 +172,8 @@ def ort_session(
     threads: int|None = None,  # ONNX Runtime intra-op threads; None: its default (one per core)
     providers: Sequence[str]|None = None,  # execution providers; None: CPU only
 ):  # an `onnxruntime.InferenceSession` with all graph optimisations, one inter-op thread
-    "An ONNX Runtime session for any ONNX file (no checks of its signature); a `DeployError` naming the file if ORT cannot read it."
+    """An ONNX Runtime session for any ONNX file (no checks of its signature); a `DeployError` naming the file if ORT
+    cannot read it."""
     import onnxruntime as ort
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: ONNX file not found")
@@ -171,12 +181,14 @@ def ort_session(
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # errors only
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1: raise ValueError(f"threads={threads!r} must be a positive integer")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads={threads!r} must be a positive integer")
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     try: return ort.InferenceSession(str(path), so, providers=list(providers or ['CPUExecutionProvider']))
     except Exception as e:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph classes
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise DeployError(f"{path}: not a readable ONNX model ({first}); expected a file written by `kdbus export`") from None
+        raise DeployError(f"{path}: not a readable ONNX model ({first}); expected a file "
+                          "written by `kdbus export`") from None
 
 def load_onnx(
     path: Path|str,  # an .onnx file (e.g. from `export_onnx`)
@@ -188,14 +200,17 @@ def load_onnx(
     sess = ort_session(path, threads, providers)
     ins, outs = sess.get_inputs(), sess.get_outputs()
     want = "one float input N x 3 x H x W (batch, RGB, height, width) and an output N x 2 x H x W"
-    if len(ins) != 1 or ins[0].type != 'tensor(float)' or len(ins[0].shape) != 4 or ins[0].shape[1] not in (3, None) or isinstance(ins[0].shape[1], str):
+    if len(ins) != 1 or ins[0].type != 'tensor(float)' or len(ins[0].shape) != 4 or ins[0].shape[1] not in (
+            3, None) or isinstance(ins[0].shape[1], str):
         got = ', '.join(f"{i.name}: {i.type} {_dims(i.shape)}" for i in ins)
         raise DeployError(f"{path}: the model's input is {got}; expected {want}")
     h, w = ins[0].shape[2:]
     if isinstance(h, int) and isinstance(w, int) and h != w:
-        raise DeployError(f"{path}: the model's input has a fixed, non-square size {h} x {w}; kdbus students take square S x S images (or a dynamic size)")
+        raise DeployError(f"{path}: the model's input has a fixed, non-square size {h} x {w}; kdbus students take "
+                          "square S x S images (or a dynamic size)")
     if not outs or len(outs[0].shape) != 4 or outs[0].shape[1] != 2:
-        raise DeployError(f"{path}: the model's output is {_dims(outs[0].shape) if outs else 'missing'}; expected {want}")
+        raise DeployError(f"{path}: the model's output is "
+                          f"{_dims(outs[0].shape) if outs else 'missing'}; expected {want}")
     return sess
 
 def onnx_meta(
@@ -237,7 +252,8 @@ def parity_inputs(
 
 # %% ../nbs/12_deploy.ipynb #07e7f0fa
 def _quantize(src: Path, dst: Path, quantize, what: str) -> Path:
-    "Run `quantize(src, tmp)` (an ONNX Runtime quantiser), keep `src`'s metadata plus `kdbus_quantization=what`, and write `dst` atomically."
+    """Run `quantize(src, tmp)` (an ONNX Runtime quantiser), keep `src`'s metadata plus `kdbus_quantization=what`,
+    and write `dst` atomically."""
     import logging, onnx
     tmp = temp_path(dst, ".onnx")  # unique per writer
     log = logging.getLogger(); level = log.level
@@ -269,16 +285,20 @@ def quantize_int8(
 def quantize_int8_static(
     src: Path|str,  # a float32 .onnx file (from `export_onnx`)
     dst: Path|str,  # the int8 .onnx file to write (atomically)
-    calibration: np.ndarray,  # float32 N x 3 x S x S normalised inputs (`kdbus.augment.normalize`), N >= 1, never test images
+    # float32 N x 3 x S x S normalised inputs (`kdbus.augment.normalize`), N >= 1, never test images
+    calibration: np.ndarray,
     batch: int = 8,  # calibration images per forward pass
 ) -> Path:
-    "Static int8 quantisation of `src` (QDQ: uint8 activations with ranges calibrated on `calibration`, int8 per-channel weights), metadata kept."
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    """Static int8 quantisation of `src` (QDQ: uint8 activations with ranges calibrated on `calibration`, int8
+    per-channel weights), metadata kept."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
     src, dst = Path(src), Path(dst)
     sess = load_onnx(src)  # fail early, naming the file, if it is not one
     x = np.asarray(calibration)
     if x.ndim != 4 or x.shape[1] != 3 or x.dtype != np.float32 or len(x) == 0:
-        raise ValueError(f"calibration must be a non-empty float32 N x 3 x S x S array of normalised images, got {x.dtype} {x.shape}")
+        raise ValueError("calibration must be a non-empty float32 N x 3 x S x S array of normalised images, "
+                         f"got {x.dtype} {x.shape}")
     name = sess.get_inputs()[0].name
 
     class Reader(CalibrationDataReader):
@@ -289,12 +309,14 @@ def quantize_int8_static(
 
     try:
         return _quantize(src, dst, lambda s, t: quantize_static(s, t, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                                                activation_type=QuantType.QUInt8,
+                                                                weight_type=QuantType.QInt8,
                                                                 calibrate_method=CalibrationMethod.MinMax),
                          f'static int8 QDQ (onnxruntime.quantization.quantize_static, MinMax on {len(x)} images, '
                          'uint8 activations, int8 per-channel weights)')
     finally:
-        for f in Path('.').glob('augmented_model*.onnx'): f.unlink(missing_ok=True)  # older ORT leaves its calibration model here
+        # older ORT leaves its calibration model here
+        for f in Path('.').glob('augmented_model*.onnx'): f.unlink(missing_ok=True)
 
 
 # %% ../nbs/12_deploy.ipynb #eb38123e
@@ -310,7 +332,8 @@ def export_student(
     if out.suffix.lower() != '.onnx': raise ValueError(f"out={str(out)!r}: expected a file name ending in .onnx")
     model, info = load_student(checkpoint, allow_teacher=allow_teacher)
     if size is None and info['size'] is None:
-        warnings.warn(f"{checkpoint}: no config.json beside it records the training size; exporting with the paper's {PAPER_SIZE} (pass size= / --size)", UserWarning, stacklevel=2)
+        warnings.warn(f"{checkpoint}: no config.json beside it records the training size; exporting with the paper's "
+                      f"{PAPER_SIZE} (pass size= / --size)", UserWarning, stacklevel=2)
     size = int(size or info['size'] or PAPER_SIZE)
     path = export_onnx(model, out, size=size, label=info['label'])
     sess = load_onnx(path)
@@ -333,7 +356,8 @@ class Segmenter:
                images: np.ndarray,  # float32 N x S x S x 3 in [0, 1] (as `kdbus.data.load_data` makes them)
               ) -> np.ndarray:  # float32 N x 2 x S x S
         "The model's logits for images in [0, 1], normalised as in training (`kdbus.augment.normalize`)."
-        if images.ndim != 4 or images.shape[-1] != 3: raise ValueError(f"images must be N x S x S x 3, got {images.shape}")
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be N x S x S x 3, got {images.shape}")
         return self.logits_fn(np.stack([normalize(im) for im in images]))
 
     def masks(self, images: np.ndarray) -> np.ndarray:
@@ -341,7 +365,8 @@ class Segmenter:
         return self.logits(images).argmax(1) == 1
 
 def _torch_fn(model: nn.Module, threads: int|None = None) -> Callable:
-    "The model as a numpy function; with `threads`, PyTorch uses that many threads during each call and the process's setting is restored after."
+    """The model as a numpy function; with `threads`, PyTorch uses that many threads during each call and the
+    process's setting is restored after."""
     device = next(model.parameters()).device
     @torch.no_grad()
     def run(x):
@@ -360,7 +385,8 @@ def load_segmenter(
 ) -> Segmenter:
     "A `Segmenter` for a student checkpoint or ONNX file, its size resolved."
     path = Path(path)
-    if size is not None and (not isinstance(size, int) or size < 32): raise ValueError(f"size={size!r} must be an integer >= 32 (pixels)")
+    if size is not None and (not isinstance(size, int) or size < 32):
+        raise ValueError(f"size={size!r} must be an integer >= 32 (pixels)")
     if path.suffix.lower() == '.onnx':
         sess = load_onnx(path, threads)
         meta = onnx_meta(sess)
@@ -376,8 +402,9 @@ def load_segmenter(
         model, info = load_student(path, allow_teacher=allow_teacher, device=device)
         rec, fn, engine, label = info['size'], _torch_fn(model, threads), 'torch', info['label']
     if size is None and rec is None:
-        warnings.warn(f"{path}: the training size is not recorded (no config.json beside the checkpoint / no kdbus_size); "
-                      f"using the paper's {PAPER_SIZE}; pass size= (--size) to choose", UserWarning, stacklevel=2)
+        warnings.warn(f"{path}: the training size is not recorded (no config.json beside the checkpoint / no "
+                      f"kdbus_size); using the paper's {PAPER_SIZE}; pass size= (--size) "
+                      "to choose", UserWarning, stacklevel=2)
     return Segmenter(fn, int(size or rec or PAPER_SIZE), str(path), engine, label, model)
 
 # %% ../nbs/12_deploy.ipynb #26a5e714
@@ -395,7 +422,8 @@ def find_images(
     if not src.is_dir(): raise FileNotFoundError(f"{src}: no such file or folder")
     ex = Path(exclude).resolve() if exclude else None
     files = sorted((p for p in src.rglob('*') if p.is_file() and not any(s.startswith('.') for s in p.relative_to(src).parts)
-                    and not (ex and p.resolve().is_relative_to(ex))), key=lambda p: natural_key(p.relative_to(src).as_posix()))
+                    and not (ex and p.resolve().is_relative_to(ex))),
+                   key=lambda p: natural_key(p.relative_to(src).as_posix()))
     imgs = [p for p in files if p.suffix.lower() in IMAGE_EXTS]
     other = [p for p in files if p.suffix.lower() not in IMAGE_EXTS]
     masks = [] if include_masks else [p for p in imgs if _MASK_NAME.search(p.stem)]
@@ -405,7 +433,8 @@ def resize_prob(
     prob: np.ndarray,  # float S x S lesion probability at the model's size
     shape: tuple[int, int],  # (height, width) of the original image
 ) -> np.ndarray:  # bool height x width
-    "The lesion mask at the image's own size: the probability resized (bilinear, or area when shrinking) and thresholded at 0.5."
+    """The lesion mask at the image's own size: the probability resized (bilinear, or area when shrinking) and
+    thresholded at 0.5."""
     h, w = shape
     s = prob.shape[0]
     interp = cv2.INTER_AREA if h <= s and w <= s else cv2.INTER_LINEAR
@@ -441,7 +470,8 @@ def predict_paths(
     include_masks: bool = False,  # also segment files named like masks
     progress: bool = True,  # tqdm progress bar (folders)
 ) -> pd.DataFrame:  # `PREDICT_COLUMNS`, one row per image file; attrs: skipped_masks, ignored
-    "Segment every image of `src` at its own size; write masks, overlays and predictions.csv; unreadable files get an error row."
+    """Segment every image of `src` at its own size; write masks, overlays and predictions.csv; unreadable files get
+    an error row."""
     src, out = Path(src), Path(out)
     images, masks, other = find_images(src, include_masks, exclude=out)
     if not images:

@@ -37,11 +37,13 @@ def parse_run_name(
     "Inverse of `run_name`."
     parts = name.split('_')
     prefix = {v: k for k, v in PATH_PREFIX.items()}
-    ok = len(parts) in (2, 3) and parts[0] in prefix and parts[1].lower() in KD_LOSSES and (len(parts) == 2 or parts[2] == 'WAug')
+    ok = (len(parts) in (2, 3)
+          and parts[0] in prefix and parts[1].lower() in KD_LOSSES and (len(parts) == 2 or parts[2] == 'WAug'))
     if not ok: raise ValueError(f"{name!r} is not a Table 3 run name; expected one of: {', '.join(TABLE3)}")
     return prefix[parts[0]], parts[1].lower(), 'weak' if len(parts) == 3 else 'strong'
 
-TABLE3: tuple[str, ...] = tuple(run_name(p, l, a) for p in KD_PATHS for l in KD_LOSSES for a in ('strong', 'weak'))  # the 12, in the paper's order
+# the 12, in the paper's order
+TABLE3: tuple[str, ...] = tuple(run_name(p, l, a) for p in KD_PATHS for l in KD_LOSSES for a in ('strong', 'weak'))
 
 # %% ../nbs/05_distill.ipynb #5bafee93
 class Distiller(nn.Module):
@@ -72,13 +74,15 @@ class Distiller(nn.Module):
         teacher.eval().requires_grad_(False)
         if path == 'logits':
             tc, sc = teacher.segmentation_head[0].out_channels, student.segmentation_head[0].out_channels
-            if tc != sc: raise ValueError(f"path='logits' needs teacher and student with the same classes, got {tc} and {sc}")
+            if tc != sc:
+                raise ValueError(f"path='logits' needs teacher and student with the same classes, got {tc} and {sc}")
             self.stage = None
         else:
             self.stage = stage
             self._t_index = resolve_stages(teacher, stage)[0]  # raises, listing valid stages, if `stage` is not one
             resolve_stages(student, stage)
-        self.regressor = (regressor if regressor is not None else regressor_for(teacher, student, stage, regressor_relu)).to(
+        self.regressor = (regressor if regressor is not None
+                          else regressor_for(teacher, student, stage, regressor_relu)).to(
             next(student.parameters()).device) if path == 'hidden_regressor' else None
 
     def train(self, mode: bool = True):

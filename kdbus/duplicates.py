@@ -50,7 +50,8 @@ def fingerprint(image: np.ndarray, # uint8 H x W or H x W x 3, e.g. from `read_i
     g = (image if image.ndim == 2 else image.mean(axis=2)).astype(np.float32)
     h, w = g.shape
     f = _DETAIL_HEIGHT / h
-    d = cv2.resize(g, (max(8, round(w * f)), _DETAIL_HEIGHT), interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
+    d = cv2.resize(g, (max(8, round(w * f)), _DETAIL_HEIGHT),
+                   interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_LINEAR)
     detail = cv2.GaussianBlur(d, (0, 0), 1) - cv2.GaussianBlur(d, (0, 0), 4)
     return Fingerprint(sha256, _unit(cv2.resize(g, (32, 32), interpolation=cv2.INTER_AREA)), detail, (h, w))
 
@@ -76,7 +77,8 @@ def _match(a: np.ndarray, # detail map whose centre is looked for
     for fx, fy in scales:
         t = cv2.resize(centre, None, fx=fx, fy=fy, interpolation=cv2.INTER_AREA if fx * fy < 1 else cv2.INTER_LINEAR)
         if t.shape[0] > b.shape[0] or t.shape[1] > b.shape[1]: continue
-        best = max(best, cv2.minMaxLoc(cv2.matchTemplate(b, t, cv2.TM_CCOEFF_NORMED))[1])   # OpenCV gives 0 where b is flat
+        # OpenCV gives 0 where b is flat
+        best = max(best, cv2.minMaxLoc(cv2.matchTemplate(b, t, cv2.TM_CCOEFF_NORMED))[1])
     return float(best)
 
 def similarity(a: Fingerprint, # from `fingerprint`
@@ -86,7 +88,8 @@ def similarity(a: Fingerprint, # from `fingerprint`
     if a.sha256 and a.sha256 == b.sha256: return 1.0
     crop = a.size[0] / b.size[0]                    # guess: one is cut from the other at the same pixel size
     wide = b.detail.shape[1] / a.detail.shape[1]    # guess: b is the whole of a, stretched to b's aspect
-    guesses = [(s, s) for s in _SCALES] + [(crop * s, crop * s) for s in _SCALES] + [(wide * s, s) for s in _SCALES[1:-1]]
+    guesses = [(s, s) for s in _SCALES] + [(crop * s, crop * s) for s in _SCALES] + [(wide * s, s)
+                                                                                     for s in _SCALES[1:-1]]
     guesses = list(dict.fromkeys((round(x, 2), round(y, 2)) for x, y in guesses))
     return max(_match(a.detail, b.detail, guesses), _match(b.detail, a.detail, [(1 / x, 1 / y) for x, y in guesses]))
 
@@ -131,13 +134,15 @@ def group_ids(n: int, # number of images
 def _check_threshold(threshold: float):
     "Raise a `ValueError` unless `threshold` is a similarity in (0, 1]."
     if not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
-        raise ValueError(f"threshold={threshold!r}: expected a similarity with 0 < threshold <= 1 (default {DUPLICATE_THRESHOLD})")
+        raise ValueError(f"threshold={threshold!r}: expected a similarity with 0 < threshold <= 1 (default "
+                         f"{DUPLICATE_THRESHOLD})")
 
 def read_fingerprints(cases: Sequence[Case], # from `list_cases`
                       workers: int|None = None, # threads (None: up to 8)
                      ) -> list[Fingerprint]:
     "`read_fingerprint` of each case's image, in case order."
-    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as ex: return list(ex.map(lambda c: read_fingerprint(c.image), cases))
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as ex:
+        return list(ex.map(lambda c: read_fingerprint(c.image), cases))
 
 def duplicate_pairs(data: str|DataSpec|Sequence[Case], # a data set spec, or cases from `list_cases`
                     threshold: float = DUPLICATE_THRESHOLD, # similarity from which two images are one scan
@@ -154,7 +159,8 @@ def duplicate_groups(data: str|DataSpec|Sequence[Case], # a data set spec, or ca
                      include_normal: bool = False, # busi: also the 'normal' class
                      workers: int|None = None, # threads (None: up to 8)
                     ) -> list[int]:
-    "Each case's duplicate group, in case order: the index of the group's first case (its own index if it has no duplicate)."
+    """Each case's duplicate group, in case order: the index of the group's first case (its own index if it has no
+    duplicate)."""
     cases = as_cases(data, include_normal)
     return group_ids(len(cases), duplicate_pairs(cases, threshold, workers=workers))
 
@@ -174,7 +180,8 @@ class DuplicateGroup:
         return f"{', '.join(self.ids)} ({classes}; similarity >= {self.score:.3f})"
 
 def group_duplicates(cases: Sequence[Case], # the data set's cases
-                     pairs: Iterable[tuple[int, int, float]], # from `duplicate_pairs` (or `scored_pairs` cut at a threshold)
+                     # from `duplicate_pairs` (or `scored_pairs` cut at a threshold)
+                     pairs: Iterable[tuple[int, int, float]],
                     ) -> list[DuplicateGroup]:
     "The groups of more than one case that `pairs` link, in case order."
     pairs = list(pairs)
@@ -182,7 +189,8 @@ def group_duplicates(cases: Sequence[Case], # the data set's cases
     members, weakest = {}, {}
     for i, g in enumerate(ids): members.setdefault(g, []).append(i)
     for i, j, s in pairs: weakest[ids[i]] = min(s, weakest.get(ids[i], 1.0))
-    return [DuplicateGroup(tuple(cases[i].id for i in m), tuple(cases[i].label for i in m), weakest[g], tuple(cases[i].image for i in m))
+    return [DuplicateGroup(tuple(cases[i].id for i in m), tuple(cases[i].label for i in m), weakest[g],
+                           tuple(cases[i].image for i in m))
             for g, m in members.items() if len(m) > 1]
 
 # %% ../nbs/01a_duplicates.ipynb #6817ba30
@@ -191,14 +199,16 @@ VIEW_CORRELATION = 0.95  # thumbnail r from which two images that are not copies
 def _check_correlation(correlation: float):
     "Raise a `ValueError` unless `correlation` is a thumbnail r in (0, 1]."
     if not isinstance(correlation, (int, float)) or not 0 < correlation <= 1:
-        raise ValueError(f"correlation={correlation!r}: expected a thumbnail correlation with 0 < correlation <= 1 (default {VIEW_CORRELATION})")
+        raise ValueError(f"correlation={correlation!r}: expected a thumbnail correlation with 0 < correlation <= 1 "
+                         f"(default {VIEW_CORRELATION})")
 
 def view_pairs(prints: Sequence[Fingerprint], # one per image, e.g. from `read_fingerprints`
                scored: Iterable[tuple[int, int, float]] = (), # `scored_pairs(prints)`: similarities not computed again
                threshold: float = DUPLICATE_THRESHOLD, # similarity from which two images are copies, not views
                correlation: float = VIEW_CORRELATION, # thumbnail r from which two images are likely views of one lesion
               ) -> list[tuple[int, int, float, float]]:
-    "(i, j, thumbnail r, similarity) of the pairs that are likely views of one lesion, not copies; i < j, most alike first."
+    """(i, j, thumbnail r, similarity) of the pairs that are likely views of one lesion, not copies; i < j, most
+    alike first."""
     _check_threshold(threshold); _check_correlation(correlation)
     if len(prints) < 2: return []
     t = np.stack([p.thumb for p in prints])
@@ -219,11 +229,13 @@ class ViewPair:
     similarity: float                    # their `similarity`, below the copy threshold
     def __str__(self):
         classes = ' and '.join(dict.fromkeys(l or 'unlabelled' for l in self.labels))
-        return f"{', '.join(self.ids)} ({classes}; thumbnails r = {self.correlation:.3f}, similarity {self.similarity:.3f})"
+        return (f"{', '.join(self.ids)} ({classes}; thumbnails r = {self.correlation:.3f}, similarity "
+                f"{self.similarity:.3f})")
 
 def likely_views(data: str|DataSpec|Sequence[Case], # a data set spec, or cases from `list_cases`
                  threshold: float = DUPLICATE_THRESHOLD, # similarity from which two images are copies, not views
-                 correlation: float = VIEW_CORRELATION, # thumbnail r from which two images are likely views of one lesion
+                 # thumbnail r from which two images are likely views of one lesion
+                 correlation: float = VIEW_CORRELATION,
                  include_normal: bool = False, # busi: also the 'normal' class
                  workers: int|None = None, # threads (None: up to 8)
                 ) -> list[ViewPair]:
@@ -267,8 +279,10 @@ class DataSummary:
     lesion_fraction: dict[str, float]  # mean, std, min, max share of image pixels in the lesion
     n_problems: int                # errors found
     warnings: list[Problem] = field(default_factory=list)  # conversions and empty masks
-    duplicates: list[DuplicateGroup] = field(default_factory=list)  # groups of copies of one scan (across classes: also problems)
-    views: list[ViewPair] = field(default_factory=list)             # pairs of likely views of one lesion (`likely_views`)
+    # groups of copies of one scan (across classes: also problems)
+    duplicates: list[DuplicateGroup] = field(default_factory=list)
+    # pairs of likely views of one lesion (`likely_views`)
+    views: list[ViewPair] = field(default_factory=list)
     views_grouped: bool = False    # whether the spec keeps them in one fold part (`:views`)
 
 def _range(xs): return (int(min(xs)), int(max(xs))) if xs else (0, 0)
@@ -287,19 +301,22 @@ def _copies_and_views(cases: Sequence[Case], reads: Sequence[CaseRead], threshol
 def _mixed_problem(g: DuplicateGroup) -> Problem:
     "The problem of a group filed under more than one class, on its first file."
     others = ', '.join(f"{f.parent.name}/{f.name}" for f in g.files[1:])
-    return Problem(g.files[0], f"one scan filed under {' and '.join(dict.fromkeys(l for l in g.labels if l))}: copies {others} "
-                               f"(similarity >= {g.score:.3f}); expected each scan once, under one class: remove the wrong copies")
+    return Problem(g.files[0], f"one scan filed under {' and '.join(dict.fromkeys(l for l in g.labels if l))}: copies "
+                               f"{others} (similarity >= {g.score:.3f}); expected each scan once, under one class: "
+                               "remove the wrong copies")
 
 def check_data(spec: str|DataSpec, # a data set spec
                include_normal: bool = False, # busi: also check the 'normal' class
                workers: int|None = None, # threads reading files (None: up to 8)
-               duplicate_threshold: float|None = DUPLICATE_THRESHOLD, # similarity from which two images are one scan (None: skip)
+               # similarity from which two images are one scan (None: skip)
+               duplicate_threshold: float|None = DUPLICATE_THRESHOLD,
               ) -> tuple[DataSummary, list[Problem]]:
     "Summary and every problem of data set `spec`; raises `DataError` if its folder is missing."
     if duplicate_threshold is not None: _check_threshold(duplicate_threshold)
     cases, problems = scan_cases(spec, include_normal)
     reads = read_cases(cases, workers)
-    dups, views = _copies_and_views(cases, reads, duplicate_threshold, workers) if duplicate_threshold is not None else ([], [])
+    dups, views = _copies_and_views(cases, reads, duplicate_threshold,
+                                    workers) if duplicate_threshold is not None else ([], [])
     problems = problems + [p for r in reads for p in r.errors] + [_mixed_problem(g) for g in dups if g.mixed]
     ok = [(c, r) for c, r in zip(cases, reads) if not r.errors]
     classes = {}
@@ -309,12 +326,15 @@ def check_data(spec: str|DataSpec, # a data set spec
     imgs = [r.image.shape[:2] for r in reads if r.image is not None]
     masks = [r.mask_hw for r in reads if r.mask_hw is not None]
     frac = np.array([r.mask.mean() for _, r in ok if r.mask is not None], np.float64)
-    stats = dict(mean=frac.mean(), std=frac.std(), min=frac.min(), max=frac.max()) if len(frac) else dict(mean=np.nan, std=np.nan, min=np.nan, max=np.nan)
+    stats = dict(mean=frac.mean(), std=frac.std(), min=frac.min(),
+                 max=frac.max()) if len(frac) else dict(mean=np.nan, std=np.nan, min=np.nan, max=np.nan)
     resolved = resolve_spec(parse_spec(spec))
-    summary = DataSummary(str(spec), str(resolved.root), len(cases), dict(sorted(classes.items())), dict(sorted(modes.items())),
+    summary = DataSummary(str(spec), str(resolved.root), len(cases), dict(sorted(classes.items())),
+                          dict(sorted(modes.items())),
                           _range([h for h, w in imgs]), _range([w for h, w in imgs]),
                           _range([h for h, w in masks]), _range([w for h, w in masks]),
-                          {k: float(v) for k, v in stats.items()}, len(problems), [p for r in reads for p in r.notes], dups,
+                          {k: float(v) for k, v in stats.items()}, len(problems), [p for r in reads for p in r.notes],
+                          dups,
                           views, parse_spec(spec).views)
     return summary, problems
 
@@ -326,18 +346,24 @@ def format_summary(summary: DataSummary, # from `check_data`
     s, lf = summary, summary.lesion_fraction
     lines = [f"data set  {s.spec}", f"folder    {s.root}",
              f"cases     {s.n_cases}  (" + ', '.join(f"{k} {v}" for k, v in s.classes.items()) + ")",
-             f"images    height {s.image_height[0]}-{s.image_height[1]} px, width {s.image_width[0]}-{s.image_width[1]} px; "
+             f"images    height {s.image_height[0]}-{s.image_height[1]} px, width "
+             f"{s.image_width[0]}-{s.image_width[1]} px; "
              + ', '.join(f"{k} {v}" for k, v in s.modes.items()),
              f"masks     height {s.mask_height[0]}-{s.mask_height[1]} px, width {s.mask_width[0]}-{s.mask_width[1]} px",
-             f"lesion    share of image pixels: mean {lf['mean']:.3f} +- {lf['std']:.3f} (min {lf['min']:.3f}, max {lf['max']:.3f})",
+             f"lesion    share of image pixels: mean {lf['mean']:.3f} +- {lf['std']:.3f} (min {lf['min']:.3f}, "
+             f"max {lf['max']:.3f})",
              f"problems  {s.n_problems}",
              f"warnings  {len(s.warnings)}",
              f"duplicates {len(s.duplicates)}" + (f" group(s) of {sum(len(g.ids) for g in s.duplicates)} images, "
-                                                  f"{sum(g.mixed for g in s.duplicates)} across classes" if s.duplicates else ''),
-             f"views     {len(s.views)}" + ('' if not s.views else " pair(s) of likely views of one lesion, kept in one fold part (:views)"
-                                            if s.views_grouped else " pair(s) of likely views of one lesion; they can straddle a fold's "
-                                            "test and training parts: add :views to the spec to keep each pair in one part")]
-    for title, items in (('problems', problems), ('warnings', s.warnings), ('duplicates (copies of one scan)', s.duplicates),
+                                                  f"{sum(g.mixed for g in s.duplicates)} "
+                                                  "across classes" if s.duplicates else ''),
+             f"views     {len(s.views)}" + ('' if not s.views else " pair(s) of likely views of one lesion, kept in "
+                                                                   "one fold part (:views)"
+                                            if s.views_grouped else " pair(s) of likely views of one lesion; they can "
+                                            "straddle a fold's test and training parts: add :views to the spec to keep "
+                                            "each pair in one part")]
+    for title, items in (('problems', problems), ('warnings', s.warnings),
+                         ('duplicates (copies of one scan)', s.duplicates),
                          (f"views (thumbnails r >= {VIEW_CORRELATION}, not copies)", s.views)):
         if items:
             lines += ['', f"{title}:"] + [f"  {p}" for p in items[:max_listed]]

@@ -28,7 +28,8 @@ def dice_iou(
     target: Tensor,  # ground-truth masks, B x H x W, bool or {0, 1}
 ) -> tuple[Tensor, Tensor]:  # (dice, iou), float64 tensors of B values in [0, 1]
     "Per-image Dice and IoU; both are 1 where prediction and ground truth are empty."
-    if pred.shape != target.shape or pred.ndim != 3: raise ValueError(f"pred and target must both be B x H x W, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    if pred.shape != target.shape or pred.ndim != 3:
+        raise ValueError(f"pred and target must both be B x H x W, got {tuple(pred.shape)} and {tuple(target.shape)}")
     p, g = pred.bool().flatten(1), target.bool().flatten(1)
     inter = (p & g).sum(1).double()
     total = p.sum(1).double() + g.sum(1).double()
@@ -47,7 +48,8 @@ def predict(
 ) -> np.ndarray:  # bool N x S x S, True = lesion
     "Predicted lesion masks: argmax of the logits of the normalised images, in eval mode."
     if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"images must be an N x S x S x 3 array, got {getattr(images, 'shape', type(images).__name__)}")
+        raise ValueError("images must be an N x S x S x 3 array, got "
+                         f"{getattr(images, 'shape', type(images).__name__)}")
     was = model.training; model.eval()
     device = next(model.parameters()).device
     out = []
@@ -71,12 +73,14 @@ def hd95(
     gt: np.ndarray,  # bool H x W ground truth
     spacing: tuple[float, float] = (1.0, 1.0),  # size of a pixel (rows, columns), e.g. original / evaluated size
 ) -> float:  # in units of `spacing`; 0 if both masks are empty, NaN if exactly one is
-    "95 % Hausdorff distance: the larger of the two directed 95th percentiles of boundary-to-boundary distances (MONAI's definition)."
+    """95 % Hausdorff distance: the larger of the two directed 95th percentiles of boundary-to-boundary distances
+    (MONAI's definition)."""
     pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
     if not pred.any() and not gt.any(): return 0.0  # nothing to find, nothing found
     if not pred.any() or not gt.any(): return float('nan')  # no boundary to measure to: undefined
     bp, bg = _boundary(pred), _boundary(gt)
-    to_gt = ndimage.distance_transform_edt(~bg, sampling=spacing)  # each pixel's distance to the nearest ground-truth boundary pixel
+    # each pixel's distance to the nearest ground-truth boundary pixel
+    to_gt = ndimage.distance_transform_edt(~bg, sampling=spacing)
     to_pred = ndimage.distance_transform_edt(~bp, sampling=spacing)
     return float(max(np.percentile(to_gt[bp], 95), np.percentile(to_pred[bg], 95)))
 
@@ -85,7 +89,8 @@ def evaluate(
     data: SegData,  # the test images and masks (e.g. `data.subset(fold.test)`)
     batch_size: int = 16,  # images per forward pass
 ) -> tuple[pd.DataFrame, np.ndarray]:  # (per_image with `PER_IMAGE_COLUMNS`, predicted masks bool N x S x S)
-    "Per-image Dice, IoU, areas and HD95 (pixels at the data's size; HD95 also in original pixels) of `model` on `data`, and its predictions."
+    """Per-image Dice, IoU, areas and HD95 (pixels at the data's size; HD95 also in original pixels) of `model` on
+    `data`, and its predictions."""
     pred = predict(model, data.images, batch_size)
     gt = data.masks.astype(bool)
     dice, iou = dice_iou(torch.from_numpy(pred), torch.from_numpy(gt))
@@ -93,7 +98,8 @@ def evaluate(
                                   pred_area=pred.sum((1, 2)).astype(np.int64), gt_area=gt.sum((1, 2)).astype(np.int64)))
     s = pred.shape[1:]
     per_image['hd95'] = [hd95(p, g) for p, g in zip(pred, gt)]
-    per_image['hd95_orig'] = ([hd95(p, g, (h / s[0], w / s[1])) for p, g, (h, w) in zip(pred, gt, data.sizes)] if data.sizes
+    per_image['hd95_orig'] = ([hd95(p, g, (h / s[0], w / s[1]))
+                               for p, g, (h, w) in zip(pred, gt, data.sizes)] if data.sizes
                               else np.nan)  # in pixels of the original image, where its size is known
     return per_image, pred
 
@@ -113,9 +119,11 @@ def save_predictions(
 ) -> Path:
     "Save predicted masks (bit-packed) with their ids, atomically."
     masks = np.asarray(masks, bool)
-    if masks.ndim != 3 or len(ids) != len(masks): raise ValueError(f"expected N x S x S masks with N = {len(ids)} ids, got {masks.shape}")
+    if masks.ndim != 3 or len(ids) != len(masks):
+        raise ValueError(f"expected N x S x S masks with N = {len(ids)} ids, got {masks.shape}")
     buf = io.BytesIO()
-    np.savez_compressed(buf, ids=np.array([str(i) for i in ids]), masks=np.packbits(masks), shape=np.array(masks.shape, np.int64))
+    np.savez_compressed(buf, ids=np.array([str(i) for i in ids]), masks=np.packbits(masks),
+                        shape=np.array(masks.shape, np.int64))
     return atomic_write(path, buf.getvalue())
 
 def load_predictions(
@@ -123,11 +131,14 @@ def load_predictions(
 ) -> tuple[list[str], np.ndarray]:  # (ids, bool N x S x S masks)
     "The ids and predicted masks of a predictions.npz, checked against the contract."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: file not found; expected ids, masks (np.packbits) and shape (N, S, S)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found; expected ids, masks (np.packbits) and shape (N, S, S)")
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in ('ids', 'masks', 'shape') if k not in z.files]
-            if missing: raise ValueError(f"{path}: missing array(s) {', '.join(missing)}; expected ids, masks (np.packbits) and shape (N, S, S)")
+            if missing:
+                raise ValueError(f"{path}: missing array(s) {', '.join(missing)}; expected ids, masks "
+                                 "(np.packbits) and shape (N, S, S)")
             ids, packed, shape = [str(i) for i in z['ids']], z['masks'], tuple(int(v) for v in z['shape'])
     except (OSError, EOFError) as e: raise ValueError(f"{path}: not a readable .npz file ({e})") from None
     n = int(np.prod(shape)) if shape else 0
@@ -143,20 +154,28 @@ def read_per_image(
 ) -> pd.DataFrame:  # `PER_IMAGE_COLUMNS` (and the `BOUNDARY_COLUMNS` it has), ids and classes as strings
     "A run's per-image table (ids kept as strings), checked against the contract."
     path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"{path}: file not found; a complete run has per_image.csv with columns {', '.join(PER_IMAGE_COLUMNS)}")
-    df = pd.read_csv(path, dtype={'id': str, 'class': str}, keep_default_na=False)  # an unlabelled image's class stays ''
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found; a complete run has per_image.csv with columns "
+                                f"{', '.join(PER_IMAGE_COLUMNS)}")
+    # an unlabelled image's class stays ''
+    df = pd.read_csv(path, dtype={'id': str, 'class': str}, keep_default_na=False)
     missing = [c for c in PER_IMAGE_COLUMNS if c not in df.columns]
-    if missing: raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(PER_IMAGE_COLUMNS)}")
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(PER_IMAGE_COLUMNS)}")
     for c in ('dice', 'iou'):  # `dice_iou` never gives NaN: 1 where prediction and ground truth are both empty
         bad = df[~pd.to_numeric(df[c], errors='coerce').between(0, 1)]
         if len(bad):
             v = bad[c].iloc[0]
-            raise ValueError(f"{path}: {c} of image {bad.id.iloc[0]!r} is {v.item() if hasattr(v, 'item') else v!r}; expected a number in [0, 1]")
+            raise ValueError(f"{path}: {c} of image {bad.id.iloc[0]!r} is {v.item() if hasattr(v, 'item') else v!r}; "
+                             "expected a number in [0, 1]")
     dup = df.id[df.id.duplicated()]
-    if len(dup): raise ValueError(f"{path}: image id {dup.iloc[0]!r} appears more than once; expected one row per test image")
+    if len(dup):
+        raise ValueError(f"{path}: image id {dup.iloc[0]!r} appears more than once; expected one row per test image")
     extra = [c for c in BOUNDARY_COLUMNS if c in df.columns]  # absent in runs made before HD95 was recorded
     for c in extra:
         df[c] = pd.to_numeric(df[c].replace('', np.nan), errors='coerce')
-        if (df[c] < 0).any(): raise ValueError(f"{path}: {c} of image {df.id[df[c] < 0].iloc[0]!r} is negative; expected a distance >= 0 (or empty: undefined)")
+        if (df[c] < 0).any():
+            raise ValueError(f"{path}: {c} of image {df.id[df[c] < 0].iloc[0]!r} is negative; expected a distance >= 0 "
+                             "(or empty: undefined)")
     return df[list(PER_IMAGE_COLUMNS) + extra]
 

@@ -21,7 +21,8 @@ from .folds import Fold, make_folds, spec_test_folds
 from .evaluate import evaluate, save_predictions, summarise
 from .models import build_model, model_record, resolve_specs, resolve_stages
 from .files import atomic_write
-from .runfolder import (BEST, CONFIG, ENV, HISTORY, LAST, METRICS, PER_IMAGE, PREDICTIONS, check_same_run, read_json, run_lock,
+from .runfolder import (BEST, CONFIG, ENV, HISTORY, LAST, METRICS, PER_IMAGE, PREDICTIONS, check_same_run,
+                             read_json, run_lock,
                              write_json)
 from .train import build_step, fit, load_model, pick_device, weights_hash
 
@@ -34,30 +35,40 @@ def check_run(
     cfg: RunConfig,  # from `resolve_config`
 ) -> list[Fold]:  # the data set's folds (`cfg.k_folds`, split by `cfg.seed`)
     "Raise a clear error, before any training, if `cfg` cannot run on this machine and data."
-    if not isinstance(cfg, RunConfig): raise TypeError(f"expected a RunConfig (from kdbus.config.resolve_config), got {type(cfg).__name__}")
+    if not isinstance(cfg, RunConfig):
+        raise TypeError(f"expected a RunConfig (from kdbus.config.resolve_config), got {type(cfg).__name__}")
     pick_device(cfg.device)
     try: cases = list_cases(cfg.data)
     except DataError as e: raise DataError(f"data={cfg.data!r}: {e.message}", e.file) from None
     try: groups = fold_groups(cfg.data)  # reads every image once (duplicate fingerprints): an unreadable one fails here
-    except DataError as e: raise DataError(f"{e.message} (data={cfg.data!r}; found while looking for duplicate images)", e.file) from None
-    try: test_folds = spec_test_folds(cfg.data, [c.id for c in cases])  # a user split file: every problem named with its line
+    except DataError as e:
+        raise DataError(f"{e.message} (data={cfg.data!r}; found while looking for duplicate images)", e.file) from None
+    # a user split file: every problem named with its line
+    try: test_folds = spec_test_folds(cfg.data, [c.id for c in cases])
     except DataError as e: raise DataError(f"data={cfg.data!r}: {e.message}", e.file) from None
-    try: folds = make_folds([c.label for c in cases], k=cfg.k_folds, seed=cfg.folds_seed, val_frac=cfg.val_frac, groups=groups, test_folds=test_folds)
-    except ValueError as e: raise ValueError(f"data={cfg.data!r} ({len(cases)} images) cannot be split as asked: {e}") from None
+    try:
+        folds = make_folds([c.label for c in cases], k=cfg.k_folds, seed=cfg.folds_seed, val_frac=cfg.val_frac,
+                           groups=groups, test_folds=test_folds)
+    except ValueError as e:
+        raise ValueError(f"data={cfg.data!r} ({len(cases)} images) cannot be split as asked: {e}") from None
     if test_folds is not None:
-        if cfg.fold >= len(folds): raise ValueError(f"fold={cfg.fold}: the split file of data={cfg.data!r} has folds 0..{len(folds) - 1} only")
+        if cfg.fold >= len(folds):
+            raise ValueError(f"fold={cfg.fold}: the split file of data={cfg.data!r} has folds 0..{len(folds) - 1} only")
         folds_of = {}  # duplicate group -> the test folds its copies are in
         for g, f in zip(groups, test_folds): folds_of.setdefault(g, set()).add(int(f))
         straddle = sorted({tuple(sorted(s)) for s in folds_of.values() if len(s) > 1})
-        if straddle: warnings.warn(f"data={cfg.data!r}: the split file puts copies of one scan (kdbus.duplicates.fold_groups; with :views, views of one "
-                                   f"lesion too) in the test parts of different folds {straddle[:3]}: their test scores will be too high", DataWarning)
+        if straddle: warnings.warn(f"data={cfg.data!r}: the split file puts copies of one scan "
+                                   "(kdbus.duplicates.fold_groups; with :views, views of one lesion too) in the test "
+                                   f"parts of different folds {straddle[:3]}: their test scores will be "
+                                   "too high", DataWarning)
     check_stage(cfg)
     return folds
 
 def check_stage(
     cfg: RunConfig,  # a run
 ):
-    "Raise if a hidden-path run's `stage` is not a stage of both encoders (models built on the meta device: no memory, no time)."
+    """Raise if a hidden-path run's `stage` is not a stage of both encoders (models built on the meta device: no
+    memory, no time)."""
     if cfg.is_kd and cfg.path != 'logits':
         for spec in cfg.specs():
             try: resolve_stages(build_model(spec, 'meta'), cfg.stage)
@@ -70,9 +81,11 @@ def _load(data: str, size: int) -> SegData: return load_data(data, size=size)
 def run_data(
     cfg: RunConfig,  # the run
 ) -> tuple[SegData, Fold]:  # (the whole data set at `cfg.size`, the run's fold)
-    "The data set in memory (cached by spec and size) and the fold `cfg.fold` of its split, duplicate groups kept whole."
+    """The data set in memory (cached by spec and size) and the fold `cfg.fold` of its split, duplicate groups kept
+    whole."""
     data = _load(cfg.data, cfg.size)
-    return data, make_folds(data.labels, k=cfg.k_folds, seed=cfg.folds_seed, val_frac=cfg.val_frac, groups=fold_groups(cfg.data),
+    return data, make_folds(data.labels, k=cfg.k_folds, seed=cfg.folds_seed, val_frac=cfg.val_frac,
+                            groups=fold_groups(cfg.data),
                             test_folds=spec_test_folds(cfg.data, data.ids))[cfg.fold]
 
 def duplicate_id_groups(
@@ -92,15 +105,18 @@ def split_record(
     return dict(fold.ids(data.ids), duplicate_groups=duplicate_id_groups(cfg.data))
 
 # %% ../nbs/09_experiment.ipynb #f9739903
-CODE_PATHS = ('kdbus', 'nbs', 'setup.py', 'settings.ini')  # what decides a run's numbers: a change elsewhere (results/, README) leaves the code clean
+# what decides a run's numbers: a change elsewhere (results/, README) leaves the code clean
+CODE_PATHS = ('kdbus', 'nbs', 'setup.py', 'settings.ini')
 
 def git_commit() -> tuple[str|None, bool|None]:
-    "The commit of the kdbus source tree and whether its code (`CODE_PATHS`) has uncommitted changes; (None, None) outside git."
+    """The commit of the kdbus source tree and whether its code (`CODE_PATHS`) has uncommitted changes; (None, None)
+    outside git."""
     root = Path(kdbus.__file__).resolve().parent.parent
     try:
         head = subprocess.run(['git', '-C', str(root), 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=10)
         if head.returncode: return None, None
-        dirty = subprocess.run(['git', '-C', str(root), 'status', '--porcelain', '--untracked-files=no', '--', *CODE_PATHS],
+        dirty = subprocess.run(['git', '-C', str(root), 'status', '--porcelain', '--untracked-files=no', '--',
+                                *CODE_PATHS],
                                capture_output=True, text=True, timeout=10)
         return head.stdout.strip(), bool(dirty.stdout.strip()) if dirty.returncode == 0 else None
     except (OSError, subprocess.SubprocessError): return None, None
@@ -110,7 +126,8 @@ def cpu_model() -> str:
     try:
         info = dict(l.split(':', 1) for l in Path('/proc/cpuinfo').read_text().splitlines()[:30] if ':' in l)
         info = {k.strip(): v.strip() for k, v in info.items()}
-        return f"{info['model name']} (family {info.get('cpu family', '?')}, model {info.get('model', '?')}, stepping {info.get('stepping', '?')})"
+        return (f"{info['model name']} (family {info.get('cpu family', '?')}, model {info.get('model', '?')}, stepping "
+                f"{info.get('stepping', '?')})")
     except (OSError, KeyError): return platform.processor() or platform.machine()
 
 def env_info(
@@ -120,9 +137,11 @@ def env_info(
     import albumentations, segmentation_models_pytorch as smp, timm
     commit, dirty = git_commit()
     return dict(python=platform.python_version(), torch=torch.__version__, smp=smp.__version__, timm=timm.__version__,
-                albumentations=albumentations.__version__, numpy=np.__version__, pandas=pd.__version__, kdbus=kdbus.__version__,
+                albumentations=albumentations.__version__, numpy=np.__version__, pandas=pd.__version__,
+                kdbus=kdbus.__version__,
                 git_commit=commit, git_dirty=dirty, device=str(device),
-                device_name=torch.cuda.get_device_name(device) if device.type == 'cuda' else (platform.processor() or platform.machine()),
+                device_name=torch.cuda.get_device_name(device) if device.type == 'cuda'
+                else (platform.processor() or platform.machine()),
                 cuda=torch.version.cuda if device.type == 'cuda' else None, torch_threads=torch.get_num_threads(),
                 cpu=cpu_model(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
                 cpu_count=os.cpu_count(), platform=platform.platform(), started=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
@@ -132,7 +151,8 @@ def ensure_teacher(
     cfg: RunConfig,  # a KD run (or the Teacher run itself)
     progress: bool = True,  # show progress bars if the teacher must be trained
     device: torch.device|str|None = None,  # where to put the teacher; None: `pick_device(cfg.device)`
-) -> tuple[nn.Module, dict]:  # (the trained teacher, its record: run_dir, checkpoint, weights_sha256, best_epoch, split)
+# (the trained teacher, its record: run_dir, checkpoint, weights_sha256, best_epoch, split)
+) -> tuple[nn.Module, dict]:
     "The trained teacher of `cfg`'s fold, from out_dir/Teacher/fold<k>, trained there first if needed."
     tcfg = cfg.teacher_config()
     tdir, best = tcfg.run_dir, tcfg.run_dir/BEST
@@ -144,15 +164,17 @@ def ensure_teacher(
             for f in (METRICS, LAST): (tdir/f).unlink(missing_ok=True)
         new = run_experiment(tcfg, progress=progress)
         if abs(new['dice_mean'] - old.get('dice_mean', new['dice_mean'])) > 1e-9:
-            warnings.warn(f"the teacher retrained in {tdir} scores dice_mean {new['dice_mean']:.6f}, the recorded one {old['dice_mean']:.6f}: "
-                          "training is bit-for-bit reproducible only on the CPU, with the same thread count and the same kind of CPU "
-                          "(env.json: torch_threads, cpu, cpu_capability); runs of this fold that finished before used the recorded "
-                          "teacher (their metrics.json: teacher_weights_sha256)")
+            warnings.warn(f"the teacher retrained in {tdir} scores dice_mean {new['dice_mean']:.6f}, the recorded one "
+                          f"{old['dice_mean']:.6f}: training is bit-for-bit reproducible only on the CPU, with the "
+                          "same thread count and the same kind of CPU (env.json: torch_threads, cpu, cpu_capability); "
+                          "runs of this fold that finished before used the recorded teacher (their metrics.json: "
+                          "teacher_weights_sha256)")
     elif not done: run_experiment(tcfg, progress=progress)
     teacher = load_model(best, device or pick_device(cfg.device))
     ck = torch.load(best, map_location='cpu', weights_only=True)
     split = read_json(tdir/CONFIG)['split']
-    return teacher, dict(run_dir=str(tdir), checkpoint=str(best), weights_sha256=weights_hash(teacher), best_epoch=int(ck['epoch']), split=split)
+    return teacher, dict(run_dir=str(tdir), checkpoint=str(best), weights_sha256=weights_hash(teacher),
+                         best_epoch=int(ck['epoch']), split=split)
 
 def check_no_leak(
     teacher_split: dict,  # the teacher's split ids (train, val, test)
@@ -162,11 +184,14 @@ def check_no_leak(
     "Raise if the teacher trained or validated on any of the run's test images."
     seen = set(teacher_split['train']) | set(teacher_split['val'])
     leak = sorted(seen & set(split['test']))
-    if leak: raise ValueError(f"teacher {where} was trained or validated on {len(leak)} of this run's test images (e.g. {leak[:3]}): its split differs; use another out_dir")
+    if leak:
+        raise ValueError(f"teacher {where} was trained or validated on {len(leak)} of this run's test images (e.g. "
+                         f"{leak[:3]}): its split differs; use another out_dir")
 
 # %% ../nbs/09_experiment.ipynb #29a18764
 def portable_config(cfg: RunConfig) -> dict:
-    "`cfg` as config.json stores it: `out_dir` is '.', the results folder itself, so the folder can move to another machine."
+    """`cfg` as config.json stores it: `out_dir` is '.', the results folder itself, so the folder can move to another
+    machine."""
     return {**cfg.to_dict(), 'out_dir': '.'}
 
 def portable_teacher(
@@ -197,17 +222,22 @@ def run_experiment(
         models = dict(trained=model_record(step.student))
         if teacher is not None: models['teacher'] = model_record(teacher)
         if not (run_dir/CONFIG).exists():
-            write_json(run_dir/CONFIG, dict(config=portable_config(cfg), label=cfg.label, run=cfg.name, models=models, split=split,
+            write_json(run_dir/CONFIG, dict(config=portable_config(cfg), label=cfg.label, run=cfg.name, models=models,
+                                            split=split,
                                                    teacher=portable_teacher(trec, cfg.out_dir) if trec else None))
         write_json(run_dir/ENV, env_info(device))
         res = fit(step, cfg, data.subset(fold.train), data.subset(fold.val), run_dir, progress)
         per_image, pred = evaluate(res.model, data.subset(fold.test), cfg.batch_size)
         atomic_write(run_dir/PER_IMAGE, per_image.to_csv(index=False))
         save_predictions(run_dir/PREDICTIONS, per_image.id.tolist(), pred)
-        metrics = dict(label=cfg.label, run=cfg.name, fold=cfg.fold, **summarise(per_image), params=res.params, regressor_params=res.regressor_params,
-                       best_epoch=res.best_epoch, epochs_run=res.epochs_run, seconds=round(res.seconds, 3), stopped=res.stopped,
-                       path=cfg.path, loss=cfg.loss, teacher_aug=cfg.teacher_aug, profile=cfg.profile, data=cfg.data, seed=cfg.seed, split_seed=cfg.folds_seed,
-                       best_val_loss=res.best_val_loss, best_val_dice=res.best_val_dice, select=cfg.select, collapsed=res.collapsed,
+        metrics = dict(label=cfg.label, run=cfg.name, fold=cfg.fold, **summarise(per_image), params=res.params,
+                       regressor_params=res.regressor_params,
+                       best_epoch=res.best_epoch, epochs_run=res.epochs_run, seconds=round(res.seconds, 3),
+                       stopped=res.stopped,
+                       path=cfg.path, loss=cfg.loss, teacher_aug=cfg.teacher_aug, profile=cfg.profile, data=cfg.data,
+                       seed=cfg.seed, split_seed=cfg.folds_seed,
+                       best_val_loss=res.best_val_loss, best_val_dice=res.best_val_dice, select=cfg.select,
+                       collapsed=res.collapsed,
                        teacher_weights_sha256=trec['weights_sha256'] if trec else None, complete=True)
         write_json(run_dir/METRICS, metrics)
         (run_dir/LAST).unlink(missing_ok=True)  # the run is complete: its resume state is dead weight (best.pt stays)

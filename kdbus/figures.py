@@ -21,7 +21,8 @@ from .data import SegData, data_citation, list_cases, load_data, natural_key
 from .distill import TABLE3
 from .evaluate import load_predictions, read_per_image
 from .files import temp_path
-from .results import ReportWarning, collect, label_key, read_history, read_metrics, results_frame, results_preset, run_config
+from .results import (ReportWarning, collect, label_key, read_history, read_metrics, results_frame, results_preset,
+                           run_config)
 from .runfolder import CONFIG, METRICS, PER_IMAGE, PREDICTIONS
 
 # %% auto #0
@@ -40,11 +41,13 @@ def choose_figure2_image(df: pd.DataFrame, # from `collect`
     labels = sorted(df.label.unique(), key=label_key)
     keys = [set(zip(g.fold, g.id)) for _, g in df.groupby('label')]
     common = set.intersection(*keys)
-    if not common: raise ValueError("no test image was predicted by every run; give one: figure2(results, image=..., fold=...)")
+    if not common:
+        raise ValueError("no test image was predicted by every run; give one: figure2(results, image=..., fold=...)")
     ref = df[(df.label == labels[0])]
     ref = ref[np.array([k in common for k in zip(ref.fold, ref.id)], bool)]
     med = ref.dice.median()
-    best = min(zip(ref.dice, ref.fold, ref.id), key=lambda r: (round(abs(r[0] - med), 12), int(r[1]), natural_key(r[2])))
+    best = min(zip(ref.dice, ref.fold, ref.id),
+               key=lambda r: (round(abs(r[0] - med), 12), int(r[1]), natural_key(r[2])))
     return int(best[1]), str(best[2])
 
 # %% ../nbs/09b_figures.ipynb #25e18e67
@@ -55,17 +58,21 @@ def load_run_images(run_dir: str|Path, # a run folder (its config.json names the
     cfg = run_config(run_dir)
     cases = {c.id: c for c in list_cases(cfg['data'])}
     missing = [i for i in ids if i not in cases]
-    if missing: raise ValueError(f"image id(s) {', '.join(map(repr, missing[:5]))} not in data set {cfg['data']!r} of {Path(run_dir)/CONFIG}")
+    if missing:
+        raise ValueError(f"image id(s) {', '.join(map(repr, missing[:5]))} not in data set {cfg['data']!r} of "
+                         f"{Path(run_dir)/CONFIG}")
     return load_data([cases[i] for i in ids], size=int(cfg['size']))
 
 def _images_or_blank(run_dir, ids, shape) -> tuple[np.ndarray, np.ndarray|None, str]:
     "Grey images and masks of `ids`, or blanks and the reason when the data set cannot be read."
     try:
         d = load_run_images(run_dir, ids)
-        if d.images.shape[1:3] != tuple(shape): raise ValueError(f"images are {d.images.shape[1:3]} but the predictions {tuple(shape)}")
+        if d.images.shape[1:3] != tuple(shape):
+            raise ValueError(f"images are {d.images.shape[1:3]} but the predictions {tuple(shape)}")
         return d.images[..., 0], d.masks.astype(bool), ''
     except (OSError, ValueError) as e:  # DataError is a ValueError
-        warnings.warn(f"images of {run_dir} not available, contours drawn on a blank background: {e}", ReportWarning, stacklevel=3)
+        warnings.warn(f"images of {run_dir} not available, contours drawn on a "
+                      f"blank background: {e}", ReportWarning, stacklevel=3)
         return np.zeros((len(ids), *shape), np.float32), None, f"image not available ({type(e).__name__})"
 
 def _panel(ax, img: np.ndarray, gt: np.ndarray|None, pred: np.ndarray|None, title: str):
@@ -74,22 +81,27 @@ def _panel(ax, img: np.ndarray, gt: np.ndarray|None, pred: np.ndarray|None, titl
     for mask, colour in ((gt, 'lime'), (pred, 'red')):
         if mask is None or not mask.any(): continue
         m = np.pad(mask, 1).astype(float)  # padded so a mask touching the border still closes
-        ax.contour(np.arange(-1, m.shape[1] - 1), np.arange(-1, m.shape[0] - 1), m, levels=[0.5], colors=[colour], linewidths=1.2)
+        ax.contour(np.arange(-1, m.shape[1] - 1), np.arange(-1, m.shape[0] - 1), m, levels=[0.5], colors=[colour],
+                   linewidths=1.2)
     if pred is not None and not pred.any():
-        ax.text(0.5, 0.04, 'no lesion predicted', ha='center', va='bottom', transform=ax.transAxes, color='red', fontsize=8,
+        ax.text(0.5, 0.04, 'no lesion predicted', ha='center', va='bottom', transform=ax.transAxes, color='red',
+                fontsize=8,
                 bbox=dict(facecolor='white', alpha=0.8, lw=0, pad=1.5))
     ax.set_xlim(-0.5, img.shape[1] - 0.5); ax.set_ylim(img.shape[0] - 0.5, -0.5)
     ax.set_xticks([]); ax.set_yticks([]); ax.set_title(title, fontsize=9)
 
-_LEGEND = [Line2D([], [], color='lime', lw=1.5, label='ground truth'), Line2D([], [], color='red', lw=1.5, label='prediction')]
+_LEGEND = [Line2D([], [], color='lime', lw=1.5, label='ground truth'),
+           Line2D([], [], color='red', lw=1.5, label='prediction')]
 
 # %% ../nbs/09b_figures.ipynb #557c6f58
 def figure2(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s DataFrame
             image: str|None = None, # test image id to show (None: by `FIGURE2_RULE`)
             fold: int|None = None, # the fold `image` was tested in (None: the first fold that tested it)
-            show_image: bool = True, # False: contours on a plain background (for data sets whose images may not be redistributed)
+            # False: contours on a plain background (for data sets whose images may not be redistributed)
+            show_image: bool = True,
            ) -> Figure:
-    "The paper's Figure 2: (A) the image, (B) Teacher, (C) Student, (D-O) the 12 KD students, contours on one test image."
+    """The paper's Figure 2: (A) the image, (B) Teacher, (C) Student, (D-O) the 12 KD students, contours on one test
+    image."""
     df = results_frame(results)
     if df.empty: raise ValueError(f"no complete run in {df.attrs.get('results_dir', results)!s}")
     if image is None:
@@ -99,7 +111,8 @@ def figure2(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s D
         image = str(image)
         tested = sorted(int(f) for f in df.fold[df.id == image].unique())
         if not tested:
-            raise ValueError(f"image={image!r} is not a test image of any complete run; test ids are e.g. {', '.join(map(repr, sorted(df.id.unique(), key=natural_key)[:5]))}")
+            raise ValueError(f"image={image!r} is not a test image of any complete run; test ids are e.g. "
+                             f"{', '.join(map(repr, sorted(df.id.unique(), key=natural_key)[:5]))}")
         if fold is None: fold = int(tested[0])
         elif fold not in tested: raise ValueError(f"image={image!r} was tested in fold(s) {tested}, not fold={fold!r}")
     sel = df[(df.fold == fold) & (df.id == image)]
@@ -122,11 +135,13 @@ def figure2(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s D
             continue
         run, dice = runs[label]
         rids, rmasks = load_predictions(run/PREDICTIONS)
-        if image not in rids: raise ValueError(f"{run/PREDICTIONS}: no prediction for image {image!r} listed in its per_image.csv")
+        if image not in rids:
+            raise ValueError(f"{run/PREDICTIONS}: no prediction for image {image!r} listed in its per_image.csv")
         _panel(ax, img, gt, rmasks[rids.index(image)], f"({letter}) {label}\nDSC {100 * dice:.1f} %")
     fig.legend(handles=_LEGEND, loc='outside lower center', ncol=2, frameon=False)
     cite = data_citation(run_config(first)['data'])
-    fig.suptitle(f"Figure 2: test image {image} (fold {fold}), ground truth (green) and predictions (red)" + (f"\nData: {cite}" if cite else ''), fontsize=11)
+    fig.suptitle(f"Figure 2: test image {image} (fold {fold}), ground truth (green) "
+                 "and predictions (red)" + (f"\nData: {cite}" if cite else ''), fontsize=11)
     fig.figure2_image = (int(fold), image)
     return fig
 
@@ -137,7 +152,8 @@ def palette(labels: Sequence[str] = ALL_RUNS, # run labels
     pairs = sns.color_palette('Paired', 12)
     base = {'Teacher': (0.1, 0.1, 0.1), 'Student': (0.6, 0.6, 0.6), **dict(zip(TABLE3, pairs))}
     extra = [l for l in labels if l not in base]
-    return {**{l: base[l] for l in labels if l in base}, **dict(zip(extra, sns.color_palette('husl', max(1, len(extra)))))}
+    return {**{l: base[l] for l in labels if l in base},
+            **dict(zip(extra, sns.color_palette('husl', max(1, len(extra)))))}
 
 @contextmanager
 def quiet_seaborn():
@@ -167,7 +183,8 @@ def dice_distribution(results: str|Path|pd.DataFrame, # a results folder, or `co
     for lab in ax.get_xticklabels(): lab.set_ha('right')
     if ax.get_legend_handles_labels()[0]: ax.legend(loc='lower left', fontsize=8)
     folds = ','.join(map(str, sorted(d.fold.unique())))
-    ax.set_title(f"Per-image DSC, all test images of fold(s) {folds} ({d.groupby('label').size().max()} per configuration at most)", fontsize=10)
+    ax.set_title(f"Per-image DSC, all test images of fold(s) {folds} ({d.groupby('label').size().max()} per "
+                 "configuration at most)", fontsize=10)
     return fig
 
 # %% ../nbs/09b_figures.ipynb #e3a724cd
@@ -176,11 +193,13 @@ def _histories(df: pd.DataFrame) -> pd.DataFrame:
     hs = [read_history(r.run_dir).assign(label=r.label, fold=r.fold) for r in runs.itertuples()]
     return pd.concat(hs, ignore_index=True)
 
-SELECT_WORDS = {'val_dice': 'the highest validation DSC', 'val_loss': 'the lowest validation loss'}  # a run's `select`, in words
+# a run's `select`, in words
+SELECT_WORDS = {'val_dice': 'the highest validation DSC', 'val_loss': 'the lowest validation loss'}
 SUP_WORDS = {'ce': 'CE', 'dice_ce': 'Dice + CE'}  # a run's `sup_loss` (L_sup), as the plots name it
 
 def _runs_say(df: pd.DataFrame, field: str, words: dict) -> str:
-    "What the runs' config.json say of `field`, in words; several values joined with ' or ' (runs made before a field existed: its first value)."
+    """What the runs' config.json say of `field`, in words; several values joined with ' or ' (runs made before a
+    field existed: its first value)."""
     runs = df[['run_dir']].drop_duplicates().run_dir
     seen = sorted({run_config(d).get(field, next(iter(words))) for d in runs})
     return ' or '.join(words.get(v, str(v)) for v in seen)
@@ -193,7 +212,8 @@ def learning_curves(results: str|Path|pd.DataFrame, # a results folder, or `coll
     h = _histories(df).assign(val_dsc=lambda x: 100 * x.val_dice.astype(float))
     sup, select = _runs_say(df, 'sup_loss', SUP_WORDS), _runs_say(df, 'select', SELECT_WORDS)
     order, folds = sorted(h.label.unique(), key=label_key), sorted(h.fold.unique())
-    fig, axes = plt.subplots(2, len(folds), figsize=(4.2 * len(folds) + 2.2, 6.4), squeeze=False, sharex='col', layout='constrained')
+    fig, axes = plt.subplots(2, len(folds), figsize=(4.2 * len(folds) + 2.2, 6.4), squeeze=False, sharex='col',
+                             layout='constrained')
     for j, f in enumerate(folds):
         for i, (col, name) in enumerate((('val_loss', f"validation loss ({sup})"), ('val_dsc', 'validation DSC (%)'))):
             ax = axes[i, j]
@@ -215,7 +235,8 @@ def loss_terms(results: str|Path|pd.DataFrame, # a results folder, or `collect`'
     labels = sorted(kd.label.unique(), key=label_key)
     ncols = 4
     nrows = max(1, math.ceil(len(labels) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.5 * nrows + 0.6), squeeze=False, layout='constrained')
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols, 2.5 * nrows + 0.6), squeeze=False,
+                             layout='constrained')
     if not labels:
         axes[0, 0].text(0.5, 0.5, 'no distillation run', ha='center', va='center', transform=axes[0, 0].transAxes)
     h = _histories(kd) if labels else None
@@ -241,7 +262,8 @@ def plot_history(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
     h = read_history(run)
     best = read_metrics(run).get('best_epoch') if (run/METRICS).is_file() else None
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6), layout='constrained')
-    for col, name in (('train_loss', 'train total'), ('train_sup', 'train L_sup (CE)'), ('train_kd', 'train L_distill (KD)'),
+    for col, name in (('train_loss', 'train total'), ('train_sup', 'train L_sup (CE)'),
+                      ('train_kd', 'train L_distill (KD)'),
                       ('val_loss', 'validation CE')):
         if h[col].notna().any(): a.plot(h.epoch, h[col], label=name, lw=1.3)
     b.plot(h.epoch, 100 * h.val_dice.astype(float), color='tab:green', lw=1.3)
@@ -261,34 +283,39 @@ def plot_dice(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
     d = pi.assign(DSC=100 * pi.dice.astype(float), cls=pi['class'].replace('', 'unlabelled'))
     order = sorted(d.cls.unique())
     fig, ax = plt.subplots(figsize=(max(4, 1.4 * len(order) + 2), 3.8), layout='constrained')
-    with quiet_seaborn(): sns.boxplot(data=d, x='cls', y='DSC', order=order, color='0.85', showfliers=False, width=0.5, ax=ax)
+    with quiet_seaborn():
+        sns.boxplot(data=d, x='cls', y='DSC', order=order, color='0.85', showfliers=False, width=0.5, ax=ax)
     sns.stripplot(data=d, x='cls', y='DSC', order=order, color='k', size=3.5, alpha=0.6, jitter=0.15, ax=ax)
     ax.axhline(d.DSC.mean(), color='tab:red', ls='--', lw=1, label=f"mean {d.DSC.mean():.1f} %")
     ax.set(xlabel='class', ylabel='DSC (%) per test image', ylim=(-3, 103))
     ax.legend(loc='lower left', fontsize=8)
     sd = d.DSC.std(ddof=1) if len(d) > 1 else float('nan')
-    ax.set_title(f"{run.parent.name}, {run.name}: DSC {d.DSC.mean():.1f} ± {sd:.1f} % over {len(d)} test images", fontsize=10)
+    ax.set_title(f"{run.parent.name}, {run.name}: DSC {d.DSC.mean():.1f} ± {sd:.1f} % over "
+                 f"{len(d)} test images", fontsize=10)
     return fig
 
 def plot_overlays(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
                   n: int = 4, # number of test images, spread from the worst Dice to the best
                  ) -> Figure:
     "Contours on `n` test images of a run: ground truth green, prediction red."
-    if not isinstance(n, (int, np.integer)) or n < 1: raise ValueError(f"n={n!r}: expected an integer >= 1 (number of images)")
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n={n!r}: expected an integer >= 1 (number of images)")
     run = Path(run_dir)
     ids, masks = load_predictions(run/PREDICTIONS)
     pi = read_per_image(run/PER_IMAGE)
     pi = pi[pi.id.isin(ids)]
     pi = pi.iloc[sorted(range(len(pi)), key=lambda i: (float(pi.dice.iloc[i]), natural_key(pi.id.iloc[i])))]
     if pi.empty: raise ValueError(f"{run}: no test image in both per_image.csv and predictions.npz")
-    pick = pi.iloc[np.unique(np.round(np.linspace(0, len(pi) - 1, min(n, len(pi)))).astype(int))].rename(columns={'class': 'cls'})
+    pick = pi.iloc[np.unique(np.round(np.linspace(0, len(pi) - 1, min(n, len(pi)))).astype(int))].rename(
+        columns={'class': 'cls'})
     imgs, gts, why = _images_or_blank(run, list(pick.id), masks.shape[1:])
     fig, axes = plt.subplots(1, len(pick), figsize=(2.9 * len(pick), 4.0), squeeze=False, layout='constrained')
     for k, (ax, r) in enumerate(zip(axes[0], pick.itertuples())):
         _panel(ax, imgs[k], gts[k] if gts is not None else None, masks[ids.index(r.id)],
                f"{r.id} ({r.cls or 'unlabelled'})\nDSC {100 * r.dice:.1f} %")
     fig.legend(handles=_LEGEND, loc='outside lower center', ncol=2, frameon=False)
-    fig.suptitle(f"{run.parent.name}, {run.name}: test images from the worst Dice to the best" + (f" ({why})" if why else ''), fontsize=10)
+    fig.suptitle(f"{run.parent.name}, {run.name}: test images from the "
+                 "worst Dice to the best" + (f" ({why})" if why else ''), fontsize=10)
     return fig
 
 # %% ../nbs/09b_figures.ipynb #6814c169
@@ -305,14 +332,17 @@ def cost_plot(
     from matplotlib.ticker import FuncFormatter, NullFormatter
     preset = results_preset(results)
     cost = df[df.preset == preset].set_index('model')
-    if cost.empty: raise ValueError(f"{results} was trained with preset {preset!r}, which is not in the table; bench it too")
+    if cost.empty:
+        raise ValueError(f"{results} was trained with preset {preset!r}, which is not in the table; bench it too")
     per = collect(results).groupby('label', sort=False).agg(dice=('dice', 'mean'), n=('dice', 'size'))
     per['dice'] *= 100
     role = lambda l: 'teacher' if l == 'Teacher' else 'student'
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout='constrained')
     col = f'cpu_ms_{engine}'
-    for ax, x, xl in ((axes[0], 'params', 'trainable parameters (M, log scale)'), (axes[1], col, f"CPU ms per {int(df.attrs.get('size', 224))} px image ({'PyTorch' if engine == 'torch' else 'ONNX Runtime'}, "
-                                                                                               f"{int(cost.threads.iloc[0])} thread(s), log scale)")):
+    for ax, x, xl in ((axes[0], 'params', 'trainable parameters (M, log scale)'),
+                      (axes[1], col, f"CPU ms per {int(df.attrs.get('size', 224))} px image "
+                                     f"({'PyTorch' if engine == 'torch' else 'ONNX Runtime'}, "
+                                     f"{int(cost.threads.iloc[0])} thread(s), log scale)")):
         xs = lambda l: cost.loc[role(l), x] / (1e6 if x == 'params' else 1)
         kd = [l for l in per.index if l not in ('Teacher', 'Student')]
         if kd: ax.scatter([xs(l) for l in kd], per.dice[kd], s=18, c='0.55', zorder=2, label=f'{len(kd)} KD students')
@@ -320,17 +350,21 @@ def cost_plot(
             if l in per.index: ax.scatter([xs(l)], [per.dice[l]], s=60, c=c, marker=mk, zorder=3, label=l)
         if kd:
             best = per.dice[kd].idxmax()
-            ax.annotate(f"best KD: {best}", (xs(best), per.dice[best]), xytext=(8, -3), textcoords='offset points', fontsize=8, ha='left')
+            ax.annotate(f"best KD: {best}", (xs(best), per.dice[best]), xytext=(8, -3), textcoords='offset points',
+                        fontsize=8, ha='left')
         if x == 'params':
             for name, d, p in TABLE5:
                 ax.scatter([p], [d], s=22, marker='x', c='0.3', zorder=2)
                 ax.annotate(name, (p, d), xytext=(4, -10), textcoords='offset points', fontsize=7, color='0.3')
             ax.scatter([], [], marker='x', c='0.3', label="paper's Table 5 (UDIAT)")
         lo, hi = ax.dataLim.x0, ax.dataLim.x1
-        ax.set_xscale('log'); ax.set_xlim(lo / 1.6, hi * 1.6); ax.set_xlabel(xl); ax.set_ylabel('mean test Dice (%)'); ax.grid(alpha=0.3)
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}")); ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xscale('log'); ax.set_xlim(lo / 1.6, hi * 1.6); ax.set_xlabel(xl); ax.set_ylabel('mean test Dice (%)')
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
     axes[0].legend(fontsize=8, loc='lower right')
-    fig.suptitle(f"Dice against cost: {Path(results).name} ({preset} preset, {int(per.n.max())} test images per run)", fontsize=10)
+    fig.suptitle(f"Dice against cost: {Path(results).name} ({preset} preset, {int(per.n.max())} "
+                 "test images per run)", fontsize=10)
     return fig
 
 # %% ../nbs/09b_figures.ipynb #ec14943c

@@ -17,7 +17,8 @@ def temp_path(
     path: Path,  # the file about to be (re)placed
     suffix: str = '',  # appended, for writers that pick a format from the name (e.g. '.png')
 ) -> Path:
-    "A hidden temporary file beside `path`, unique to this writer (pid and a random part): concurrent writers never share one."
+    """A hidden temporary file beside `path`, unique to this writer (pid and a random part): concurrent writers never
+    share one."""
     return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{suffix}")
 
 def _replace_with(tmp: Path, path: Path, write):

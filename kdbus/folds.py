@@ -32,17 +32,23 @@ def _group_array(groups: Sequence|None, n: int) -> np.ndarray|None:
     if groups is None: return None
     g = np.asarray(groups)
     if g.ndim != 1 or len(g) != n:
-        raise ValueError(f"groups: expected one group id per image ({n} images), got {len(g) if g.ndim == 1 else f'an array of shape {g.shape}'}")
+        raise ValueError(f"groups: expected one group id per image ({n} images), got "
+                         f"{len(g) if g.ndim == 1 else f'an array of shape {g.shape}'}")
     try: g = np.unique(g, return_inverse=True)[1].ravel()
-    except TypeError: raise ValueError(f"groups: expected sortable group ids (e.g. from `fold_groups`), got {groups[:5]!r} ...") from None
+    except TypeError:
+        raise ValueError("groups: expected sortable group ids (e.g. from `fold_groups`), "
+                         f"got {groups[:5]!r} ...") from None
     return g if g.max() + 1 < n else None
 
-def _grouped_split(idx: np.ndarray, y: np.ndarray, g: np.ndarray, parts: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    "`StratifiedGroupKFold`'s (rest, part) index pairs of `idx`, stratified by `y` where every class has at least `parts` images."
+def _grouped_split(idx: np.ndarray, y: np.ndarray, g: np.ndarray, parts: int,
+                   seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`StratifiedGroupKFold`'s (rest, part) index pairs of `idx`, stratified by `y` where every class has at least
+    `parts` images."""
     from sklearn.model_selection import StratifiedGroupKFold
     counts = np.unique(y[idx], return_counts=True)[1]
     strat = y[idx] if len(counts) > 1 and counts.min() >= parts else np.zeros(len(idx))
-    splits = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed).split(np.zeros(len(idx)), strat, g[idx])
+    splits = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed).split(np.zeros(len(idx)), strat,
+                                                                                         g[idx])
     return [(idx[a], idx[b]) for a, b in splits]
 
 def make_folds(labels: Sequence[str|None]|int, # each image's class (None: unknown), or the number of images
@@ -50,42 +56,57 @@ def make_folds(labels: Sequence[str|None]|int, # each image's class (None: unkno
                seed: int = 0, # seed of the shuffles
                val_frac: float = 0.15, # share of each training part kept for validation
                n_folds: int|None = None, # return only the first n_folds (None: all k)
-               groups: Sequence|None = None, # each image's duplicate group (`fold_groups`): a group never straddles parts
-               test_folds: Sequence[int]|None = None, # each image's test fold, from a user split file (`read_splits`): then k is theirs
+               # each image's duplicate group (`fold_groups`): a group never straddles parts
+               groups: Sequence|None = None,
+               # each image's test fold, from a user split file (`read_splits`): then k is theirs
+               test_folds: Sequence[int]|None = None,
               ) -> list[Fold]:
-    "Seeded, stratified k-fold partition with a validation part carved from each training part; duplicate groups kept whole."
+    """Seeded, stratified k-fold partition with a validation part carved from each training part; duplicate groups
+    kept whole."""
     from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
-    y = np.array([''] * labels if isinstance(labels, (int, np.integer)) else ['' if l is None else str(l) for l in labels])
+    y = np.array([''] * labels if isinstance(labels, (int, np.integer))
+                 else ['' if l is None else str(l) for l in labels])
     n = len(y)
     if test_folds is not None:
         t = np.asarray(test_folds)
         if t.shape != (n,) or (len(t) and (t.min() < 0 or set(np.unique(t)) != set(range(int(t.max()) + 1)))):
-            raise ValueError(f"test_folds: expected one fold number per image ({n}), using every fold 0..K-1, got {t.tolist()[:10]}...")
+            raise ValueError(f"test_folds: expected one fold number per image ({n}), using every fold 0..K-1, got "
+                             f"{t.tolist()[:10]}...")
         k = int(t.max()) + 1
-    if not isinstance(k, (int, np.integer)) or not 2 <= k <= n: raise ValueError(f"k={k!r}: expected an integer with 2 <= k <= {n} (the number of images)")
+    if not isinstance(k, (int, np.integer)) or not 2 <= k <= n:
+        raise ValueError(f"k={k!r}: expected an integer with 2 <= k <= {n} (the number of images)")
     if not 0 <= val_frac < 1: raise ValueError(f"val_frac={val_frac!r}: expected 0 <= val_frac < 1")
-    if n_folds is not None and not 1 <= n_folds <= k: raise ValueError(f"n_folds={n_folds!r}: expected 1 <= n_folds <= k={k}")
+    if n_folds is not None and not 1 <= n_folds <= k:
+        raise ValueError(f"n_folds={n_folds!r}: expected 1 <= n_folds <= k={k}")
     g = _group_array(groups, n)
-    if g is not None and test_folds is None and g.max() + 1 < k: raise ValueError(f"k={k}: the {n} images form only {g.max() + 1} duplicate group(s); expected at least k")
+    if g is not None and test_folds is None and g.max() + 1 < k:
+        raise ValueError(f"k={k}: the {n} images form only {g.max() + 1} duplicate group(s); expected at least k")
     counts = np.unique(y, return_counts=True)[1]
     stratified = len(counts) > 1 and counts.min() >= k
-    if test_folds is not None: splits = [(np.flatnonzero(t != f), np.flatnonzero(t == f)) for f in range(k)]  # the user's partition
-    elif g is None: splits = (StratifiedKFold if stratified else KFold)(n_splits=k, shuffle=True, random_state=seed).split(np.zeros(n), y)
+    # the user's partition
+    if test_folds is not None: splits = [(np.flatnonzero(t != f), np.flatnonzero(t == f)) for f in range(k)]
+    elif g is None:
+        splits = (StratifiedKFold if stratified else KFold)(n_splits=k, shuffle=True,
+                                                            random_state=seed).split(np.zeros(n), y)
     else: splits = _grouped_split(np.arange(n), y, g, k, seed)
     folds = []
     for train, test in splits:
         val = np.array([], dtype=np.int64)
         n_val = math.ceil(val_frac * len(train))
-        if n_val >= len(train): raise ValueError(f"val_frac={val_frac} leaves no training images in a part of {len(train)}")
+        if n_val >= len(train):
+            raise ValueError(f"val_frac={val_frac} leaves no training images in a part of {len(train)}")
         if n_val and g is None:
             c = np.unique(y[train], return_counts=True)[1]
             strat = y[train] if len(c) > 1 and c.min() >= 2 and len(c) <= n_val <= len(train) - len(c) else None
             train, val = train_test_split(train, test_size=n_val, stratify=strat, random_state=seed)
         elif n_val:
             parts = min(max(2, round(len(train) / n_val)), len(np.unique(g[train])))
-            if parts < 2: raise ValueError(f"val_frac={val_frac}: a training part of {len(train)} images is one duplicate group; it cannot give a validation part")
+            if parts < 2:
+                raise ValueError(f"val_frac={val_frac}: a training part of {len(train)} images is one duplicate group; "
+                                 "it cannot give a validation part")
             train, val = min(_grouped_split(train, y, g, parts, seed), key=lambda s: abs(len(s[1]) - n_val))
-        folds.append(Fold(np.sort(train).astype(np.int64), np.sort(val).astype(np.int64), np.sort(test).astype(np.int64)))
+        folds.append(
+            Fold(np.sort(train).astype(np.int64), np.sort(val).astype(np.int64), np.sort(test).astype(np.int64)))
     return folds[:n_folds] if n_folds else folds
 
 # %% ../nbs/01b_folds.ipynb #e5fe355c
@@ -95,27 +116,37 @@ def read_splits(path: Path|str, # a CSV with columns case (image id) and fold (0
     "Each image's test fold from a split file, every problem named with its line."
     import csv
     path = Path(path)
-    if not path.is_file(): raise DataError("split file not found; expected a CSV with a header line case,fold and one line per image", path)
+    if not path.is_file():
+        raise DataError("split file not found; expected a CSV with a header line case,fold "
+                        "and one line per image", path)
     with open(path, newline='') as f: rows = list(csv.reader(f))
     if not rows: raise DataError("empty split file; expected a header line case,fold and one line per image", path)
     head = [h.strip().lower() for h in rows[0]]
-    if 'case' not in head or 'fold' not in head: raise DataError(f"line 1: header {rows[0]} lacks 'case' or 'fold'; expected columns case,fold", path)
+    if 'case' not in head or 'fold' not in head:
+        raise DataError(f"line 1: header {rows[0]} lacks 'case' or 'fold'; expected columns case,fold", path)
     ci, fi, where = head.index('case'), head.index('fold'), {c: i for i, c in enumerate(ids)}
     fold, line_of = np.full(len(ids), -1, dtype=np.int64), {}
     for ln, r in enumerate(rows[1:], 2):
         if not any(x.strip() for x in r): continue  # blank line
         if len(r) <= max(ci, fi): raise DataError(f"line {ln}: {len(r)} field(s); expected a case and a fold", path)
         case, v = r[ci].strip(), r[fi].strip()
-        if case not in where: raise DataError(f"line {ln}: case {case!r} is not an image of the data set (its ids are file stems, e.g. {ids[0]!r})", path)
+        if case not in where:
+            raise DataError(f"line {ln}: case {case!r} is not an image of the data set (its ids are file "
+                            f"stems, e.g. {ids[0]!r})", path)
         if not v.isdigit(): raise DataError(f"line {ln}: fold {v!r} of case {case!r}; expected an integer >= 0", path)
-        if case in line_of: raise DataError(f"line {ln}: case {case!r} is listed again (first on line {line_of[case]}); each image is in one fold's test part", path)
+        if case in line_of:
+            raise DataError(f"line {ln}: case {case!r} is listed again (first on line {line_of[case]}); each image is "
+                            "in one fold's test part", path)
         line_of[case] = ln; fold[where[case]] = int(v)
     missing = [ids[i] for i in np.flatnonzero(fold < 0)]
-    if missing: raise DataError(f"{len(missing)} image(s) of the data set are not listed, e.g. {missing[:3]}; expected every image once", path)
+    if missing:
+        raise DataError(f"{len(missing)} image(s) of the data set are not listed, e.g. {missing[:3]}; "
+                        "expected every image once", path)
     k = int(fold.max()) + 1
     gap = sorted(set(range(k)) - set(fold.tolist()))
     if gap: raise DataError(f"fold(s) {gap} hold no image, yet fold {k - 1} does; expected folds numbered 0..K-1", path)
-    if k < 2: raise DataError("every image is in fold 0; expected at least 2 folds (a test part needs a training part)", path)
+    if k < 2:
+        raise DataError("every image is in fold 0; expected at least 2 folds (a test part needs a training part)", path)
     return fold
 
 def spec_test_folds(spec: str|DataSpec, # a data set spec, maybe with splits=...

@@ -17,8 +17,10 @@ __all__ = ['OVERRIDES', 'SWEEPS', 'parse_sweep', 'grid_jobs', 'teacher_waits', '
            'schedule', 'provenance_warnings', 'run_grid']
 
 # %% ../nbs/11_grid.ipynb #a619fa54
-OVERRIDES = ('epochs', 'size', 'batch_size', 'model_preset', 'teacher_train_aug', 'regressor_relu', 'sup_loss')  # profile settings a grid may override (run.ipynb parameters)
-SWEEPS = NAMED_TYPES  # the run settings `--sweep` may vary, with their types (run.ipynb parameters; `kdbus.config.NAMED_TYPES`)
+# profile settings a grid may override (run.ipynb parameters)
+OVERRIDES = ('epochs', 'size', 'batch_size', 'model_preset', 'teacher_train_aug', 'regressor_relu', 'sup_loss')
+# the run settings `--sweep` may vary, with their types (run.ipynb parameters; `kdbus.config.NAMED_TYPES`)
+SWEEPS = NAMED_TYPES
 
 def parse_sweep(
     text: str,  # 'NAME=V1,V2,...', e.g. 'T=1,2,4,8'
@@ -26,12 +28,15 @@ def parse_sweep(
     "One `--sweep` argument, each value converted to the setting's type; a clear error for a bad name or value."
     name, eq, values = text.partition('=')
     name = name.strip()
-    if not eq or name not in SWEEPS: raise ValueError(f"--sweep {text!r}: expected NAME=V1,V2,... with NAME one of {', '.join(SWEEPS)}")
+    if not eq or name not in SWEEPS:
+        raise ValueError(f"--sweep {text!r}: expected NAME=V1,V2,... with NAME one of {', '.join(SWEEPS)}")
     out = []
     for v in (v.strip() for v in values.split(',')):
         try: out.append(SWEEPS[name](v) if v else None)
         except ValueError: out.append(None)
-        if out[-1] is None: raise ValueError(f"--sweep {text!r}: {name}={v!r} is not {'an integer' if SWEEPS[name] is int else 'a number' if SWEEPS[name] is float else 'a value'}")
+        if out[-1] is None: raise ValueError(
+                f"--sweep {text!r}: {name}={v!r} is not "
+                f"{'an integer' if SWEEPS[name] is int else 'a number' if SWEEPS[name] is float else 'a value'}")
     return name, tuple(dict.fromkeys(out))
 
 def grid_jobs(
@@ -41,8 +46,10 @@ def grid_jobs(
     out: str|Path = 'results',  # results folder
     seed: int = 0,  # seed of the folds (and of everything else for the runs of this seed)
     labels: tuple[str, ...] = ALL_RUNS,  # which runs (default: all 14)
-    sweeps: dict|None = None,  # {setting: values}, e.g. {'T': (1, 2, 4, 8)}: every combination for every run it applies to (`SWEEPS`)
-    seeds: tuple[int, ...]|None = None,  # replicates: every run once per seed, all on the folds of `seed` (None: `seed` only)
+    # {setting: values}, e.g. {'T': (1, 2, 4, 8)}: every combination for every run it applies to (`SWEEPS`)
+    sweeps: dict|None = None,
+    # replicates: every run once per seed, all on the folds of `seed` (None: `seed` only)
+    seeds: tuple[int, ...]|None = None,
     **overrides,  # run-notebook overrides: `OVERRIDES` (None = profile's)
 ) -> list[Job]:  # teachers first within each fold and seed; one job per run folder
     "The jobs of a grid, in the order they run."
@@ -65,18 +72,24 @@ def grid_jobs(
             for l in ordered:
                 for combo in combos:
                     params = dict(run_params(l), fold=f, profile=profile, data=data, seed=s, out_dir=str(out),
-                                  **({} if s == seed else dict(split_seed=seed)), **combo, **{k: v for k, v in overrides.items() if v is not None})
+                                  **({} if s == seed else dict(split_seed=seed)), **combo,
+                                  **{k: v for k, v in overrides.items() if v is not None})
                     try: cfg = resolve_config(**params)
-                    except ValueError as e: raise ValueError(f"{l} with {', '.join(f'{k}={v!r}' for k, v in combo.items()) or 'the profile settings'}: {e}") from None
-                    if (cfg.name, f) in named: continue  # a setting that does not apply to this run (e.g. T of an MSE run): one run
+                    except ValueError as e: raise ValueError(
+                            f"{l} with {', '.join(f'{k}={v!r}' for k, v in combo.items()) or 'the profile settings'}: "
+                            f"{e}") from None
+                    # a setting that does not apply to this run (e.g. T of an MSE run): one run
+                    if (cfg.name, f) in named: continue
                     named.add((cfg.name, f))
-                    jobs.append(Job(cfg.name, f, {k: v for k, v in params.items() if k not in combo or k in cfg.identity()},
+                    jobs.append(Job(cfg.name, f,
+                                    {k: v for k, v in params.items() if k not in combo or k in cfg.identity()},
                                     cfg.teacher_config().name if cfg.is_kd else None, cfg))
     for k in sweeps:
         if not any(k in j.config.identity() for j in jobs):
             raise ValueError(f"--sweep {k}: no chosen run uses {k} ({', '.join(ordered)}); "
                              + {'T': "T and kd_axis apply to KLD runs", 'kd_axis': "T and kd_axis apply to KLD runs",
-                                'stage': "stage applies to the hidden paths (H_*, HReg_*)", 'alpha': "alpha applies to KD runs",
+                                'stage': "stage applies to the hidden paths (H_*, HReg_*)",
+                                'alpha': "alpha applies to KD runs",
                                 'student': "student applies to every run but the Teacher"}[k])
     return jobs
 
@@ -103,7 +116,8 @@ class GridResult:
     done: list = field(default_factory=list)  # (label, fold) run now
     skipped: list = field(default_factory=list)  # (label, fold) already complete
     failed: list = field(default_factory=list)  # (label, fold, reason)
-    collapsed: list = field(default_factory=list)  # (label, fold) complete, but its kept model predicts no lesion (metrics.json)
+    # (label, fold) complete, but its kept model predicts no lesion (metrics.json)
+    collapsed: list = field(default_factory=list)
     seconds: float = 0.0  # wall time
 
     def summary(self) -> str:
@@ -111,7 +125,8 @@ class GridResult:
         lines = [f"grid: {len(self.done)} run, {len(self.skipped)} already complete, {len(self.failed)} failed "
                  f"({self.seconds / 60:.1f} min)"]
         lines += [f"  FAILED {l}/fold{f}: {why}" for l, f, why in self.failed]
-        lines += [f"  COLLAPSED {l}/fold{f}: its kept model finds no lesion on the validation images, or none better than the full mask (metrics.json: collapsed)"
+        lines += [f"  COLLAPSED {l}/fold{f}: its kept model finds no lesion on the validation images, or none better "
+                  "than the full mask (metrics.json: collapsed)"
                   for l, f in self.collapsed]
         return "\n".join(lines)
 
@@ -133,7 +148,8 @@ class LocalExecutor:
     def close(self): pass
 
 def _attempts(job: Job, out: Path, execute, max_retries: int, name: str) -> tuple:
-    "`run_job` with retries, here or in a worker process: (error or None, info). Errors travel as text (papermill's do not unpickle)."
+    """`run_job` with retries, here or in a worker process: (error or None, info). Errors travel as text (papermill's
+    do not unpickle)."""
     for attempt in range(max_retries + 1):
         try: return None, run_job(job, out, execute, name)
         except Exception as e: err = RuntimeError(str(e) or type(e).__name__)
@@ -187,20 +203,28 @@ def schedule(
                        f"not run: {dep.label}/fold{j.fold}, which was to train its teacher {j.teacher}, failed")
                 res.failed.append((j.label, j.fold, why)); log(f"{tags[j]}: {why}"); continue
             if len(running) >= executor.capacity: break
-            waiting.remove(j); running[executor.submit(j, out)] = j; t[j] = time.time(); log(f"{tags[j]}: {executor.verb}")
+            waiting.remove(j); running[executor.submit(j, out)] = j; t[j] = time.time()
+            log(f"{tags[j]}: {executor.verb}")
         if not running:
-            if waiting: raise RuntimeError(f"schedule: nothing runs, yet {len(waiting)} job(s) wait (a bug in kdbus.grid.teacher_waits)")
+            if waiting:
+                raise RuntimeError(f"schedule: nothing runs, yet {len(waiting)} job(s) wait (a bug in "
+                                   "kdbus.grid.teacher_waits)")
             continue
         for h, err, info in executor.wait(list(running)):
             j = running.pop(h); ended.add(j)
-            if err is not None: res.failed.append((j.label, j.fold, error_reason(err))); log(f"{tags[j]}: FAILED ({error_reason(err)})"); continue
+            if err is not None:
+                res.failed.append((j.label, j.fold, error_reason(err))); log(f"{tags[j]}: FAILED ({error_reason(err)})")
+                continue
             ok.add(j)
             if info and info.get('status') == 'complete':
-                res.skipped.append((j.label, j.fold)); log(f"{tags[j]}: completed meanwhile by another process, skipped"); continue
+                res.skipped.append((j.label, j.fold))
+                log(f"{tags[j]}: completed meanwhile by another process, skipped"); continue
             how = (f"{time.time() - t[j]:.0f} s" if executor.name == 'local' or not info else
                    f"{info['seconds']:.0f} s on {info['host']}, {time.time() - t[j]:.0f} s after it was submitted")
             res.done.append((j.label, j.fold))
-            if is_collapsed(j.run_dir(out)): res.collapsed.append((j.label, j.fold)); how += "; COLLAPSED: its kept model finds no lesion (or none better than the full mask)"
+            if is_collapsed(j.run_dir(out)):
+                res.collapsed.append((j.label, j.fold))
+                how += "; COLLAPSED: its kept model finds no lesion (or none better than the full mask)"
             log(f"{tags[j]}: done in {how}")
     return res
 
@@ -209,20 +233,24 @@ def provenance_warnings(
     out: str|Path,  # results folder
     todo: list[Job],  # the jobs about to run
 ) -> list[str]:  # what a user should know before the runs start (empty: nothing)
-    "Warnings before a grid writes runs: code with uncommitted changes over committed results; committed teachers without checkpoints."
+    """Warnings before a grid writes runs: code with uncommitted changes over committed results; committed teachers
+    without checkpoints."""
     from kdbus.experiment import git_commit
     out, said = Path(out), []
     _, dirty = git_commit()
     if dirty and todo and out.is_dir():
         tracked = subprocess.run(['git', '-C', str(out), 'ls-files', '.'], capture_output=True, text=True)
         if tracked.returncode == 0 and tracked.stdout.strip():
-            said.append(f"warning: {out} holds committed results and kdbus's code has uncommitted changes: the new runs' env.json will say "
-                        "git_dirty: true and no commit holds the code that made them; commit first, or run from a git worktree of one commit")
+            said.append(f"warning: {out} holds committed results and kdbus's code has uncommitted changes: the new "
+                        "runs' env.json will say git_dirty: true and no commit holds the code that made them; commit "
+                        "first, or run from a git worktree of one commit")
     for name, fold in sorted({(j.teacher, j.fold) for j in todo if j.teacher}):
         d = run_path(out, name, fold)
-        if run_status(d) == 'complete' and not teacher_ready(d) and not any(j.label == name and j.fold == fold for j in todo):
-            said.append(f"note: {name}/fold{fold} is complete but has no best.pt (checkpoints are not committed): its first KD run "
-                        "trains it again in place, and its files then describe the retrained teacher the KD runs distil from")
+        if run_status(d) == 'complete' and not teacher_ready(d) and not any(j.label == name and j.fold == fold
+                                                                            for j in todo):
+            said.append(f"note: {name}/fold{fold} is complete but has no best.pt (checkpoints are not committed): its "
+                        "first KD run trains it again in place, and its files then describe the retrained teacher the "
+                        "KD runs distil from")
     return said
 
 def run_grid(
@@ -232,7 +260,8 @@ def run_grid(
     out: str|Path = 'results',  # results folder (created)
     seed: int = 0,  # seed of splits, initialisation and augmentation
     labels: tuple[str, ...] = ALL_RUNS,  # which runs
-    sweeps: dict|None = None,  # {setting: values} to vary (`SWEEPS`: T, alpha, stage, kd_axis), e.g. {'T': (1, 2, 4, 8)}
+    # {setting: values} to vary (`SWEEPS`: T, alpha, stage, kd_axis), e.g. {'T': (1, 2, 4, 8)}
+    sweeps: dict|None = None,
     seeds: tuple[int, ...]|None = None,  # replicate seeds, all on the folds of `seed` (None: `seed` only)
     execute=execute_job,  # how to run one job: execute(job, out)
     report: bool = True,  # write Table 4, Figure 2 and the plots at the end
@@ -242,18 +271,24 @@ def run_grid(
     max_retries: int|None = None,  # extra attempts for a failing job (None: 0 local, 2 Ray)
     cpus_per_run: float|None = None,  # Ray: CPUs each run asks for (None: `kdbus.ray_grid.CPUS_PER_RUN`)
     gpus_per_run: float|None = None,  # Ray: GPUs each run asks for (None: 1 for the paper profile, else 0)
-    parallel: int|None = None,  # local: runs at once, each in its own process (KD runs still wait for their teacher); None: 1
+    # local: runs at once, each in its own process (KD runs still wait for their teacher); None: 1
+    parallel: int|None = None,
     **overrides,  # `OVERRIDES`: epochs, size, batch_size, model_preset, teacher_train_aug, regressor_relu, sup_loss
 ) -> GridResult:
     "Run (or finish) a grid of experiments and report every failure at the end."
     if executor == 'ray':
         from kdbus.ray_grid import require_ray; require_ray()  # no Ray: say how to install it, before anything else
     elif executor == 'local' and (address, cpus_per_run, gpus_per_run) != (None, None, None):
-        raise ValueError("--address, --cpus-per-run and --gpus-per-run (address, cpus_per_run, gpus_per_run) apply to --executor ray only")
+        raise ValueError("--address, --cpus-per-run and --gpus-per-run (address, cpus_per_run, gpus_per_run) apply "
+                         "to --executor ray only")
     parallel = 1 if parallel is None else parallel
-    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1: raise ValueError(f"parallel={parallel!r} (--parallel) must be an integer >= 1")
-    if parallel != 1 and executor != 'local': raise ValueError(f"parallel={parallel} (--parallel) applies to --executor local only; Ray runs as many as the cluster holds")
-    if max_retries is not None and (isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ValueError(f"parallel={parallel!r} (--parallel) must be an integer >= 1")
+    if parallel != 1 and executor != 'local':
+        raise ValueError(f"parallel={parallel} (--parallel) applies to --executor local only; Ray runs as many "
+                         "as the cluster holds")
+    if max_retries is not None and (
+            isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0):
         raise ValueError(f"max_retries={max_retries!r} must be an integer >= 0")
     out = Path(out).absolute()
     jobs = grid_jobs(profile, data, tuple(folds), out, seed, tuple(labels), sweeps, seeds, **overrides)
@@ -271,11 +306,14 @@ def run_grid(
         else: todo.append(j)
     for w in provenance_warnings(out, todo): log(w)
     if todo:
-        if executor == 'local': ex = LocalExecutor(execute, max_retries or 0) if parallel == 1 else ParallelExecutor(parallel, execute, max_retries or 0)
+        if executor == 'local':
+            ex = (LocalExecutor(execute, max_retries or 0)
+                  if parallel == 1 else ParallelExecutor(parallel, execute, max_retries or 0))
         elif executor == 'ray':
             from kdbus.ray_grid import RayExecutor
             ex = RayExecutor(execute, address, max_retries, cpus_per_run, gpus_per_run)
-        elif isinstance(executor, str): raise ValueError(f"executor={executor!r} is not valid; expected 'local' or 'ray'")
+        elif isinstance(executor, str):
+            raise ValueError(f"executor={executor!r} is not valid; expected 'local' or 'ray'")
         else: ex = executor
         try:
             if hasattr(ex, 'check'): ex.check(todo)

@@ -26,11 +26,15 @@ def run_params(
 @dataclass(frozen=True)
 class Job:
     "One execution of `run.ipynb`."
-    label: str  # the run's folder name: Table 4's name, plus its named settings (`kdbus.config.RunConfig.name`), e.g. 'L_KLD_WAug+T=4'
+    # the run's folder name: Table 4's name, plus its named settings
+    # (`kdbus.config.RunConfig.name`), e.g. 'L_KLD_WAug+T=4'
+    label: str
     fold: int  # fold index
     params: dict = field(hash=False, compare=False)  # all papermill parameters
-    teacher: str|None = None  # a KD run: the folder name of the teacher run it distils from ('Teacher', or 'Teacher+seed=S' for a replicate)
-    config: RunConfig|None = field(default=None, hash=False, compare=False, repr=False)  # the run's `RunConfig` (None: resolved from `params`, as `run.ipynb` will)
+    # a KD run: the folder name of the teacher run it distils from ('Teacher', or 'Teacher+seed=S' for a replicate)
+    teacher: str|None = None
+    # the run's `RunConfig` (None: resolved from `params`, as `run.ipynb` will)
+    config: RunConfig|None = field(default=None, hash=False, compare=False, repr=False)
 
     def __post_init__(self):
         if self.config is None: object.__setattr__(self, 'config', resolve_config(**self.params))
@@ -40,13 +44,15 @@ class Job:
         return run_path(out, self.label, self.fold)
 
 # %% ../nbs/10c_jobs.ipynb #843a2b79
-SHARED = ('profile', 'data', 'seed', 'model_preset', 'size', 'batch_size', 'epochs', 'patience', 'lr')  # what a results folder's runs share
+# what a results folder's runs share
+SHARED = ('profile', 'data', 'seed', 'model_preset', 'size', 'batch_size', 'epochs', 'patience', 'lr')
 
 def check_compatible(
     job: Job,  # a job of this grid
     out: Path,  # results folder
 ):
-    "Refuse to mix runs of another profile, data set, seed, model preset, budget or training recipe into a results folder."
+    """Refuse to mix runs of another profile, data set, seed, model preset, budget or training recipe into a results
+    folder."""
     from kdbus.config import LEGACY_FIELDS
     from kdbus.experiment import duplicate_id_groups
     asked, asked_id = job.config.to_dict(), job.config.identity()  # recipe fields count only where they decide this run
@@ -61,21 +67,25 @@ def check_compatible(
                              f"use another --out folder for another {k}")
     made, now = record.get('split', {}).get('duplicate_groups'), duplicate_id_groups(asked['data'])
     if (made is None and now) or (made is not None and made != now):
-        was = "folds that ignore duplicates (made before kdbus grouped them)" if made is None else f"{len(made)} other duplicate group(s)"
-        raise ValueError(f"{cfg} was made with {was}, but this grid keeps {len(now)} duplicate group(s) of {asked['data']} whole "
-                         "in its folds: results of both kinds cannot share a Table 4; use another --out folder")
+        was = ("folds that ignore duplicates (made before kdbus grouped them)"
+               if made is None else f"{len(made)} other duplicate group(s)")
+        raise ValueError(f"{cfg} was made with {was}, but this grid keeps {len(now)} duplicate group(s) of "
+                         f"{asked['data']} whole in its folds: results of both kinds cannot share a Table 4; use "
+                         "another --out folder")
 
 # %% ../nbs/10c_jobs.ipynb #2d396d69
 def run_notebook() -> Path:
     "The parametrised experiment notebook shipped with the package."
     p = Path(str(resources.files('kdbus') / 'run.ipynb'))
-    if not p.is_file(): raise FileNotFoundError(f"{p} is missing: the kdbus installation is incomplete (run.ipynb is package data)")
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} is missing: the kdbus installation is incomplete (run.ipynb is package data)")
     return p
 
 from jupyter_client.manager import AsyncKernelManager
 
 class IPCKernelManager(AsyncKernelManager):
-    "jupyter_client's kernel manager with the kernel's sockets as IPC files in a private temporary folder (removed after)."
+    """jupyter_client's kernel manager with the kernel's sockets as IPC files in a private temporary folder (removed
+    after)."""
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._ipc_dir = tempfile.mkdtemp(prefix='kdbus-kernel-')
@@ -102,7 +112,8 @@ def execute_job(
 ATTEMPTS_NAME = 'grid_attempts.jsonl'  # one JSON line per attempt event (start, done, failed) inside a run folder
 
 def _log_attempt(d: Path, **rec):
-    with open(d / ATTEMPTS_NAME, 'a') as f: f.write(json.dumps(dict(time=time.strftime('%Y-%m-%dT%H:%M:%S%z'), t=round(time.time(), 3), **rec)) + '\n')
+    with open(d / ATTEMPTS_NAME, 'a') as f:
+        f.write(json.dumps(dict(time=time.strftime('%Y-%m-%dT%H:%M:%S%z'), t=round(time.time(), 3), **rec)) + '\n')
 
 def attempts(
     run_dir: str|Path,  # a run folder

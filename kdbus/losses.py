@@ -39,11 +39,14 @@ def _fp32(x: Tensor):
 def check_values(
     x: Tensor,  # a tensor a loss is about to check
 ) -> bool:  # whether to check its values
-    "Whether a loss checks the *values* of `x` (mask classes, `valid` range): always on the CPU, where it is free; on a GPU only with KDBUS_CHECK_VALUES=1, since reading a tensor back to the host stalls every training step (the masks are checked once, when the data are loaded)."
+    """Whether a loss checks the *values* of `x` (mask classes, `valid` range): always on the CPU, where it is free;
+    on a GPU only with KDBUS_CHECK_VALUES=1, since reading a tensor back to the host stalls every training step (the
+    masks are checked once, when the data are loaded)."""
     return x.device.type == 'cpu' or os.environ.get('KDBUS_CHECK_VALUES') == '1'
 
 # %% ../nbs/04_losses.ipynb #5137c5b6
-SUP_LOSSES = ('ce', 'dice_ce')  # `sup_loss` kinds: the paper's cross-entropy; or cross-entropy plus the lesion's soft Dice loss
+# `sup_loss` kinds: the paper's cross-entropy; or cross-entropy plus the lesion's soft Dice loss
+SUP_LOSSES = ('ce', 'dice_ce')
 _soft_dice = DiceLoss(mode='multiclass', classes=[1], from_logits=True)  # segmentation-models-pytorch's; see below
 
 def sup_loss(
@@ -51,18 +54,24 @@ def sup_loss(
     mask: Tensor,  # ground truth B x H x W, integer class per pixel in 0..K-1 (int64 from kdbus.augment)
     kind: str = 'ce',  # 'ce': the paper's cross-entropy; 'dice_ce': cross-entropy + soft Dice loss of the lesion class
 ) -> Tensor:  # scalar float32: cross-entropy averaged over the B*H*W pixels (+ the batch's soft Dice loss)
-    "The paper's `L_sup`: pixel-wise cross-entropy of `logits` against `mask` (`kind='dice_ce'`: plus the lesion's soft Dice loss)."
+    """The paper's `L_sup`: pixel-wise cross-entropy of `logits` against `mask` (`kind='dice_ce'`: plus the lesion's
+    soft Dice loss)."""
     check_choice('kind', kind, SUP_LOSSES)
     _check_map(logits, 'logits')
     B, K, H, W = logits.shape
-    if K < 2: raise ValueError(f"logits must have at least 2 classes (background, lesion) on axis 1, got shape {tuple(logits.shape)}")
+    if K < 2:
+        raise ValueError("logits must have at least 2 classes (background, lesion) on axis 1, got shape "
+                         f"{tuple(logits.shape)}")
     if not isinstance(mask, Tensor) or mask.dtype.is_floating_point or mask.dtype == torch.bool or mask.is_complex():
-        raise TypeError(f"mask must be an integer tensor of class indices (int64), got {getattr(mask, 'dtype', type(mask).__name__)}")
+        raise TypeError("mask must be an integer tensor of class indices (int64), got "
+                        f"{getattr(mask, 'dtype', type(mask).__name__)}")
     if tuple(mask.shape) != (B, H, W):
-        raise ValueError(f"mask must be B x H x W = {(B, H, W)} to match logits {tuple(logits.shape)}, got {tuple(mask.shape)}")
+        raise ValueError(f"mask must be B x H x W = {(B, H, W)} to match logits {tuple(logits.shape)}, "
+                         f"got {tuple(mask.shape)}")
     if check_values(mask):  # reads the mask back to the host: free on the CPU, a sync per step on a GPU
         lo, hi = torch.stack(torch.aminmax(mask)).tolist()
-        if lo < 0 or hi >= K: raise ValueError(f"mask values must be class indices in 0..{K-1}, got values in {lo}..{hi}")
+        if lo < 0 or hi >= K:
+            raise ValueError(f"mask values must be class indices in 0..{K-1}, got values in {lo}..{hi}")
     with _fp32(logits):
         lg, m = logits.float(), mask.long()
         ce = F.cross_entropy(lg, m)
@@ -77,7 +86,8 @@ def align_channels(
     _check_map(x, 'x')
     C = x.shape[1]
     if not 1 <= channels <= C:
-        raise ValueError(f"channels={channels} must be between 1 and the input's {C} channels (align_channels only reduces)")
+        raise ValueError(f"channels={channels} must be between 1 and the input's {C} channels "
+                         "(align_channels only reduces)")
     if channels == C: return x
     return F.adaptive_avg_pool3d(x.unsqueeze(1), (channels, *x.shape[-2:])).squeeze(1)
 
@@ -109,9 +119,11 @@ def align_pair(
         if not isinstance(valid, Tensor) or valid.ndim != 4 or tuple(valid.shape[:2]) != (B, 1) \
                 or tuple(valid.shape[-2:]) not in (tuple(t.shape[-2:]), (hs, ws)):
             raise ValueError(f"valid must be B x 1 x h x w on the teacher's grid {(B, 1, *t.shape[-2:])} or the "
-                             f"student's {(B, 1, hs, ws)}, got {tuple(getattr(valid, 'shape', ())) or type(valid).__name__}")
+                             f"student's {(B, 1, hs, ws)}, got "
+                             f"{tuple(getattr(valid, 'shape', ())) or type(valid).__name__}")
         v = valid.detach().float()
-        if check_values(v) and bool(((v < 0) | (v > 1) | v.isnan()).any()): raise ValueError("valid must hold values in [0, 1] (1 = usable pixel)")
+        if check_values(v) and bool(((v < 0) | (v > 1) | v.isnan()).any()):
+            raise ValueError("valid must hold values in [0, 1] (1 = usable pixel)")
         v = (resize_to(v, (hs, ws)) >= 1 - 1e-4).float()  # only pixels whose whole footprint is valid
     Ct = t.shape[1]
     if Ct > Cs: t = align_channels(t, Cs)
@@ -153,8 +165,8 @@ def distill_loss(
         if axis == 'spatial': return T * T * _kld_spatial(s / T, t / T, v)
         if s.shape[1] < 2:
             raise ValueError("kind='kld' with axis='channel' needs at least 2 channels: a softmax over one channel is "
-                             f"always 1 and the loss would be 0 whatever the student does (aligned shape {tuple(s.shape)}); "
-                             "use kind='mse' or axis='spatial'")
+                             "always 1 and the loss would be 0 whatever the student does (aligned shape "
+                             f"{tuple(s.shape)}); use kind='mse' or axis='spatial'")
         log_q, log_p = F.log_softmax(s / T, dim=1), F.log_softmax(t / T, dim=1)
         kl = F.kl_div(log_q, log_p, reduction='none', log_target=True).sum(1, keepdim=True)  # B x 1 x h x w
         return T * T * _valid_mean(kl, v)
@@ -181,5 +193,6 @@ def total_loss(
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha={alpha!r} must be a number in [0, 1] (0.5 in the paper)")
     for name, x in (('kd', kd), ('sup', sup)):
-        if not isinstance(x, Tensor) or x.numel() != 1: raise ValueError(f"{name} must be a scalar tensor, got {getattr(x, 'shape', type(x).__name__)}")
+        if not isinstance(x, Tensor) or x.numel() != 1:
+            raise ValueError(f"{name} must be a scalar tensor, got {getattr(x, 'shape', type(x).__name__)}")
     return KDLosses(total=alpha * kd + (1 - alpha) * sup, sup=sup, kd=kd)

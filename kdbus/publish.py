@@ -28,10 +28,13 @@ def write_report(results_dir: str|Path, # the results folder OUT
                  out: str|Path|None = None, # folder to write into (None: `results_dir`)
                  image: str|None = None, # Figure 2's test image id (None: by `FIGURE2_RULE`)
                  fold: int|None = None, # the fold `image` was tested in (None: the first that tested it)
-                 show_image: bool = True, # Figure 2 shows the image (False: contours only, for images that may not be redistributed)
-                 bench: str|Path|None = None, # a `kdbus bench --student-sizes` bench.csv: the costs of the student-size curve
+                 # Figure 2 shows the image (False: contours only, for images that may not be redistributed)
+                 show_image: bool = True,
+                 # a `kdbus bench --student-sizes` bench.csv: the costs of the student-size curve
+                 bench: str|Path|None = None,
                 ) -> list[Path]:
-    "Write Table 4 (csv, md), Figure 2 (png, pdf) and the Dice, learning-curve and loss-term figures, and the sweep and seed reports of runs beyond Table 4 (`kdbus.sweeps`); return their paths."
+    """Write Table 4 (csv, md), Figure 2 (png, pdf) and the Dice, learning-curve and loss-term figures, and the sweep
+    and seed reports of runs beyond Table 4 (`kdbus.sweeps`); return their paths."""
     everything = collect(results_dir)
     sizes = {s for (r, s) in capacity_runs(everything) if r == 'Student'}  # more than one: the student-size curve too
     capacity = lambda: write_capacity_report(everything, out, bench) if len(sizes) > 1 else []
@@ -50,7 +53,8 @@ def write_report(results_dir: str|Path, # the results folder OUT
     finally: plt.close(fig)
     runs = run_summary(df)
     atomic_write(paths[0], t.to_csv(index=False))
-    atomic_write(paths[1], table4_markdown(t, fig.figure2_image, findings(everything), runs, run_config(df.run_dir.iloc[0]).get('data')))
+    atomic_write(paths[1], table4_markdown(t, fig.figure2_image, findings(everything), runs,
+                                           run_config(df.run_dir.iloc[0]).get('data')))
     atomic_write(paths[7], runs.to_csv(index=False))
     for make, path in zip((dice_distribution, learning_curves, loss_terms), paths[4:]):
         fig = make(df)
@@ -59,8 +63,10 @@ def write_report(results_dir: str|Path, # the results folder OUT
     return paths + write_sweep_report(everything, out) + capacity()
 
 # %% ../nbs/10d_publish.ipynb #11dd4dd9
-README_BLOCK = re.compile(r'(<!-- (?P<kind>table4|seeds): (?P<dir>\S+) -->\n)(?P<body>.*?)(<!-- /(?P=kind) -->)', re.S)  # a README's table block
-BLOCK_FILES = {'table4': 'table4.md', 'seeds': 'table4_seeds.md'}  # the file of a results folder each kind of block quotes
+# a README's table block
+README_BLOCK = re.compile(r'(<!-- (?P<kind>table4|seeds): (?P<dir>\S+) -->\n)(?P<body>.*?)(<!-- /(?P=kind) -->)', re.S)
+# the file of a results folder each kind of block quotes
+BLOCK_FILES = {'table4': 'table4.md', 'seeds': 'table4_seeds.md'}
 
 def table4_table(results_dir: str|Path, # a results folder with a table4.md (`write_report`)
                  name: str = 'table4.md', # the report file: table4.md, or table4_seeds.md for the seeds table
@@ -70,7 +76,8 @@ def table4_table(results_dir: str|Path, # a results folder with a table4.md (`wr
     if not p.is_file(): raise FileNotFoundError(f"{p}: not found; run kdbus report {results_dir} first")
     lines = p.read_text().splitlines()
     start = next((i for i, l in enumerate(lines) if l.startswith('| model')), None)
-    if start is None: raise ValueError(f"{p}: no table starting with '| model'; expected a {name} written by kdbus report")
+    if start is None:
+        raise ValueError(f"{p}: no table starting with '| model'; expected a {name} written by kdbus report")
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith('|')), len(lines))
     return '\n'.join(lines[start:end]) + '\n'
 
@@ -78,7 +85,8 @@ def sync_readme(readme: str|Path, # a Markdown file with `<!-- table4: DIR -->` 
                 only: str|Path|None = None, # update only the blocks of this results folder (None: all)
                 check: bool = False, # True: change nothing, return the folders whose block differs
                ) -> list[str]:  # the folders whose block was (or, with check, would be) rewritten
-    "Write each table block of `readme` from its results folder's table4.md or table4_seeds.md (or, with `check`, list the stale ones)."
+    """Write each table block of `readme` from its results folder's table4.md or table4_seeds.md (or, with `check`,
+    list the stale ones)."""
     readme = Path(readme); text = readme.read_text(); changed = []
     want = lambda d: only is None or (readme.parent/d).resolve() == Path(only).resolve()
     def sub(m):
@@ -88,6 +96,7 @@ def sync_readme(readme: str|Path, # a Markdown file with `<!-- table4: DIR -->` 
         return m.group(1) + body + m.group(5)
     new = README_BLOCK.sub(sub, text)
     if only is not None and not any(want(m['dir']) for m in README_BLOCK.finditer(text)):
-        raise ValueError(f"{readme}: no '<!-- table4: {only} -->' (or seeds) block; add one where its Table 4 should go")
+        raise ValueError(f"{readme}: no '<!-- table4: {only} -->' (or seeds) block; add one where "
+                         "its Table 4 should go")
     if changed and not check: atomic_write(readme, new)
     return changed

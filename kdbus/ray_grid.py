@@ -20,7 +20,8 @@ def require_ray():
     "The `ray` module, or an ImportError that says how to install it."
     try: import ray
     except ImportError as e:
-        raise ImportError(f"the Ray executor needs Ray, which is not installed ({e}); install it with: {INSTALL_HINT}") from None
+        raise ImportError(f"the Ray executor needs Ray, which is not installed ({e}); install it "
+                          f"with: {INSTALL_HINT}") from None
     return ray
 
 # %% ../nbs/11a_ray.ipynb #afe905c3
@@ -35,7 +36,8 @@ def run_resources(
     cpus = CPUS_PER_RUN if cpus_per_run is None else cpus_per_run
     gpus = (1 if job.params.get('profile') == 'paper' else 0) if gpus_per_run is None else gpus_per_run
     for name, v in (('cpus_per_run', cpus), ('gpus_per_run', gpus)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0: raise ValueError(f"{name}={v!r} must be a number >= 0")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ValueError(f"{name}={v!r} must be a number >= 0")
     return dict(num_cpus=cpus, num_gpus=gpus)
 
 # %% ../nbs/11a_ray.ipynb #5bcdec25
@@ -48,8 +50,9 @@ def check_shared_paths(
         s = parse_spec(spec)
         for p in (s.root, s.mask_root):
             if p is not None and not Path(p).is_absolute():
-                raise ValueError(f"data={spec!r}: {p} is a relative path, but Ray workers run in other folders (and on other machines); "
-                                 f"give its absolute path on storage that every node mounts at the same place, e.g. {Path(p).absolute()}")
+                raise ValueError(f"data={spec!r}: {p} is a relative path, but Ray workers run in other folders (and on "
+                                 "other machines); give its absolute path on storage that every node mounts at the "
+                                 f"same place, e.g. {Path(p).absolute()}")
 
 def check_feasible(
     needs: list[dict],  # run_resources of each job
@@ -61,9 +64,9 @@ def check_feasible(
         need = dict(need)
         if not any(node.get('CPU', 0) >= need['num_cpus'] and node.get('GPU', 0) >= need['num_gpus'] for node in nodes):
             have = ', '.join(f"{n.get('CPU', 0):g} CPU + {n.get('GPU', 0):g} GPU" for n in nodes) or 'no alive node'
-            raise ValueError(f"each run asks for {need['num_cpus']:g} CPU + {need['num_gpus']:g} GPU, but no node of the Ray cluster "
-                             f"{address} has that ({have}): add such workers, or lower --cpus-per-run / --gpus-per-run "
-                             f"(--gpus-per-run 0 trains on CPUs)")
+            raise ValueError(f"each run asks for {need['num_cpus']:g} CPU + {need['num_gpus']:g} GPU, but no node of "
+                             f"the Ray cluster {address} has that ({have}): add such workers, or lower --cpus-per-run "
+                             "/ --gpus-per-run (--gpus-per-run 0 trains on CPUs)")
 
 # %% ../nbs/11a_ray.ipynb #0546a481
 MAX_RETRIES = 2  # extra attempts for a Ray task unless told otherwise (`--max-retries`)
@@ -77,9 +80,11 @@ class RayExecutor:
     "Run grid jobs as Ray tasks (see `kdbus.grid.schedule`)."
     capacity, verb, name = float('inf'), 'submitted', 'ray'
     def __init__(self,
-                 execute=execute_job,  # execute(job, out) runs one job (on a worker: it must be importable or picklable)
+                 # execute(job, out) runs one job (on a worker: it must be importable or picklable)
+                 execute=execute_job,
                  address: str|None = None,  # the cluster (None: RAY_ADDRESS, else a new local instance)
-                 max_retries: int|None = None,  # extra attempts for a task that raises or whose worker dies; None: `MAX_RETRIES`
+                 # extra attempts for a task that raises or whose worker dies; None: `MAX_RETRIES`
+                 max_retries: int|None = None,
                  cpus_per_run: float|None = None,  # CPUs each run asks for (None: `CPUS_PER_RUN`)
                  gpus_per_run: float|None = None,  # GPUs each run asks for (None: 1 for the paper profile, else 0)
                  stale_after: float = STALE_AFTER,  # see `kdbus.runfolder.run_folder_lock`
@@ -98,8 +103,9 @@ class RayExecutor:
         check_feasible([run_resources(j, self.cpus, self.gpus) for j in jobs], nodes, self.address)
     def submit(self, job: Job, out: Path):
         "Start `job` as a Ray task; its ObjectRef."
-        return self.task.options(**run_resources(job, self.cpus, self.gpus), max_retries=self.max_retries, retry_exceptions=True,
-                                 name=f"kdbus {job.label}/fold{job.fold}").remote(job, str(out), self.execute, self.stale_after)
+        return self.task.options(**run_resources(job, self.cpus, self.gpus), max_retries=self.max_retries,
+                                 retry_exceptions=True, name=f"kdbus {job.label}/fold{job.fold}").remote(
+            job, str(out), self.execute, self.stale_after)
     def wait(self, handles: list) -> list[tuple]:
         "Block until a task ends; [(ref, error or None, info)]."
         ready, _ = self.ray.wait(handles, num_returns=1)

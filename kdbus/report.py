@@ -20,7 +20,8 @@ __all__ = ['PAPER', 'PAPER_TABLE4', 'PAPER_STUDENT_PARAMS_M', 'TEST_NAME', 'MIN_
 # %% ../nbs/10_report.ipynb #07d61946
 from .config import ALL_RUNS  # Table 4's rows (and run folder names), in the paper's order
 from .figures import FIGURE2_RULE
-from .results import ReportWarning, label_key, paper_setting_runs, results_frame, runs_line  # reading a results folder (09a_results)
+# reading a results folder (09a_results)
+from .results import ReportWarning, label_key, paper_setting_runs, results_frame, runs_line
 from .stats import complete_rows, fmt_p, holm, run_lift, signed_stars, verdict  # the statistics (08a_stats)
 
 PAPER = ("Behboodi B., Brooks R., Rivaz H. Optimizing knowledge distillation for efficient breast ultrasound image "
@@ -44,7 +45,9 @@ PAPER_TABLE4: dict[str, tuple[float, float, float|None, float|None]] = {
     'HReg_KLD':      (79.00, 20.37, 0.2132, 0.0021),
     'HReg_KLD_WAug': (79.31, 19.33, 0.1247, 0.0068),
 }
-PAPER_STUDENT_PARAMS_M = 0.82  # the student's trainable parameters in millions (the paper's text and Table 5); the teacher's are given only as "100 times" more
+# the student's trainable parameters in millions (the paper's text
+# and Table 5); the teacher's are given only as "100 times" more
+PAPER_STUDENT_PARAMS_M = 0.82
 
 TEST_NAME = "Wilcoxon signed-rank test (scipy.stats.wilcoxon), two-sided, paired by (fold, image id)"
 MIN_PAIRS = 6  # fewest non-zero paired differences for a p-value: below 6 the exact test cannot reach p < 0.05
@@ -53,7 +56,8 @@ MIN_PAIRS = 6  # fewest non-zero paired differences for a p-value: below 6 the e
 def paired_test(a: pd.Series, # per-image Dice of one model, indexed by (fold, id)
                 b: pd.Series, # per-image Dice of the other model, same index
                ) -> tuple[float, int, str]:
-    "Two-sided Wilcoxon signed-rank p of `a` vs `b` on their shared index: (p, pairs, note); p is NaN when it cannot say anything."
+    """Two-sided Wilcoxon signed-rank p of `a` vs `b` on their shared index: (p, pairs, note); p is NaN when it
+    cannot say anything."""
     both = pd.concat([a.rename('a'), b.rename('b')], axis=1, join='inner').dropna()
     n = len(both)
     diff = both.a.to_numpy(float) - both.b.to_numpy(float)
@@ -61,7 +65,8 @@ def paired_test(a: pd.Series, # per-image Dice of one model, indexed by (fold, i
     if n == 0: return float('nan'), 0, "no shared (fold, image) pairs"
     if nonzero == 0: return float('nan'), n, f"all {n} paired differences are zero"
     if nonzero < MIN_PAIRS:
-        return float('nan'), n, f"only {nonzero} non-zero paired difference(s) (fewer than {MIN_PAIRS}: p < 0.05 is out of reach)"
+        return float('nan'), n, (f"only {nonzero} non-zero paired difference(s) (fewer than {MIN_PAIRS}: p < "
+                                 "0.05 is out of reach)")
     return float(stats.wilcoxon(both.a.to_numpy(float), both.b.to_numpy(float), alternative='two-sided').pvalue), n, ''
 
 # %% ../nbs/10_report.ipynb #a1dacc1d
@@ -69,9 +74,12 @@ def _pm(mean: float, std: float) -> str: return f"{mean:.2f} ± {std:.2f}"
 
 def table4(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s DataFrame
           ) -> pd.DataFrame:
-    "Table 4 of a results folder: DSC (%) over all test images of all folds, paired p-values, parameters, the paper's values."
+    """Table 4 of a results folder: DSC (%) over all test images of all folds, paired p-values, parameters, the
+    paper's values."""
     df = results_frame(results)
-    if df.empty: raise ValueError(f"no complete run (no OUT/<label>/fold<k>/metrics.json) in {df.attrs.get('results_dir', results)!s}")
+    if df.empty:
+        raise ValueError("no complete run (no OUT/<label>/fold<k>/metrics.json) in "
+                         f"{df.attrs.get('results_dir', results)!s}")
     labels = sorted(df.label.unique(), key=label_key)
     dice = {l: g.set_index(['fold', 'id'])['dice'].astype(float) for l, g in df.groupby('label')}
     rows = []
@@ -83,11 +91,15 @@ def table4(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s Da
             if l == ref: p, n, note = float('nan'), 0, ''
             elif ref not in dice: p, n, note = float('nan'), 0, f"no {ref} run"
             else: p, n, note = paired_test(dice[l], dice[ref])
-            diff = 100 * (dice[l] - dice[ref]).mean() if ref in dice and l != ref else float('nan')  # over the shared (fold, id)
-            row[f"p vs {ref}"], row[f"sig vs {ref}"], row[f"n_pairs_{ref.lower()}"], row[f"diff vs {ref}"] = p, signed_stars(p, diff), n, diff
+            # over the shared (fold, id)
+            diff = 100 * (dice[l] - dice[ref]).mean() if ref in dice and l != ref else float('nan')
+            row[f"p vs {ref}"], row[f"sig vs {ref}"], row[f"n_pairs_{ref.lower()}"], row[f"diff vs {ref}"] = (
+                p, signed_stars(p, diff), n, diff)
             if note: notes.append(f"p vs {ref}: {note}")
         collapsed = sorted(g[g.collapsed.fillna(False).astype(bool)].fold.unique()) if 'collapsed' in g else []
-        if collapsed: notes.append(f"collapsed in fold(s) {', '.join(map(str, collapsed))}: the kept model finds no lesion on the validation images (or none better than the full mask); its test Dice is averaged in as it is")
+        if collapsed: notes.append(f"collapsed in fold(s) {', '.join(map(str, collapsed))}: the kept model finds no "
+                                   "lesion on the validation images (or none better than the full mask); its test Dice "
+                                   "is averaged in as it is")
         params = g.groupby('fold')['params'].first().astype(float)
         if params.nunique() > 1: notes.append(f"params differ between folds ({', '.join(f'{v:,.0f}' for v in params)})")
         row['params (M)'] = params.mean() / 1e6
@@ -95,7 +107,8 @@ def table4(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s Da
         row['paper DSC (%)'] = _pm(*pm[:2]) if pm else ''
         row['paper p vs Teacher'] = pm[2] if pm and pm[2] is not None else float('nan')
         row['paper p vs Student'] = pm[3] if pm and pm[3] is not None else float('nan')
-        hd = g['hd95'].dropna() if 'hd95' in g else pd.Series(dtype=float)  # runs made before HD95 was recorded have none
+        # runs made before HD95 was recorded have none
+        hd = g['hd95'].dropna() if 'hd95' in g else pd.Series(dtype=float)
         row.update(hd95_median=float(hd.median()) if len(hd) else float('nan'), hd95_images=len(hd))
         row.update(dsc_mean=pct.mean(), dsc_std=pct.std(ddof=1), n_images=len(pct), folds=g.fold.nunique(),
                    fold_ids=','.join(map(str, sorted(g.fold.unique()))), collapsed_folds=','.join(map(str, collapsed)),
@@ -103,8 +116,10 @@ def table4(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s Da
         rows.append(row)
     t = pd.DataFrame(rows)
     order = ['model', 'DSC (%)', 'p vs Teacher', 'sig vs Teacher', 'p vs Student', 'sig vs Student', 'params (M)',
-             'paper DSC (%)', 'paper p vs Teacher', 'paper p vs Student', 'dsc_mean', 'dsc_std', 'n_images', 'hd95_median', 'hd95_images', 'folds',
-             'fold_ids', 'collapsed_folds', 'n_pairs_teacher', 'n_pairs_student', 'diff vs Teacher', 'diff vs Student', 'test', 'note']
+             'paper DSC (%)', 'paper p vs Teacher', 'paper p vs Student', 'dsc_mean', 'dsc_std', 'n_images',
+             'hd95_median', 'hd95_images', 'folds',
+             'fold_ids', 'collapsed_folds', 'n_pairs_teacher', 'n_pairs_student', 'diff vs Teacher', 'diff vs Student',
+             'test', 'note']
     t = t[order]
     t.attrs.update(results_dir=df.attrs.get('results_dir'), incomplete=list(df.attrs.get('incomplete', [])),
                    fake=bool(df['fake'].fillna(False).astype(bool).any()) if 'fake' in df else False)
@@ -119,43 +134,56 @@ def table4_markdown(t: pd.DataFrame, # from `table4`
                     figure2_image: tuple[int, str]|None = None, # (fold, id) shown in Figure 2, for the notes
                     claims: pd.DataFrame|None = None, # from `findings`: appended as a second table
                     runs: pd.DataFrame|None = None, # from `run_summary`: counted in the notes
-                    data: str|None = None, # the runs' data set spec: named, with its citation where `DATA_CITATIONS` has one
+                    # the runs' data set spec: named, with its citation where `DATA_CITATIONS` has one
+                    data: str|None = None,
                    ) -> str:
     "Table 4 as GitHub Markdown: a header, the table, notes (and the paper's findings checked)."
     show = pd.DataFrame({
         'model': [f"{m} (collapsed)" if c else m for m, c in zip(t.model, t.get('collapsed_folds', [''] * len(t)))],
         'DSC (%)': t['DSC (%)'],
-        'p vs Teacher': [fmt_p(p, d, m == 'Teacher') for p, d, m in zip(t['p vs Teacher'], t['diff vs Teacher'], t.model)],
-        'p vs Student': [fmt_p(p, d, m == 'Student') for p, d, m in zip(t['p vs Student'], t['diff vs Student'], t.model)],
+        'p vs Teacher': [fmt_p(p, d, m == 'Teacher')
+                         for p, d, m in zip(t['p vs Teacher'], t['diff vs Teacher'], t.model)],
+        'p vs Student': [fmt_p(p, d, m == 'Student')
+                         for p, d, m in zip(t['p vs Student'], t['diff vs Student'], t.model)],
         'params (M)': [f"{v:.3g}" if np.isfinite(v) else 'n/a' for v in t['params (M)']],
         'images (folds)': [f"{n} ({f})" for n, f in zip(t.n_images, t.fold_ids)],
-        'pairs vs T / S': [f"{'-' if m == 'Teacher' else a} / {'-' if m == 'Student' else b}" for m, a, b in zip(t.model, t.n_pairs_teacher, t.n_pairs_student)],
+        'pairs vs T / S': [f"{'-' if m == 'Teacher' else a} / {'-' if m == 'Student' else b}"
+                           for m, a, b in zip(t.model, t.n_pairs_teacher, t.n_pairs_student)],
         'paper DSC (%)': t['paper DSC (%)'].replace('', '-'),
-        'paper p vs Teacher': [fmt_p(p, _paper_diff(m, 'Teacher'), m == 'Teacher') for p, m in zip(t['paper p vs Teacher'], t.model)],
-        'paper p vs Student': [fmt_p(p, _paper_diff(m, 'Student'), m == 'Student') for p, m in zip(t['paper p vs Student'], t.model)],
+        'paper p vs Teacher': [fmt_p(p, _paper_diff(m, 'Teacher'), m == 'Teacher')
+                               for p, m in zip(t['paper p vs Teacher'], t.model)],
+        'paper p vs Student': [fmt_p(p, _paper_diff(m, 'Student'), m == 'Student')
+                               for p, m in zip(t['paper p vs Student'], t.model)],
     })
     if 'hd95_median' in t and t.hd95_images.gt(0).any():  # a boundary column where the runs recorded HD95
-        show.insert(2, 'HD95 (px), median', [f"{m:.1f} ({k}/{n})" if k else 'n/a' for m, k, n in zip(t.hd95_median, t.hd95_images, t.n_images)])
+        show.insert(2, 'HD95 (px), median',
+                    [f"{m:.1f} ({k}/{n})" if k else 'n/a' for m, k, n in zip(t.hd95_median, t.hd95_images, t.n_images)])
     lines = ["# Table 4, reproduced", "",
-             "The paper's protocol: one trained model per fold (the folder's own seed), tested image by image. It cannot tell a "
-             "method's lift from one run's luck: for that, see `table4_seeds.md` (runs over seeds, `kdbus grid --seeds 0,1,2`).", ""]
+             "The paper's protocol: one trained model per fold (the folder's own seed), tested image by image. It "
+             "cannot tell a method's lift from one run's luck: for that, see `table4_seeds.md` (runs over seeds, "
+             "`kdbus grid --seeds 0,1,2`).", ""]
     if t.attrs.get('fake'):
-        lines += ["**These numbers come from `kdbus.testing.fake_results`: made-up placeholders, not trained models.**", ""]
+        lines += ["**These numbers come from `kdbus.testing.fake_results`: made-up placeholders, "
+                  "not trained models.**", ""]
     if t.attrs.get('results_dir'): lines += [f"Results folder: `{t.attrs['results_dir']}`.", ""]
     lines += [show.to_markdown(index=False, disable_numparse=True), "",
-              "- **DSC (%)**: mean ± sample standard deviation of the per-image Dice over all test images of all folds "
-              "listed (the paper: \"mean ± std over 3-fold cross-validation\", without saying over what; reading its standard deviations as per-image spreads is kdbus's inference from their size).",
-              f"- **p**: {TEST_NAME}; Dice is bounded and skewed, so a non-parametric paired test rather than a t-test. "
-              "The paper does not name its test. `*` p < 0.05, `**` p < 0.01, uncorrected (as the paper's), with the sign of the "
-              "difference (`↑` this row above the reference, `↓` below); `-` the model itself; "
-              f"`n/a` no p-value (all paired differences zero, fewer than {MIN_PAIRS} non-zero ones, or the reference run missing).",
-              "- **params (M)**: trainable parameters of the deployed model in millions (the teacher's for Teacher, else the "
-              f"student's; a HReg regressor is used only in training). The paper's student: {PAPER_STUDENT_PARAMS_M} M.",
+              "- **DSC (%)**: mean ± sample standard deviation of the per-image Dice over all test images of all "
+              "folds listed (the paper: \"mean ± std over 3-fold cross-validation\", without saying over what; "
+              "reading its standard deviations as per-image spreads is kdbus's inference from their size).",
+              f"- **p**: {TEST_NAME}; Dice is bounded and skewed, so a non-parametric paired test rather than a "
+              "t-test. The paper does not name its test. `*` p < 0.05, `**` p < 0.01, uncorrected (as the paper's), "
+              "with the sign of the difference (`↑` this row above the reference, `↓` below); `-` the model "
+              f"itself; `n/a` no p-value (all paired differences zero, fewer than {MIN_PAIRS} non-zero ones, or the "
+              "reference run missing).",
+              "- **params (M)**: trainable parameters of the deployed model in millions (the teacher's for Teacher, "
+              "else the student's; a HReg regressor is used only in training). The paper's student: "
+              f"{PAPER_STUDENT_PARAMS_M} M.",
               f"- **paper**: Table 4 of {PAPER}"]
     if 'HD95 (px), median' in show:
-        lines += ["- **HD95**: median over test images of the 95 % Hausdorff distance between predicted and true outline, in pixels at "
-                  "the evaluation size (`kdbus.evaluate.hd95`), with the number of images where it is defined (it is not where exactly "
-                  "one of the two masks is empty). The paper reports no boundary metric."]
+        lines += ["- **HD95**: median over test images of the 95 % Hausdorff distance between predicted and true "
+                  "outline, in pixels at the evaluation size (`kdbus.evaluate.hd95`), with the number of images where "
+                  "it is defined (it is not where exactly one of the two masks is empty). The paper reports no "
+                  "boundary metric."]
     if data: lines += [f"- **data**: `{data}`" + (f"; {data_citation(data)}" if data_citation(data) else '')]
     if runs is not None and len(runs): lines += [runs_line(runs)]
     notes = [f"  - {m}: {n}" for m, n in zip(t.model, t.note) if n]
@@ -167,15 +195,17 @@ def table4_markdown(t: pd.DataFrame, # from `table4`
     if figure2_image is not None:
         lines += [f"- Figure 2 shows test image `{figure2_image[1]}` of fold {figure2_image[0]} ({FIGURE2_RULE})."]
     if claims is not None and len(claims):
-        lines += ["", "## The paper's findings, checked", "", claims.to_markdown(index=False, disable_numparse=True), "", FINDINGS_RULE]
+        lines += ["", "## The paper's findings, checked", "", claims.to_markdown(index=False, disable_numparse=True),
+                  "", FINDINGS_RULE]
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/10_report.ipynb #8ea42140
-FINDINGS_RULE = ("**verdict**: from the run-level analysis (runs paired by fold and seed, CIs that include run-to-run variance, "
-                 "Holm within each claim's rows): *reproduced* when it excludes 0 in the paper's direction, *contradicted* when it "
-                 "excludes 0 the other way, *not shown* otherwise (always with one seed per fold). The paper's-protocol column is "
-                 "uncorrected, like the paper's p-values.")
-FINDINGS_COLS = ['finding (the paper)', 'paper', "ours: the paper's protocol (one seed, per image)", 'ours: run-level (seeds x folds)', 'verdict']
+FINDINGS_RULE = ("**verdict**: from the run-level analysis (runs paired by fold and seed, CIs that include run-to-run "
+                 "variance, Holm within each claim's rows): *reproduced* when it excludes 0 in the paper's direction, "
+                 "*contradicted* when it excludes 0 the other way, *not shown* otherwise (always with one seed per "
+                 "fold). The paper's-protocol column is uncorrected, like the paper's p-values.")
+FINDINGS_COLS = ['finding (the paper)', 'paper', "ours: the paper's protocol (one seed, per image)",
+                 'ours: run-level (seeds x folds)', 'verdict']
 
 def _lift_text(r: dict) -> str:
     if not np.isfinite(r['p']): return r['note']
@@ -188,12 +218,16 @@ def _family(rs: dict, n: int) -> tuple[int, int, str]:
     tested = np.isfinite(p)
     if not tested.any(): return 0, 0, next((r['note'] for r in rs.values()), 'no rows to compare')
     up, down = int(((p < 0.05) & (lift > 0)).sum()), int(((p < 0.05) & (lift < 0)).sum())
-    return up, down, (f"{up} of {n} higher, {down} lower (Holm over {n}); lifts {lift[tested].min():+.2f} to {lift[tested].max():+.2f}"
+    return up, down, (f"{up} of {n} higher, {down} lower (Holm over {n}); lifts {lift[tested].min():+.2f} to "
+                      f"{lift[tested].max():+.2f}"
                       + ('' if tested.sum() == n else f" ({tested.sum()} of {n} with replicates)"))
 
-def findings(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s DataFrame (every seed: replicates answer the verdicts)
-            ) -> pd.DataFrame:
-    "The paper's conclusions from Table 4: the paper's numbers, ours by its protocol and run-level, and a signed verdict."
+def findings(
+    # a results folder, or `collect`'s DataFrame (every seed: replicates answer the verdicts)
+    results: str|Path|pd.DataFrame,
+) -> pd.DataFrame:
+    """The paper's conclusions from Table 4: the paper's numbers, ours by its protocol and run-level, and a signed
+    verdict."""
     everything = results_frame(results)
     own = everything[everything.label.isin(ALL_RUNS)]
     t = table4(own).set_index('model')
@@ -202,43 +236,53 @@ def findings(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s 
     dice = {l: g.set_index(['fold', 'id'])['dice'].astype(float) for l, g in own.groupby('label')}
     runs = paper_setting_runs(everything)
     short = {}
-    if 'Student' in runs:  # a row whose replicates are still incomplete speaks with its own seed only: no run-level verdict yet
+    # a row whose replicates are still incomplete speaks with its own seed only: no run-level verdict yet
+    if 'Student' in runs:
         _, short = complete_rows(runs)
         seed0 = int(own.seed.iloc[0]) if len(own) else 0
         runs.update({b: runs[b][runs[b].seed == seed0] for b in short})
     lift = lambda a, b: run_lift(runs[a], runs[b])
     rows = []
     def add(claim, paper, ours, run, v): rows.append(dict(zip(FINDINGS_COLS, (claim, paper, ours, run, v))))
-    def say(up: bool, down: bool, shown: bool = True) -> str: return 'not shown' if not shown else 'reproduced' if up else 'contradicted' if down else 'not shown'
+    def say(up: bool, down: bool, shown: bool = True) -> str:
+        return 'not shown' if not shown else 'reproduced' if up else 'contradicted' if down else 'not shown'
     if {'Teacher', 'Student'} <= set(t.index):
         gap, p = m['Teacher'] - m['Student'], t.loc['Student', 'p vs Teacher']
         r = lift('Teacher', 'Student')
-        add("the Teacher beats the Student trained alone", "+8.34 points, p = 0.0048", f"{gap:+.2f} points, p = {fmt_p(p, gap)}",
+        add("the Teacher beats the Student trained alone", "+8.34 points, p = 0.0048",
+            f"{gap:+.2f} points, p = {fmt_p(p, gap)}",
             _lift_text(r), verdict(r['ci_low'], r['ci_high'], 'reproduced', 'contradicted'))
     if 'Student' in t.index and kd:
         up = [l for l in kd if m[l] > m['Student']]
         sig = [l for l in up if t.loc[l, 'p vs Student'] < 0.05]
         n_up, n_down, text = _family({l: lift(l, 'Student') for l in kd}, len(TABLE3))
         add("every KD student beats the Student", "12 of 12 higher, 11 of them with p < 0.05",
-            f"{len(up)} of {len(kd)} higher, {len(sig)} of them with p < 0.05", text, say(n_up == len(TABLE3), n_down > 0))
+            f"{len(up)} of {len(kd)} higher, {len(sig)} of them with p < 0.05", text,
+            say(n_up == len(TABLE3), n_down > 0))
     pairs = [(l, l.replace('MSE', 'KLD')) for l in kd if 'MSE' in l and l.replace('MSE', 'KLD') in t.index]
     if pairs:
         wins = sum(m[k] > m[l] for l, k in pairs)
         n_up, n_down, text = _family({k: lift(k, l) for l, k in pairs}, 6)
-        add("KLD beats MSE on every path (same teacher augmentation)", "6 of 6", f"{wins} of {len(pairs)}", text, say(n_up == 6, n_down > 0))
+        add("KLD beats MSE on every path (same teacher augmentation)", "6 of 6", f"{wins} of {len(pairs)}", text,
+            say(n_up == 6, n_down > 0))
     aug = [(l, l + '_WAug') for l in kd if not l.endswith('_WAug') and l + '_WAug' in t.index]
     if aug:
         ps = [paired_test(dice[w], dice[l])[0] for l, w in aug]
         n_sig = sum(np.isfinite(p) and p < 0.05 for p in ps)
         n_up, n_down, text = _family({w: lift(w, l) for l, w in aug}, 6)
         add("weak teacher augmentation makes no significant difference", "stated, no p-values given",
-            f"{n_sig} of {len(aug)} pairs X_WAug vs X with p < 0.05", text, 'contradicted' if n_up + n_down else 'not shown')
+            f"{n_sig} of {len(aug)} pairs X_WAug vs X with p < 0.05", text,
+            'contradicted' if n_up + n_down else 'not shown')
     if 'Teacher' in t.index and kd:
         best = max(kd, key=lambda l: m[l])
         gap = m['Teacher'] - m[best]
-        best_all = max([l for l in kd if l not in short] or kd, key=lambda l: runs[l].dice.mean())  # the best over every seed, of the complete rows
+        # the best over every seed, of the complete rows
+        best_all = max([l for l in kd if l not in short] or kd, key=lambda l: runs[l].dice.mean())
         r = lift('Teacher', best_all)
-        run = _lift_text(r) if not np.isfinite(r['p']) else f"{best_all}: the Teacher {r['lift']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] points above it"
+        run = (_lift_text(r)
+               if not np.isfinite(r['p']) else f"{best_all}: the Teacher {r['lift']:+.2f} [{r['ci_low']:+.2f}, "
+                                               f"{r['ci_high']:+.2f}] points above it")
         add("the best KD student is within 1.5 points of the Teacher", "L_KLD_WAug: 80.00 vs 81.50 (1.50 points)",
-            f"{best}: {m[best]:.2f} vs {m['Teacher']:.2f} ({gap:.2f} points)", run, verdict(1.5 - r['ci_high'], 1.5 - r['ci_low'], 'reproduced', 'contradicted'))
+            f"{best}: {m[best]:.2f} vs {m['Teacher']:.2f} ({gap:.2f} points)", run,
+            verdict(1.5 - r['ci_high'], 1.5 - r['ci_low'], 'reproduced', 'contradicted'))
     return pd.DataFrame(rows, columns=FINDINGS_COLS)

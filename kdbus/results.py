@@ -26,7 +26,8 @@ __all__ = ['RUN_COLS', 'SPLIT_FIELDS', 'SETTING_COLS', 'CONVERGED_SHARE', 'HISTO
 class ReportWarning(UserWarning):
     "Something in a results folder was left out of the report (e.g. an incomplete run)."
 
-RUN_COLS = ('params', 'regressor_params', 'best_epoch', 'epochs_run', 'seconds', 'stopped', 'collapsed', 'fake')  # metrics.json fields `collect` adds to each row
+# metrics.json fields `collect` adds to each row
+RUN_COLS = ('params', 'regressor_params', 'best_epoch', 'epochs_run', 'seconds', 'stopped', 'collapsed', 'fake')
 _FOLD = re.compile(r'fold(\d+)')
 
 def label_key(label: str) -> tuple:
@@ -38,8 +39,10 @@ def find_runs(results_dir: str|Path, # the results folder OUT
     "Complete (with metrics.json) and incomplete run folders OUT/<label>/fold<k>/, in Table 4's order."
     root = Path(results_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"results_dir={str(root)!r} is not a folder; expected a results folder holding <label>/fold<k>/ run folders")
-    runs = [p for p in root.glob('*/fold*') if p.is_dir() and _FOLD.fullmatch(p.name) and not p.parent.name.startswith(('.', '_'))]
+        raise FileNotFoundError(f"results_dir={str(root)!r} is not a folder; expected a results folder holding "
+                                "<label>/fold<k>/ run folders")
+    runs = [p for p in root.glob('*/fold*') if p.is_dir() and _FOLD.fullmatch(p.name)
+            and not p.parent.name.startswith(('.', '_'))]
     runs.sort(key=lambda p: (label_key(p.parent.name), int(p.name[4:])))
     done = [p for p in runs if (p/METRICS).is_file()]
     return done, [p for p in runs if not (p/METRICS).is_file()]
@@ -61,20 +64,25 @@ def run_config(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
     "A run's config.json as a flat dict holding at least `data` and `size`."
     path = Path(run_dir)/CONFIG
     cfg = read_json(path)
-    if not {'data', 'size'} <= set(cfg):  # tolerate the RunConfig nested one level down (e.g. {'config': {...}, 'models': ...})
+    # tolerate the RunConfig nested one level down (e.g. {'config': {...}, 'models': ...})
+    if not {'data', 'size'} <= set(cfg):
         inner = next((v for v in cfg.values() if isinstance(v, dict) and {'data', 'size'} <= set(v)), None)
-        if inner is None: raise ValueError(f"{path}: no 'data' and 'size' entries; expected the run's resolved RunConfig")
+        if inner is None:
+            raise ValueError(f"{path}: no 'data' and 'size' entries; expected the run's resolved RunConfig")
         cfg = {**cfg, **inner}
     return cfg
 
 # %% ../nbs/09a_results.ipynb #40834e70
-SPLIT_FIELDS = ('data', 'size', 'seed', 'k_folds', 'val_frac')  # config fields that fix a run's folds and its test images
+# config fields that fix a run's folds and its test images
+SPLIT_FIELDS = ('data', 'size', 'seed', 'k_folds', 'val_frac')
 
 def split_of(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
             ) -> dict:
-    "What fixes a run's folds and test images: `SPLIT_FIELDS` of its config and the duplicate groups its folds kept whole."
+    """What fixes a run's folds and test images: `SPLIT_FIELDS` of its config and the duplicate groups its folds kept
+    whole."""
     cfg = run_config(run_dir)
-    groups = (cfg.get('split') or {}).get('duplicate_groups') or []  # none recorded: none kept whole, the same folds as no duplicates
+    # none recorded: none kept whole, the same folds as no duplicates
+    groups = (cfg.get('split') or {}).get('duplicate_groups') or []
     split = {k: cfg.get(k) for k in SPLIT_FIELDS}
     if cfg.get('split_seed') is not None: split['seed'] = cfg['split_seed']  # a replicate: the folds of its split seed
     return {**split, 'duplicate_groups': sorted(map(sorted, groups))}
@@ -90,10 +98,11 @@ def check_one_split(runs: Sequence[Path], # complete run folders of one results 
         if diff:
             what = '; '.join(f"{k}: {a[k]!r} in {first}, {b[k]!r} in {run}" if k != 'duplicate_groups' else
                              f"duplicate groups kept whole: {len(a[k])} in {first}, {len(b[k])} in {run}" for k in diff)
-            raise ValueError(f"runs of one results folder must share one split, since Table 4 pairs them by (fold, image id); {what}. "
-                             "Move one of them to another results folder")
+            raise ValueError("runs of one results folder must share one split, since Table 4 pairs them by (fold, "
+                             f"image id); {what}. Move one of them to another results folder")
 
-SETTING_COLS = ('base', *NAMED_FIELDS, 'seed')  # what `collect` adds from each run's config: its Table 4 row, KD settings and seed
+# what `collect` adds from each run's config: its Table 4 row, KD settings and seed
+SETTING_COLS = ('base', *NAMED_FIELDS, 'seed')
 
 def run_settings(run_dir: str|Path, # a run folder OUT/<run>/fold<k>
                 ) -> dict:
@@ -115,7 +124,8 @@ def collect(results_dir: str|Path, # the results folder OUT
     for run in done:
         m, pi = read_metrics(run), read_per_image(run/PER_IMAGE)
         if 'n_test' in m and m['n_test'] != len(pi):
-            raise ValueError(f"{run/METRICS}: n_test={m['n_test']} but per_image.csv has {len(pi)} rows; expected them to agree")
+            raise ValueError(f"{run/METRICS}: n_test={m['n_test']} but per_image.csv has {len(pi)} rows; "
+                             "expected them to agree")
         pi.insert(0, 'label', m['label']); pi.insert(1, 'fold', int(m['fold']))
         for k in RUN_COLS: pi[k] = m.get(k, False if k in ('fake', 'collapsed') else np.nan)
         for k, v in run_settings(run).items(): pi[k] = v
@@ -136,34 +146,40 @@ CONVERGED_SHARE = 0.9  # a run converged if it stopped early or its best epoch i
 
 def run_summary(results: str|Path|pd.DataFrame, # a results folder, or `collect`'s DataFrame
                ) -> pd.DataFrame:
-    "One row per complete run: label, fold, epoch budget, best epoch, epochs run, how it stopped, converged, collapsed, minutes."
+    """One row per complete run: label, fold, epoch budget, best epoch, epochs run, how it stopped, converged,
+    collapsed, minutes."""
     df = results_frame(results)
     rows = []
     for (label, fold), g in df.groupby(['label', 'fold'], sort=False):
         r = g.iloc[0]
         budget = int(run_config(r.run_dir).get('epochs', r.epochs_run))
         env = read_json(Path(r.run_dir)/ENV) if (Path(r.run_dir)/ENV).is_file() else {}
-        rows.append(dict(label=label, fold=int(fold), epochs=budget, best_epoch=int(r.best_epoch), epochs_run=int(r.epochs_run),
-                         stopped=r.stopped, converged=bool(r.stopped == 'early' or r.best_epoch <= CONVERGED_SHARE * budget),
-                         collapsed=bool(r.collapsed) if pd.notna(r.collapsed) else False, minutes=round(float(r.seconds) / 60, 2),
+        rows.append(dict(label=label, fold=int(fold), epochs=budget, best_epoch=int(r.best_epoch),
+                         epochs_run=int(r.epochs_run),
+                         stopped=r.stopped,
+                         converged=bool(r.stopped == 'early' or r.best_epoch <= CONVERGED_SHARE * budget),
+                         collapsed=bool(r.collapsed) if pd.notna(r.collapsed) else False,
+                         minutes=round(float(r.seconds) / 60, 2),
                          commit=(env.get('git_commit') or '')[:7], dirty=env.get('git_dirty')))
-    return pd.DataFrame(rows, columns=['label', 'fold', 'epochs', 'best_epoch', 'epochs_run', 'stopped', 'converged', 'collapsed', 'minutes',
+    return pd.DataFrame(rows, columns=['label', 'fold', 'epochs', 'best_epoch', 'epochs_run', 'stopped', 'converged',
+                                       'collapsed', 'minutes',
                                        'commit', 'dirty'])
 
 def runs_line(runs: pd.DataFrame, # from `run_summary`
              ) -> str:
     "One Markdown line counting converged and collapsed runs, naming the exceptions."
-    bad = lambda col, yes: ', '.join(f"{l} fold {f}" for l, f in zip(runs.label, runs.fold) if runs[col][(runs.label == l) & (runs.fold == f)].iloc[0] == yes)
-    s = (f"- **runs**: {len(runs)} complete; {int(runs.converged.sum())} converged (stopped early, or best epoch within the first "
-         f"{CONVERGED_SHARE:.0%} of the epoch budget); {int(runs.collapsed.sum())} collapsed; training time {runs.minutes.sum():.0f} min "
-         "(sum over runs).")
+    bad = lambda col, yes: ', '.join(f"{l} fold {f}" for l, f in zip(runs.label, runs.fold)
+                                     if runs[col][(runs.label == l) & (runs.fold == f)].iloc[0] == yes)
+    s = (f"- **runs**: {len(runs)} complete; {int(runs.converged.sum())} converged (stopped early, or best epoch "
+         f"within the first {CONVERGED_SHARE:.0%} of the epoch budget); {int(runs.collapsed.sum())} collapsed; "
+         f"training time {runs.minutes.sum():.0f} min (sum over runs).")
     if not runs.converged.all(): s += f" Not converged: {bad('converged', False)}."
     if runs.collapsed.any(): s += f" Collapsed: {bad('collapsed', True)}."
     if 'commit' in runs:
         made = runs.commit.replace('', 'unknown').value_counts()
         s += " Made at commit " + ', '.join(f"{c} ({n} runs)" for c, n in made.items()) + "."
-        if runs.dirty.eq(True).any(): s += (f" From a tree with uncommitted changes (env.json `git_dirty`): {bad('dirty', True)}: "
-                                            "their code is not exactly their commit's.")
+        if runs.dirty.eq(True).any(): s += (" From a tree with uncommitted changes (env.json `git_dirty`): "
+                                            f"{bad('dirty', True)}: their code is not exactly their commit's.")
     return s
 
 # %% ../nbs/09a_results.ipynb #2a6fe76f
@@ -175,7 +191,9 @@ def settings_of(
     named, seed = [], None
     for part in parts:
         k, eq, v = part.partition('=')
-        if not eq or (k not in NAMED_TYPES and k != 'seed'): raise ValueError(f"run folder {name!r}: {part!r} is not NAME=VALUE with NAME one of {', '.join((*NAMED_TYPES, 'seed'))}")
+        if not eq or (k not in NAMED_TYPES and k != 'seed'):
+            raise ValueError(f"run folder {name!r}: {part!r} is not NAME=VALUE with NAME one of "
+                             f"{', '.join((*NAMED_TYPES, 'seed'))}")
         if k == 'seed': seed = int(v)
         else: named.append((k, NAMED_TYPES[k](v)))
     return base, tuple(named), seed
@@ -200,19 +218,23 @@ def results_preset(
     cfg = run_config(done[0])
     preset = cfg.get('model_preset') or PROFILES.get(cfg.get('profile'), {}).get('model_preset')
     if preset not in PRESETS:
-        raise ValueError(f"{done[0]/CONFIG}: records no model preset (model_preset={cfg.get('model_preset')!r}, profile={cfg.get('profile')!r}); "
-                         f"expected one of {', '.join(PRESETS)}")
+        raise ValueError(f"{done[0]/CONFIG}: records no model preset (model_preset={cfg.get('model_preset')!r}, "
+                         f"profile={cfg.get('profile')!r}); expected one of {', '.join(PRESETS)}")
     return preset
 
 # %% ../nbs/09a_results.ipynb #9866d53f
-HISTORY_COLS = ('epoch', 'train_loss', 'train_sup', 'train_kd', 'val_loss', 'val_dice')  # history.csv columns the plots use
+# history.csv columns the plots use
+HISTORY_COLS = ('epoch', 'train_loss', 'train_sup', 'train_kd', 'val_loss', 'val_dice')
 
 def read_history(run_dir: str|Path, # a run folder OUT/<label>/fold<k>
                 ) -> pd.DataFrame:
     "A run's history.csv, checked against the contract."
     path = Path(run_dir)/HISTORY
-    if not path.is_file(): raise FileNotFoundError(f"{path}: file not found; expected columns {', '.join(HISTORY_COLS)}, ...")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found; expected columns {', '.join(HISTORY_COLS)}, ...")
     h = pd.read_csv(path)
     missing = [c for c in HISTORY_COLS if c not in h.columns]
-    if missing: raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(HISTORY_COLS)}, lr, seconds")
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; expected "
+                         f"{', '.join(HISTORY_COLS)}, lr, seconds")
     return h

@@ -62,7 +62,8 @@ def run_status(
 def is_collapsed(
     run_dir: str|Path,  # a run folder
 ) -> bool:
-    "Whether a complete run's kept model collapsed (`metrics.json`: `collapsed`); False for an incomplete or unreadable one."
+    """Whether a complete run's kept model collapsed (`metrics.json`: `collapsed`); False for an incomplete or
+    unreadable one."""
     p = Path(run_dir) / METRICS
     try: return bool(json.loads(p.read_text()).get('collapsed', False)) if p.is_file() else False
     except (OSError, ValueError): return False
@@ -127,7 +128,8 @@ class RunLocked(RuntimeError):
     "Another live process owns the run folder."
 
 class LockLost(RuntimeError):
-    "The run folder's lock was taken over while this process held it (it stalled past `stale_after`): the run was stopped."
+    """The run folder's lock was taken over while this process held it (it stalled past `stale_after`): the run was
+    stopped."""
 
 def _pid_alive(pid) -> bool:
     try: os.kill(int(pid), 0)
@@ -176,7 +178,8 @@ def run_folder_lock(
     "Own `run_dir` exclusively (the `.grid.lock` file, created with O_EXCL, kept fresh by a heartbeat)."
     d = Path(run_dir); d.mkdir(parents=True, exist_ok=True)
     lock, token = d / LOCK_NAME, uuid.uuid4().hex
-    me = dict(host=socket.gethostname(), pid=os.getpid(), started=time.strftime('%Y-%m-%dT%H:%M:%S%z'), what=what, token=token)
+    me = dict(host=socket.gethostname(), pid=os.getpid(), started=time.strftime('%Y-%m-%dT%H:%M:%S%z'), what=what,
+              token=token)
     t0 = time.time(); wait = stale_after + 5 if wait is None else wait
     while True:
         try: fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -185,8 +188,9 @@ def run_folder_lock(
             if owner is None: continue  # released meanwhile
             if lock_is_stale(owner, mtime, stale_after): _take_over(lock, stale_after); continue
             if owner.get('host') == me['host'] or time.time() - t0 > wait:
-                raise RunLocked(f"{d} is being run by pid {owner.get('pid')} on {owner.get('host')} since {owner.get('started')} "
-                                f"({owner.get('what')}); if that process is gone, delete {lock}") from None
+                raise RunLocked(f"{d} is being run by pid {owner.get('pid')} on {owner.get('host')} since "
+                                f"{owner.get('started')} ({owner.get('what')}); if that process is gone, "
+                                f"delete {lock}") from None
             time.sleep(1.0); continue
         with os.fdopen(fd, 'w') as f: f.write(json.dumps(me))
         break
@@ -203,9 +207,10 @@ def run_folder_lock(
     threading.Thread(target=beat, daemon=True).start()
     def gone():
         owner = lock_owner(lock)[0] or {}
-        return LockLost(f"{d}: this process (pid {me['pid']} on {me['host']}) lost its lock to pid {owner.get('pid')} on {owner.get('host')} "
-                        f"({owner.get('what')}): it had not refreshed it for {stale_after:.0f} s (a stall), so another took the folder over; "
-                        "this run was stopped so that it does not write beside its successor")
+        return LockLost(f"{d}: this process (pid {me['pid']} on {me['host']}) lost its lock to pid {owner.get('pid')} "
+                        f"on {owner.get('host')} ({owner.get('what')}): it had not refreshed it for {stale_after:.0f} "
+                        "s (a stall), so another took the folder over; this run was stopped so that it does not write "
+                        "beside its successor")
     try: yield lock
     except KeyboardInterrupt:
         if lost.is_set(): raise gone() from None
@@ -214,4 +219,5 @@ def run_folder_lock(
         stop.set()
         owner, _ = lock_owner(lock)
         if owner and owner.get('token') == token: lock.unlink(missing_ok=True)
-    if lost.is_set(): raise gone()  # finished (off the main thread, or before the interrupt landed), but not as the folder's owner
+    # finished (off the main thread, or before the interrupt landed), but not as the folder's owner
+    if lost.is_set(): raise gone()

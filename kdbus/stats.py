@@ -44,7 +44,8 @@ def bootstrap_ci(
     x = x[np.isfinite(x)]
     if len(x) < 2: return float('nan'), float('nan')
     if np.ptp(x) == 0: return float(x[0]), float(x[0])
-    ci = stats.bootstrap((x,), np.mean, confidence_level=level, n_resamples=n_resamples, method='BCa', rng=np.random.default_rng(seed)).confidence_interval
+    ci = stats.bootstrap((x,), np.mean, confidence_level=level, n_resamples=n_resamples, method='BCa',
+                         rng=np.random.default_rng(seed)).confidence_interval
     return float(ci.low), float(ci.high)
 
 # %% ../nbs/08a_stats.ipynb #123d0d4f
@@ -53,7 +54,8 @@ def fold_terms(
 ) -> dict:  # n, s, mean, and the sums of squares and degrees of freedom of runs, images and residual
     "The balanced two-way (images x runs) decomposition of one fold's paired differences."
     d = np.asarray(d, dtype=float)
-    if d.ndim != 2 or not d.size or not np.isfinite(d).all(): raise ValueError(f"expected a finite images x seeds table, got shape {d.shape}")
+    if d.ndim != 2 or not d.size or not np.isfinite(d).all():
+        raise ValueError(f"expected a finite images x seeds table, got shape {d.shape}")
     n, s = d.shape
     img, run, grand = d.mean(axis=1), d.mean(axis=0), d.mean()
     res = d - img[:, None] - run[None, :] + grand
@@ -62,7 +64,8 @@ def fold_terms(
 
 # %% ../nbs/08a_stats.ipynb #fe61bfb4
 def _no_test(out: dict, note: str) -> dict:
-    return {**out, **dict.fromkeys(('se', 'df', 'ci_low', 'ci_high', 'p', 'run_sd', 'image_sd'), float('nan')), 'note': note}
+    return {**out, **dict.fromkeys(('se', 'df', 'ci_low', 'ci_high', 'p', 'run_sd', 'image_sd'), float('nan')),
+            'note': note}
 
 def lift_test(
     tables,  # per fold, the paired differences (points), rows: test images, columns: seeds
@@ -75,11 +78,13 @@ def lift_test(
     lift = float((w * f['mean']).sum())
     out = dict(lift=lift, runs=int(f.s.sum()), images=int(f.n.sum()), folds=len(f))
     dof = {k: int(f[f'df_{k}'].sum()) for k in ('run', 'img', 'res')}
-    if dof['run'] == 0: return _no_test(out, "one seed per fold: run-to-run variance cannot be estimated (train more seeds)")
+    if dof['run'] == 0:
+        return _no_test(out, "one seed per fold: run-to-run variance cannot be estimated (train more seeds)")
     ms = {k: f[f'ss_{k}'].sum() / dof[k] if dof[k] else 0.0 for k in dof}
     k_run = (f.df_run / f.n).sum() / dof['run']  # E[ms_run] = run var + k_run * residual var
     k_img = (f.df_img / f.s).sum() / dof['img'] if dof['img'] else 0.0  # E[ms_img] = image var + k_img * residual var
-    a, b, c = (w**2 / f.s).sum(), (w**2 / f.n).sum(), (w**2 / (f.s * f.n)).sum()  # Var(lift) = a run var + b image var + c residual var
+    # Var(lift) = a run var + b image var + c residual var
+    a, b, c = (w**2 / f.s).sum(), (w**2 / f.n).sum(), (w**2 / (f.s * f.n)).sum()
     coef = dict(res=c)  # a variance component estimated below 0 is 0 (as REML has it), and leaves the sum
     if ms['run'] - k_run * ms['res'] > 0: coef['run'] = a; coef['res'] -= a * k_run
     if dof['img'] and ms['img'] - k_img * ms['res'] > 0: coef['img'] = b; coef['res'] -= b * k_img
@@ -103,12 +108,15 @@ def paired_tables(
     "The paired differences of two rows, per fold, over the (seed, image) cells both have."
     for name, x in (('a', a), ('b', b)):
         missing = [c for c in (*RUN_KEYS, 'dice') if c not in x]
-        if missing: raise ValueError(f"{name}: no column(s) {', '.join(missing)}; expected per-image rows with {', '.join((*RUN_KEYS, 'dice'))}")
+        if missing:
+            raise ValueError(f"{name}: no column(s) {', '.join(missing)}; expected per-image rows with "
+                             f"{', '.join((*RUN_KEYS, 'dice'))}")
     both = a[[*RUN_KEYS, 'dice']].merge(b[[*RUN_KEYS, 'dice']], on=list(RUN_KEYS), suffixes=('_a', '_b'))
     both['d'] = 100 * (both.dice_a.astype(float) - both.dice_b.astype(float))
     out = {}
     for fold, g in both.groupby('fold', sort=True):
-        t = g.pivot_table(index='id', columns='seed', values='d', aggfunc='first').dropna()  # images every paired run tested
+        # images every paired run tested
+        t = g.pivot_table(index='id', columns='seed', values='d', aggfunc='first').dropna()
         if len(t) and t.shape[1]: out[int(fold)] = t
     return out
 
@@ -119,7 +127,8 @@ def run_lift(
 ) -> dict:  # `lift_test`'s result (points)
     "The run-level lift of `a` over `b`: mean paired difference with a CI and p that include run-to-run variance."
     tables = paired_tables(a, b)
-    if not tables: return _no_test(dict(lift=float('nan'), runs=0, images=0, folds=0), "no (fold, seed, image) the two rows share")
+    if not tables:
+        return _no_test(dict(lift=float('nan'), runs=0, images=0, folds=0), "no (fold, seed, image) the two rows share")
     return lift_test(list(tables.values()), level)
 
 def run_lifts(
@@ -136,7 +145,8 @@ def complete_rows(
     ref: str = 'Student',  # the reference row, whose seeds and folds define the design
 ) -> tuple[list, dict]:  # (the complete rows, the reference first; {incomplete row: {seed: [folds it lacks]}})
     "Which rows cover the reference's design (every seed of either on every fold all the reference's seeds ran)."
-    if ref not in runs: raise ValueError(f"no {ref!r} among the rows ({', '.join(map(str, runs))}): it defines the design")
+    if ref not in runs:
+        raise ValueError(f"no {ref!r} among the rows ({', '.join(map(str, runs))}): it defines the design")
     have = {b: g.groupby('seed').fold.agg(set) for b, g in runs.items()}
     folds = set.intersection(*have[ref])
     done, short = [ref], {}
@@ -165,7 +175,8 @@ def null_rejections(
         tabs = [lift + rng.normal(0, run_sd, seeds)[None, :] + rng.normal(0, image_sd, images)[:, None]
                 + rng.normal(0, noise_sd, (images, seeds)) for _ in range(folds)]
         d = np.concatenate(tabs)
-        hits += [lift_test(tabs)['p'] < alpha, stats.wilcoxon(d.mean(axis=1)).pvalue < alpha, stats.wilcoxon(d[:, 0]).pvalue < alpha]
+        hits += [lift_test(tabs)['p'] < alpha, stats.wilcoxon(d.mean(axis=1)).pvalue < alpha,
+                 stats.wilcoxon(d[:, 0]).pvalue < alpha]
     return dict(zip(('run_level', 'per_image_seed_mean', 'per_image_one_seed'), (hits / n_sims).round(4).tolist()))
 
 # %% ../nbs/08a_stats.ipynb #28edb043

@@ -28,7 +28,8 @@ __all__ = ['SWEEP_FILES', 'seed_averaged', 'seeds_table', 'common_folds', 'seeds
 # %% ../nbs/10a_sweeps.ipynb #3a6a1b7b
 def seed_averaged(
     df: pd.DataFrame,  # `kdbus.results.collect`'s rows (every run of a results folder)
-) -> tuple[dict, dict]:  # ({(base, named): per-image Dice averaged over seeds, indexed by (fold, id)}, {(base, named): seeds})
+# ({(base, named): per-image Dice averaged over seeds, indexed by (fold, id)}, {(base, named): seeds})
+) -> tuple[dict, dict]:
     "Per setting, each test image's Dice averaged over its seeds (the mean of the replicates, before any test)."
     keyed = df.assign(key=[settings_of(l)[:2] for l in df.label])
     dice, seeds = {}, {}
@@ -41,34 +42,42 @@ def seed_averaged(
 def seeds_table(
     df: pd.DataFrame,  # `kdbus.results.collect`'s rows
 ) -> pd.DataFrame:  # one row per Table 4 run with the paper's settings and replicates (empty if none has)
-    "Table 4 over seeds: mean and seed spread of the DSC, the run-level lift over the Student, and the paper's one-seed protocol."
+    """Table 4 over seeds: mean and seed spread of the DSC, the run-level lift over the Student, and the paper's
+    one-seed protocol."""
     runs = paper_setting_runs(df)
     n_seeds = {b: g.seed.nunique() for b, g in runs.items()}
-    keys = [b for b in runs if n_seeds[b] > 1 or b == 'Student']  # the replicated rows, and the Student they are compared with
+    # the replicated rows, and the Student they are compared with
+    keys = [b for b in runs if n_seeds[b] > 1 or b == 'Student']
     if not any(n_seeds[b] > 1 for b in keys): return pd.DataFrame()
     incomplete = {}
     if 'Student' in runs:  # a row is shown once every seed of it has run every fold all the Student's seeds ran
         done, incomplete = complete_rows({b: runs[b] for b in keys})
         keys = [b for b in keys if b in done]
     folds = common_folds(df, [(b, ()) for b in keys])
-    runs = {b: runs[b][runs[b].fold.isin(folds)] for b in keys}  # a seed run on more folds would mix fold differences into the spread
+    # a seed run on more folds would mix fold differences into the spread
+    runs = {b: runs[b][runs[b].fold.isin(folds)] for b in keys}
     ref, own = runs.get('Student'), int(df.seed[[settings_of(l)[2] is None for l in df.label]].iloc[0])
     rows = []
     for b, g in runs.items():
         seed_means = 100 * g.groupby('seed').dice.mean()
-        row = dict(model=b, seeds=','.join(map(str, sorted(g.seed.unique()))), n_seeds=g.seed.nunique(), folds=','.join(map(str, folds)),
-                   dsc_mean=seed_means.mean(), seed_sd=seed_means.std(ddof=1) if len(seed_means) > 1 else float('nan'), n_images=g.groupby(['fold', 'id']).ngroups)
+        row = dict(model=b, seeds=','.join(map(str, sorted(g.seed.unique()))), n_seeds=g.seed.nunique(),
+                   folds=','.join(map(str, folds)),
+                   dsc_mean=seed_means.mean(), seed_sd=seed_means.std(ddof=1) if len(seed_means) > 1 else float('nan'),
+                   n_images=g.groupby(['fold', 'id']).ngroups)
         if b != 'Student' and ref is not None:
             r = run_lift(g, ref)
-            row.update(lift=r['lift'], ci_low=r['ci_low'], ci_high=r['ci_high'], p=r['p'], df=r['df'], run_sd=r['run_sd'], runs=r['runs'], note=r['note'])
-            a0, b0 = (x[x.seed == own].set_index(['fold', 'id']).dice.astype(float) for x in (g, ref))  # the paper's protocol: one seed
+            row.update(lift=r['lift'], ci_low=r['ci_low'], ci_high=r['ci_high'], p=r['p'], df=r['df'],
+                       run_sd=r['run_sd'], runs=r['runs'], note=r['note'])
+            # the paper's protocol: one seed
+            a0, b0 = (x[x.seed == own].set_index(['fold', 'id']).dice.astype(float) for x in (g, ref))
             p0, _, note0 = paired_test(a0, b0)
             avg = lambda x: x.groupby(['fold', 'id']).dice.mean()
             row.update(lift_seed0=100 * (a0 - b0).mean(), p_seed0=p0, p_per_image=paired_test(avg(g), avg(ref))[0])
             if note0: row['note'] = '; '.join(filter(None, [row['note'], f"seed {own}: {note0}"]))
         rows.append(row)
     t = pd.DataFrame(rows)
-    cols = ['model', 'seeds', 'n_seeds', 'folds', 'dsc_mean', 'seed_sd', 'lift', 'ci_low', 'ci_high', 'p', 'p_holm', 'verdict', 'df', 'run_sd',
+    cols = ['model', 'seeds', 'n_seeds', 'folds', 'dsc_mean', 'seed_sd', 'lift', 'ci_low', 'ci_high', 'p', 'p_holm',
+            'verdict', 'df', 'run_sd',
             'runs', 'lift_seed0', 'p_seed0', 'p_per_image', 'n_images', 'note']
     for c in cols:
         if c not in t: t[c] = np.nan
@@ -84,20 +93,25 @@ def common_folds(
     df: pd.DataFrame,  # `kdbus.results.collect`'s rows
     keys: list,  # the (Table 4 row, settings) of the seeds table
 ) -> list[int]:  # the folds that every seed of every key has run
-    "The folds a multi-seed table can use: a seed that ran fewer folds than another would otherwise mix fold differences into the seed spread."
+    """The folds a multi-seed table can use: a seed that ran fewer folds than another would otherwise mix fold
+    differences into the seed spread."""
     mine = df[[settings_of(l)[:2] in keys for l in df.label]]
     have = mine.groupby(['label', 'seed']).fold.agg(set)  # the folds of each run folder (one setting, one seed)
     folds = sorted(set.intersection(*have)) if len(have) else []
-    if not folds: raise ValueError(f"the replicates share no fold ({', '.join(f'{l}: folds {sorted(f)}' for (l, _), f in have.items())}); run every seed on at least one common fold")
+    if not folds: raise ValueError("the replicates share no fold "
+                                   f"({', '.join(f'{l}: folds {sorted(f)}' for (l, _), f in have.items())}); run every "
+                                   "seed on at least one common fold")
     return folds
 
 def _vs(a: pd.Series, ref: pd.Series, ci: bool = True) -> dict:
-    "A setting's seed-averaged per-image Dice against a reference's: mean difference (points), its bootstrap CI, Wilcoxon p, pairs, note."
+    """A setting's seed-averaged per-image Dice against a reference's: mean difference (points), its bootstrap CI,
+    Wilcoxon p, pairs, note."""
     both = pd.concat([a.rename('a'), ref.rename('b')], axis=1, join='inner').dropna()
     diff = 100 * (both.a - both.b)
     lo, hi = bootstrap_ci(diff) if ci else (float('nan'), float('nan'))
     p, n, note = paired_test(a, ref)
-    return dict(diff=diff.mean(), ci_low=lo, ci_high=hi, p=p, n_pairs=n, note=note, a_mean=100 * both.a.mean(), b_mean=100 * both.b.mean())
+    return dict(diff=diff.mean(), ci_low=lo, ci_high=hi, p=p, n_pairs=n, note=note, a_mean=100 * both.a.mean(),
+                b_mean=100 * both.b.mean())
 
 def _num(v, fmt='{:.2f}') -> str: return fmt.format(v) if v is not None and np.isfinite(v) else 'n/a'
 
@@ -112,36 +126,43 @@ def seeds_markdown(
         'model': t.model, 'seeds': t.seeds, 'folds': t.folds,
         'DSC (%), mean over seeds': [_num(v) for v in t.dsc_mean],
         'seed SD': [_num(v) for v in t.seed_sd],
-        'lift vs Student (points) [95 % CI]': ['-' if ref(m) else f"{_num(d, '{:+.2f}')} [{_num(lo, '{:+.2f}')}, {_num(hi, '{:+.2f}')}]"
+        'lift vs Student (points) [95 % CI]': ['-' if ref(m) else f"{_num(d, '{:+.2f}')} [{_num(lo, '{:+.2f}')}, "
+                                                                  f"{_num(hi, '{:+.2f}')}]"
                                                for m, d, lo, hi in zip(t.model, t.lift, t.ci_low, t.ci_high)],
         'p': [fmt_p(p, d, ref(m)) for p, d, m in zip(t.p, t.lift, t.model)],
-        'p (Holm, 12 KD rows)': ['-' if ref(m) else fmt_p(p, d) if m in TABLE3 else 'not in family' for p, d, m in zip(t.p_holm, t.lift, t.model)],
+        'p (Holm, 12 KD rows)': ['-' if ref(m) else fmt_p(p, d) if m in TABLE3 else 'not in family'
+                                 for p, d, m in zip(t.p_holm, t.lift, t.model)],
         'verdict': t.verdict,
         'runs': ['-' if ref(m) else _num(n, '{:.0f}') for m, n in zip(t.model, t.runs)],
-        f"paper's protocol, seed {own}: lift, p": ['-' if ref(m) else f"{_num(d, '{:+.2f}')}, {fmt_p(p, d)}" for m, d, p in zip(t.model, t.lift_seed0, t.p_seed0)],
+        f"paper's protocol, seed {own}: lift, p": ['-' if ref(m) else f"{_num(d, '{:+.2f}')}, {fmt_p(p, d)}"
+                                                   for m, d, p in zip(t.model, t.lift_seed0, t.p_seed0)],
     })
     lines = ["# Table 4 over seeds", "", show.to_markdown(index=False, disable_numparse=True), "",
-             "- **folds**: the folds every seed of every row has run; only their test images count here (a seed run on more folds "
-             "would mix fold differences into the seed spread).",
-             "- **DSC**: each seed's mean per-image Dice over the test images of those folds, then the mean over seeds; "
-             "**seed SD**: the sample standard deviation of those seed means (n/a for one seed).",
-             "- **lift vs Student** (the primary analysis, `kdbus.stats.run_lift`): the mean of (this row's Dice - the Student's) over "
-             "runs paired by (fold, seed) and their test images; the 95 % CI and the two-sided **p** come from a crossed "
-             "random-effects model (run, image) with Satterthwaite's degrees of freedom, so they include run-to-run variance; "
-             "**runs**: the paired (fold, seed) runs. Replicates share the folds (the results folder's seed) and differ in initial "
-             "weights, batch order and augmentation; each seed's KD runs distil from that seed's Teacher.",
-             "- **p (Holm)**: Holm's adjustment over the fixed family of the 12 KD rows of Table 3 (a row not in the table counts as "
-             "untested, p = 1); the Teacher is outside the family. `↑`/`↓`: the sign of the lift; `*` p < 0.05, `**` p < 0.01.",
-             "- **verdict**: *lifts* / *lowers* when the Holm-adjusted p (the Teacher: its own p) is below 0.05, in the lift's "
-             "direction; *not shown* otherwise, which is not evidence of no lift.",
-             f"- **paper's protocol**: seed {own} alone, one trained model per fold: the mean per-image lift and the per-image "
-             "Wilcoxon signed-rank p (two-sided, paired by fold and image), uncorrected, as Table 4 and the paper report them. It "
-             "ignores run-to-run variance. The CSV also keeps `p_per_image`, the Wilcoxon test on seed-averaged per-image Dice of "
-             "kdbus's earlier seed table (it ignores run variance too)."]
+             "- **folds**: the folds every seed of every row has run; only their test images count here (a seed run on "
+             "more folds would mix fold differences into the seed spread).",
+             "- **DSC**: each seed's mean per-image Dice over the test images of those folds, then the mean over "
+             "seeds; **seed SD**: the sample standard deviation of those seed means (n/a for one seed).",
+             "- **lift vs Student** (the primary analysis, `kdbus.stats.run_lift`): the mean of (this row's Dice - the "
+             "Student's) over runs paired by (fold, seed) and their test images; the 95 % CI and the two-sided **p** "
+             "come from a crossed random-effects model (run, image) with Satterthwaite's degrees of freedom, so they "
+             "include run-to-run variance; **runs**: the paired (fold, seed) runs. Replicates share the folds (the "
+             "results folder's seed) and differ in initial weights, batch order and augmentation; each seed's KD runs "
+             "distil from that seed's Teacher.",
+             "- **p (Holm)**: Holm's adjustment over the fixed family of the 12 KD rows of Table 3 (a row not in the "
+             "table counts as untested, p = 1); the Teacher is outside the family. `↑`/`↓`: the sign of the lift; "
+             "`*` p < 0.05, `**` p < 0.01.",
+             "- **verdict**: *lifts* / *lowers* when the Holm-adjusted p (the Teacher: its own p) is below 0.05, in "
+             "the lift's direction; *not shown* otherwise, which is not evidence of no lift.",
+             f"- **paper's protocol**: seed {own} alone, one trained model per fold: the mean per-image lift and the "
+             "per-image Wilcoxon signed-rank p (two-sided, paired by fold and image), uncorrected, as Table 4 and the "
+             "paper report them. It ignores run-to-run variance. The CSV also keeps `p_per_image`, the Wilcoxon test "
+             "on seed-averaged per-image Dice of kdbus's earlier seed table (it ignores run variance too)."]
     if t.attrs.get('incomplete'):
-        lines += ["- **left out until their replicates are complete** (a row is shown once every seed of it has run every fold the "
-                  "Student's seeds ran; a partial row would shrink the whole table to the folds it shares): "
-                  + '; '.join(f"{m} (" + ', '.join(f"seed {s} lacks fold {','.join(map(str, f))}" for s, f in short.items()) + ")"
+        lines += ["- **left out until their replicates are complete** (a row is shown once every seed of it has run "
+                  "every fold the Student's seeds ran; a partial row would shrink the whole table to the folds it "
+                  "shares): "
+                  + '; '.join(f"{m} (" + ', '.join(f"seed {s} lacks fold {','.join(map(str, f))}"
+                                                   for s, f in short.items()) + ")"
                               for m, short in t.attrs['incomplete'].items())]
     if runs is not None and len(runs): lines += [runs_line(runs)]
     notes = [f"  - {m}: {n}" for m, n in zip(t.model, t.note) if isinstance(n, str) and n]
@@ -166,14 +187,17 @@ def lift_plot(
     paper_ref = PAPER_TABLE4['Student'][0]
     for y, row in t.iterrows():
         pts = run_lifts(runs[row.model][runs[row.model].fold.isin(folds)], ref)
-        ax.scatter(pts.lift, y + 0.12 * (pts.fold - np.mean(folds)), s=14, color=[colours[f] for f in pts.fold], zorder=3, alpha=0.85)
+        ax.scatter(pts.lift, y + 0.12 * (pts.fold - np.mean(folds)), s=14, color=[colours[f] for f in pts.fold],
+                   zorder=3, alpha=0.85)
         if np.isfinite(row.ci_low): ax.plot([row.ci_low, row.ci_high], [y, y], color='black', lw=2, zorder=2)
         ax.plot(row.lift, y, 'o', mfc='white', mec='black', ms=6, zorder=4)
-        if row.model in PAPER_TABLE4: ax.plot(PAPER_TABLE4[row.model][0] - paper_ref, y, 'D', color='tab:red', ms=5, zorder=4)
+        if row.model in PAPER_TABLE4:
+            ax.plot(PAPER_TABLE4[row.model][0] - paper_ref, y, 'D', color='tab:red', ms=5, zorder=4)
     ax.axvline(0, color='grey', lw=1, ls='--')
     ax.set_yticks(range(len(t)), [f"{m} ({v})" for m, v in zip(t.model, t.verdict)])
     ax.invert_yaxis()
-    ax.set(xlabel='lift over the Student (test DSC points)', title=f"per-run lifts (seeds {t.seeds.iloc[0]}, folds {t.folds.iloc[0]}) and run-level 95 % CIs")
+    ax.set(xlabel='lift over the Student (test DSC points)',
+           title=f"per-run lifts (seeds {t.seeds.iloc[0]}, folds {t.folds.iloc[0]}) and run-level 95 % CIs")
     handles = [plt.Line2D([], [], ls='', marker='o', color=colours[f], ms=4, label=f"a run, fold {f}") for f in folds]
     handles += [plt.Line2D([], [], color='black', lw=2, marker='o', mfc='white', label='mean, 95 % CI'),
                 plt.Line2D([], [], ls='', marker='D', color='tab:red', label="the paper's lift")]
@@ -183,55 +207,72 @@ def lift_plot(
 
 # %% ../nbs/10a_sweeps.ipynb #6fd18d17
 def _value_key(field: str, v):
-    "Plot order of a setting's values: stage -1 (the encoder output, the deepest) after the positive stages; student sizes smallest first."
+    """Plot order of a setting's values: stage -1 (the encoder output, the deepest) after the positive stages;
+    student sizes smallest first."""
     if field == 'student': return (0, list(STUDENT_SIZES).index(v) if v in STUDENT_SIZES else len(STUDENT_SIZES))
     return (1, 0) if field == 'stage' and v == -1 else (0, v)
 
 def sweep_table(
     df: pd.DataFrame,  # `kdbus.results.collect`'s rows
-) -> pd.DataFrame:  # one row per (run, settings) beyond the paper's, and the paper's settings of the same runs (empty if none)
-    "The sweep table: mean DSC with bootstrap CI per setting, and the paired comparison with the paper's setting of the same run."
+# one row per (run, settings) beyond the paper's, and the paper's settings of the same runs (empty if none)
+) -> pd.DataFrame:
+    """The sweep table: mean DSC with bootstrap CI per setting, and the paired comparison with the paper's setting of
+    the same run."""
     dice, seeds = seed_averaged(df)
     swept = [k for k in dice if k[1]]
     if not swept: return pd.DataFrame()
     rows = []
-    for key in sorted({(b, ()) for b, _ in swept if (b, ()) in dice} | set(swept), key=lambda k: (label_key(k[0]), len(k[1]), str(k[1]))):
+    for key in sorted({(b, ()) for b, _ in swept if (b, ()) in dice} | set(swept),
+                      key=lambda k: (label_key(k[0]), len(k[1]), str(k[1]))):
         base, named = key
         x = 100 * dice[key]
         lo, hi = bootstrap_ci(x)
-        row = dict(model=base, setting=', '.join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in named) or 'paper',
-                   field=named[0][0] if len(named) == 1 else ('' if not named else 'several'), value=named[0][1] if len(named) == 1 else None,
+        row = dict(model=base,
+                   setting=', '.join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in named) or 'paper',
+                   field=named[0][0] if len(named) == 1 else ('' if not named else 'several'),
+                   value=named[0][1] if len(named) == 1 else None,
                    dsc_mean=x.mean(), ci_low=lo, ci_high=hi, n_images=len(x), seeds=','.join(map(str, seeds[key])))
-        if named and (base, ()) in dice:  # the paper setting's runs of the same seeds: a seed's own noise is not a setting's effect
+        # the paper setting's runs of the same seeds: a seed's own noise is not a setting's effect
+        if named and (base, ()) in dice:
             mine = df[[settings_of(l)[:2] == key for l in df.label]]
-            same = df[np.array([settings_of(l)[:2] == (base, ()) for l in df.label]) & df.seed.isin(seeds[key]).to_numpy()]
+            same = df[np.array([settings_of(l)[:2] == (base, ()) for l in df.label]) & df.seed.isin(
+                seeds[key]).to_numpy()]
             ref = seed_averaged(same)[0].get((base, ())) if len(same) else None
             if ref is None: row.update(note=f"no run at the paper's settings with seed(s) {row['seeds']}: not compared")
             else:
                 c = _vs(dice[key], ref, ci=False)  # the row's own CI is that of its DSC
-                row.update(dsc_paired=c['a_mean'], paper_paired=c['b_mean'], diff_vs_paper=c['diff'], p_vs_paper=c['p'], n_pairs=c['n_pairs'], note=c['note'])
-                if c['n_pairs'] < len(x): row['note'] = '; '.join(filter(None, [row['note'], f"compared on the {c['n_pairs']} of its {len(x)} images the paper setting also tested"]))
+                row.update(dsc_paired=c['a_mean'], paper_paired=c['b_mean'], diff_vs_paper=c['diff'], p_vs_paper=c['p'],
+                           n_pairs=c['n_pairs'], note=c['note'])
+                if c['n_pairs'] < len(x):
+                    row['note'] = '; '.join(filter(None,
+                                                   [row['note'], f"compared on the {c['n_pairs']} of its {len(x)} "
+                                                                 "images the paper setting also tested"]))
                 r = run_lift(mine, same)
-                row.update(lift_run=r['lift'], lift_run_low=r['ci_low'], lift_run_high=r['ci_high'], p_run=r['p'], runs=r['runs'])
+                row.update(lift_run=r['lift'], lift_run_low=r['ci_low'], lift_run_high=r['ci_high'], p_run=r['p'],
+                           runs=r['runs'])
         rows.append(row)
     t = pd.DataFrame(rows)
-    for c in ('dsc_paired', 'paper_paired', 'diff_vs_paper', 'p_vs_paper', 'n_pairs', 'lift_run', 'lift_run_low', 'lift_run_high', 'p_run', 'runs', 'note'):
+    for c in ('dsc_paired', 'paper_paired', 'diff_vs_paper', 'p_vs_paper', 'n_pairs', 'lift_run', 'lift_run_low',
+              'lift_run_high', 'p_run', 'runs', 'note'):
         if c not in t: t[c] = np.nan
     t['p_holm'] = holm(t.p_vs_paper)
-    return t[['model', 'setting', 'field', 'value', 'dsc_mean', 'ci_low', 'ci_high', 'dsc_paired', 'paper_paired', 'diff_vs_paper', 'p_vs_paper', 'p_holm',
+    return t[['model', 'setting', 'field', 'value', 'dsc_mean', 'ci_low', 'ci_high', 'dsc_paired', 'paper_paired',
+              'diff_vs_paper', 'p_vs_paper', 'p_holm',
               'n_pairs', 'lift_run', 'lift_run_low', 'lift_run_high', 'p_run', 'runs', 'n_images', 'seeds', 'note']]
 
 def sweep_plot(
     df: pd.DataFrame,  # `kdbus.results.collect`'s rows
 ) -> Figure:
-    "DSC against each swept setting's value (one panel per setting), one line per Table 4 run, with bootstrap 95 % CIs over test images."
+    """DSC against each swept setting's value (one panel per setting), one line per Table 4 run, with bootstrap 95 %
+    CIs over test images."""
     dice, _ = seed_averaged(df)
     fields = [f for f in NAMED_FIELDS if any(len(k[1]) == 1 and k[1][0][0] == f for k in dice)]
     if not fields: raise ValueError("no run varies a single setting: nothing to plot")
     fig, axes = plt.subplots(1, len(fields), figsize=(4.6 * len(fields), 3.8), squeeze=False)
     for ax, f in zip(axes[0], fields):
         bases = sorted({k[0] for k in dice if len(k[1]) == 1 and k[1][0][0] == f}, key=label_key)
-        default = PROFILES['quick'][f] if f != 'student' else preset_size(PROFILES['quick']['model_preset'])  # the quick student's size: 's'
+        # the quick student's size: 's'
+        default = PROFILES['quick'][f] if f != 'student' else preset_size(PROFILES['quick']['model_preset'])
         parts = []
         for b in bases:
             for k, d in dice.items():
@@ -244,10 +285,13 @@ def sweep_plot(
         order = sorted(data.value.unique(), key=lambda v: _value_key(f, v))
         data['value'] = pd.Categorical(data.value, categories=order, ordered=True)
         with quiet_seaborn():
-            sns.pointplot(data=data, x='value', y='dsc', hue='run', hue_order=bases, palette=palette(bases), errorbar=('ci', 95),
+            sns.pointplot(data=data, x='value', y='dsc', hue='run', hue_order=bases, palette=palette(bases),
+                          errorbar=('ci', 95),
                           seed=0, n_boot=2000, dodge=0.25 if len(bases) > 1 else False, capsize=0.08, ax=ax)
         ticks = [f"{v:g}" if isinstance(v, float) else str(v) for v in order]
-        ax.set_xticks(range(len(order)), [t + (' (output)' if f == 'stage' and v == -1 else '') + (' *' if v == default else '') for t, v in zip(ticks, order)])
+        ax.set_xticks(range(len(order)),
+                      [t + (' (output)' if f == 'stage' and v == -1 else '') + (' *' if v == default else '')
+                       for t, v in zip(ticks, order)])
         ax.set(xlabel=f"{f} (* the paper's setting)", ylabel='test DSC (%)', title=f"sweep of {f}")
         ax.legend(fontsize=7, title=None)
     fig.tight_layout()
@@ -261,37 +305,44 @@ def sweep_markdown(
     paper = lambda s: s == 'paper'
     show = pd.DataFrame({
         'model': t.model, 'setting': t.setting, 'seeds': t.seeds,
-        'DSC (%) [95 % CI]': [f"{_num(m)} [{_num(lo)}, {_num(hi)}]" for m, lo, hi in zip(t.dsc_mean, t.ci_low, t.ci_high)],
-        'paper setting, same seeds and images': ['-' if paper(s) else _num(v) for s, v in zip(t.setting, t.paper_paired)],
+        'DSC (%) [95 % CI]': [f"{_num(m)} [{_num(lo)}, {_num(hi)}]"
+                              for m, lo, hi in zip(t.dsc_mean, t.ci_low, t.ci_high)],
+        'paper setting, same seeds and images': ['-' if paper(s) else _num(v)
+                                                 for s, v in zip(t.setting, t.paper_paired)],
         'difference (points)': ['-' if paper(s) else _num(d, '{:+.2f}') for s, d in zip(t.setting, t.diff_vs_paper)],
         'p per image': [fmt_p(p, d, paper(s)) for p, d, s in zip(t.p_vs_paper, t.diff_vs_paper, t.setting)],
         'p (Holm)': [fmt_p(p, d, paper(s)) for p, d, s in zip(t.p_holm, t.diff_vs_paper, t.setting)],
         'run-level lift [95 % CI], p': ['-' if paper(s) else 'n/a (one seed)' if not np.isfinite(p) else
-                                        f"{_num(l, '{:+.2f}')} [{_num(lo, '{:+.2f}')}, {_num(hi, '{:+.2f}')}], {fmt_p(p, l)}"
-                                        for s, l, lo, hi, p in zip(t.setting, t.lift_run, t.lift_run_low, t.lift_run_high, t.p_run)],
+                                        f"{_num(l, '{:+.2f}')} [{_num(lo, '{:+.2f}')}, "
+                                        f"{_num(hi, '{:+.2f}')}], {fmt_p(p, l)}"
+                                        for s, l, lo, hi, p in zip(t.setting, t.lift_run, t.lift_run_low,
+                                                                   t.lift_run_high, t.p_run)],
         'images': t.n_images,
     })
     lines = ["# Sweeps", "", show.to_markdown(index=False, disable_numparse=True), "",
-             "- **setting**: what differs from the paper's settings (T=1, alpha=0.5, stage=-1 the encoder output, kd_axis=channel); "
-             "`paper`: the run at the paper's settings, the reference of its rows.",
-             "- **DSC**: mean per-image Dice over all test images of all folds (each image's Dice averaged over the seeds listed), "
-             "with scipy's BCa bootstrap 95 % CI over images (9999 resamples, seed 0).",
-             "- **paper setting, same seeds and images**: the same run at the paper's settings, its Dice averaged over the row's seeds "
-             "only and over the row's test images only (a row of seed 0 on fold 0 against the paper setting's seed 0 on fold 0); "
-             "the `paper` rows above list the paper setting over all its seeds, which is not what a swept row is compared with. "
-             "**difference** = the row's DSC minus that column.",
-             "- **p per image**: Wilcoxon signed-rank test, two-sided, paired by (fold, image id): the paper's protocol; with one seed it "
-             "compares one trained model per fold with another and ignores run-to-run variance, so it speaks of these models, not of "
-             "the setting. **p (Holm)**: Holm's adjustment over the rows of this table. `↑`/`↓` the sign, `*` p < 0.05, `**` p < 0.01.",
-             "- **run-level lift**: `kdbus.stats.run_lift` (runs paired by fold and seed; CI and p include run-to-run variance), "
-             "where the row has more than one seed; n/a with one seed, whose run-to-run variance is unknown."]
+             "- **setting**: what differs from the paper's settings (T=1, alpha=0.5, stage=-1 the encoder output, "
+             "kd_axis=channel); `paper`: the run at the paper's settings, the reference of its rows.",
+             "- **DSC**: mean per-image Dice over all test images of all folds (each image's Dice averaged over the "
+             "seeds listed), with scipy's BCa bootstrap 95 % CI over images (9999 resamples, seed 0).",
+             "- **paper setting, same seeds and images**: the same run at the paper's settings, its Dice averaged over "
+             "the row's seeds only and over the row's test images only (a row of seed 0 on fold 0 against the paper "
+             "setting's seed 0 on fold 0); the `paper` rows above list the paper setting over all its seeds, which is "
+             "not what a swept row is compared with. **difference** = the row's DSC minus that column.",
+             "- **p per image**: Wilcoxon signed-rank test, two-sided, paired by (fold, image id): the paper's "
+             "protocol; with one seed it compares one trained model per fold with another and ignores run-to-run "
+             "variance, so it speaks of these models, not of the setting. **p (Holm)**: Holm's adjustment over the "
+             "rows of this table. `↑`/`↓` the sign, `*` p < 0.05, `**` p < 0.01.",
+             "- **run-level lift**: `kdbus.stats.run_lift` (runs paired by fold and seed; CI and p include run-to-run "
+             "variance), where the row has more than one seed; n/a with one seed, whose run-to-run variance is "
+             "unknown."]
     if runs is not None and len(runs): lines += [runs_line(runs)]
     notes = [f"  - {m} {s}: {n}" for m, s, n in zip(t.model, t.setting, t.note) if isinstance(n, str) and n]
     if notes: lines += ["- notes:"] + notes
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/10a_sweeps.ipynb #6ffa404a
-SWEEP_FILES = ('sweep.csv', 'sweep.md', 'sweep.png', 'table4_seeds.csv', 'table4_seeds.md', 'lifts.png')  # what `write_sweep_report` may write
+# what `write_sweep_report` may write
+SWEEP_FILES = ('sweep.csv', 'sweep.md', 'sweep.png', 'table4_seeds.csv', 'table4_seeds.md', 'lifts.png')
 
 def write_sweep_report(
     df: pd.DataFrame,  # `kdbus.results.collect`'s rows (every run of the folder)
@@ -312,7 +363,8 @@ def write_sweep_report(
     tt = seeds_table(df)
     if len(tt):
         runs = run_summary(df[[not settings_of(l)[1] and settings_of(l)[0] in ALL_RUNS for l in df.label]])
-        atomic_write(out/'table4_seeds.csv', tt.to_csv(index=False)); atomic_write(out/'table4_seeds.md', seeds_markdown(tt, runs))
+        atomic_write(out/'table4_seeds.csv', tt.to_csv(index=False))
+        atomic_write(out/'table4_seeds.md', seeds_markdown(tt, runs))
         written += [out/'table4_seeds.csv', out/'table4_seeds.md']
         if 'Student' in set(tt.model) and (tt.model != 'Student').any():  # lifts are over the Student
             fig = lift_plot(df, tt)

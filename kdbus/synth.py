@@ -46,10 +46,12 @@ class SynthParams:
                 raise ValueError(f"SynthParams.{name}={v!r}: expected a pair (low, high) of numbers with low <= high")
             object.__setattr__(self, name, tuple(v))
         if self.width[0] < 128 or self.height[0] < 128:
-            raise ValueError(f"SynthParams: width and height must be >= 128 px, got width={self.width}, height={self.height}")
+            raise ValueError(f"SynthParams: width and height must be >= 128 px, got width={self.width}, "
+                             f"height={self.height}")
         if not (20 <= self.dynamic_range_db[0] and self.dynamic_range_db[1] <= 100):
             raise ValueError(f"SynthParams.dynamic_range_db={self.dynamic_range_db}: expected values in [20, 100] dB")
-        for name, lo, hi in (("malignant_frac", 0, 1), ("area_median", 0.001, 0.25), ("area_spread", 0, 2), ("difficulty", 0, 1)):
+        for name, lo, hi in (("malignant_frac", 0, 1), ("area_median", 0.001, 0.25), ("area_spread", 0, 2),
+                             ("difficulty", 0, 1)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
                 raise ValueError(f"SynthParams.{name}={v!r}: expected a number in [{lo}, {hi}]")
@@ -83,7 +85,8 @@ def speckle_envelope(shape: tuple[int, int] = (256, 256),  # patch size, px
                      psf: np.ndarray | None = None,  # point-spread function; `gabor_psf()` if None
                     ) -> np.ndarray:
     "Envelope (magnitude of the complex echo signal) of a homogeneous patch of unit echogenicity."
-    return np.abs(scatter_rf(np.random.default_rng(seed), np.ones(shape, np.float32), gabor_psf() if psf is None else psf))
+    return np.abs(
+        scatter_rf(np.random.default_rng(seed), np.ones(shape, np.float32), gabor_psf() if psf is None else psf))
 
 # %% ../nbs/00_synth.ipynb #31ffbd42
 def log_compress(envelope: np.ndarray,  # echo envelope (linear amplitude), any shape
@@ -173,7 +176,8 @@ def breast_layers(rng: np.random.Generator,  # random source
     spec = (rng.uniform(1.0, 2.5) * line(skin_top) + rng.uniform(0.5, 1.2) * line(skin_bot)
             + rng.uniform(0.5, 1.5) * line(gland_bot)) * np.clip(1 + 0.5 * smooth_noise(rng, sh, (1, 15)), 0, None)
     mu = 0.8 + 0.3 * below(fat_bot) - 0.3 * below(retro) + 0.5 * below(gland_bot)
-    depths = dict(skin_top=float(skin_top.mean()), fat_bottom=float(fat_bot.mean()), gland_bottom=float(gland_bot.mean()))
+    depths = dict(skin_top=float(skin_top.mean()), fat_bottom=float(fat_bot.mean()),
+                  gland_bottom=float(gland_bot.mean()))
     return echo.astype(np.float32), spec.astype(np.float32), mu.astype(np.float32), depths
 
 # %% ../nbs/00_synth.ipynb #768b3958
@@ -247,7 +251,8 @@ def synth_case(seed: int | np.random.SeedSequence | np.random.Generator = 0,  # 
     if label is not None and label not in CLASSES:
         raise ValueError(f"synth_case: label must be one of {CLASSES} or None, got {label!r}")
     p = SynthParams() if params is None else params
-    if not isinstance(p, SynthParams): raise TypeError(f"synth_case: params must be a SynthParams, got {type(p).__name__}")
+    if not isinstance(p, SynthParams):
+        raise TypeError(f"synth_case: params must be a SynthParams, got {type(p).__name__}")
     rng, d = _as_rng(seed), p.difficulty
     if label is None: label = CLASSES[int(rng.random() < p.malignant_frac)]
     W, H = int(rng.integers(p.width[0], p.width[1] + 1)), int(rng.integers(p.height[0], p.height[1] + 1))
@@ -311,7 +316,8 @@ def synth_case(seed: int | np.random.SeedSequence | np.random.Generator = 0,  # 
         for ex in (cx - rx, cx + rx): extra_db[row] += rng.uniform(3, 8) * np.exp(-((x[0] - ex) / 3)**2)
     # propagation: attenuation integrated down each scan line, blurred by the beam width
     cum = ndimage.gaussian_filter1d(np.cumsum(mu * (a_tot / H) * px + extra_db, axis=0), 1.5, axis=1)
-    full = lambda m: np.asarray(Image.fromarray(np.ascontiguousarray(m, np.float32), "F").resize((W, H), Image.BILINEAR))
+    full = lambda m: np.asarray(
+        Image.fromarray(np.ascontiguousarray(m, np.float32), "F").resize((W, H), Image.BILINEAR))
     amp_db, spec_full = full(echo - cum), full(spec * 10 ** (-cum / 20))
     psf = gabor_psf(rng.uniform(1.0, 1.6), rng.uniform(2.0, 3.5), rng.uniform(0.15, 0.25))
     rf = scatter_rf(rng, 10 ** (amp_db / 20), psf, spec_full)
@@ -341,7 +347,8 @@ def posterior_contrast(image: np.ndarray,  # grey image H x W (or H x W x C; cha
                        mask: np.ndarray,  # lesion mask H x W, nonzero = lesion
                        gap: float = 0.25,  # lateral gap between lesion and reference bands, fraction of lesion width
                       ) -> float:
-    "Mean grey level right below the lesion minus beside it at the same depth (> 0 enhancement, < 0 shadow); nan if no room."
+    """Mean grey level right below the lesion minus beside it at the same depth (> 0 enhancement, < 0 shadow); nan if
+    no room."""
     image, mask = np.asarray(image, np.float64), np.asarray(mask) > 0
     if image.ndim == 3: image = image[..., 0]
     if image.shape != mask.shape:
@@ -429,10 +436,12 @@ def write_synth(out_dir: str | os.PathLike,  # folder to create; an empty one or
     "Write a synthetic set in the UDIAT layout (original/, GT/, labels.csv) plus synth.json; return its folder."
     _check_int("n", n, 1, 999_999); _check_int("seed", seed, 0, 2**63 - 1)
     p = SynthParams() if params is None else params
-    if not isinstance(p, SynthParams): raise TypeError(f"write_synth: params must be a SynthParams, got {type(p).__name__}")
+    if not isinstance(p, SynthParams):
+        raise TypeError(f"write_synth: params must be a SynthParams, got {type(p).__name__}")
     out = Path(out_dir)
     labels = case_labels(n, seed, p.malignant_frac)
-    record = json.loads(json.dumps(dict(generator=GENERATOR, version=SYNTH_VERSION, n=int(n), seed=int(seed), params=asdict(p),
+    record = json.loads(json.dumps(dict(generator=GENERATOR, version=SYNTH_VERSION, n=int(n), seed=int(seed),
+                                        params=asdict(p),
                                         counts={lab: labels.count(lab) for lab in CLASSES})))
     if out.exists() or out.is_symlink():
         if not out.is_dir() or out.is_symlink():
@@ -458,7 +467,8 @@ def write_synth(out_dir: str | os.PathLike,  # folder to create; an empty one or
         try: _move_into_place(tmp, out)
         except OSError as e:  # `out` appeared meanwhile: another process wrote a set there
             if not (read_synth_record(out) == record and _complete(out, n)):
-                raise FileExistsError(f"write_synth: {out} was created by someone else while writing; not replaced") from e
+                raise FileExistsError(f"write_synth: {out} was created by someone else while "
+                                      "writing; not replaced") from e
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # gone already after a successful move
     return out

@@ -48,7 +48,9 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
                  data: str, # data set spec the runs claim (images and masks are read from it), e.g. 'udiat:/tmp/synth'
                  size: int = 64, # evaluation size S (pixels)
                  n_folds: int = 2, # folds 0..n_folds-1
-                 labels: Sequence[str] = ALL_RUNS, # the run folders to write: Table 4 rows, maybe with settings and a seed ('L_KLD_WAug+student=xs+seed=1')
+                 # the run folders to write: Table 4 rows, maybe with
+                 # settings and a seed ('L_KLD_WAug+student=xs+seed=1')
+                 labels: Sequence[str] = ALL_RUNS,
                  incomplete: Sequence[tuple[str, int]] = (), # (label, fold) runs written without metrics.json
                  k_folds: int = 5, # partition of `make_folds` (as the grid's)
                  seed: int = 0, # seed of the folds and of the made-up numbers
@@ -60,10 +62,12 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
     for li, label in enumerate(labels):
         base, *parts = label.split('+')
         named = {k: (int(v) if k == 'seed' else NAMED_TYPES[k](v)) for k, _, v in (p.partition('=') for p in parts)}
-        quality = PAPER_TABLE4.get(base, (75.0,))[0] - 8 * list(STUDENT_SIZES)[::-1].index(named.get('student', 'm'))  # smaller: worse
+        # smaller: worse
+        quality = PAPER_TABLE4.get(base, (75.0,))[0] - 8 * list(STUDENT_SIZES)[::-1].index(named.get('student', 'm'))
         miss = 1.6 * (100 - quality) / 100
         kd = base in TABLE3
-        params = (_size_params(named['student']) if 'student' in named else 82_000_000 if base == 'Teacher' else 820_000)
+        params = (
+            _size_params(named['student']) if 'student' in named else 82_000_000 if base == 'Teacher' else 820_000)
         for k, fold in enumerate(folds):
             run = out/label/f"fold{k}"; run.mkdir(parents=True, exist_ok=True)
             rng = np.random.default_rng([seed, li, k, named.get('seed', 0)])
@@ -71,9 +75,11 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
             preds = np.stack([_fake_prediction(d.masks[i], rng, miss) for i in test])
             rows = []
             for i, p in zip(test, preds):
-                dice, iou = (float(v[0]) for v in dice_iou(torch.from_numpy(p[None]), torch.from_numpy(d.masks[i][None].astype(bool))))
+                dice, iou = (float(v[0]) for v in dice_iou(torch.from_numpy(p[None]),
+                                                           torch.from_numpy(d.masks[i][None].astype(bool))))
                 rows.append(dict(id=d.ids[i], **{'class': d.labels[i]}, dice=dice, iou=iou,
-                                 pred_area=int(p.sum()), gt_area=int(d.masks[i].sum()), hd95=hd95(p, d.masks[i].astype(bool))))
+                                 pred_area=int(p.sum()), gt_area=int(d.masks[i].sum()),
+                                 hd95=hd95(p, d.masks[i].astype(bool))))
             per_image = pd.DataFrame(rows)
             epochs = 6 + li % 5
             e = np.arange(1, epochs + 1)
@@ -83,8 +89,10 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
             history = pd.DataFrame(dict(epoch=e, train_loss=0.5 * sup + 0.5 * kd_term if kd else sup, train_sup=sup,
                                         train_kd=kd_term, val_loss=val_loss,
                                         val_dice=per_image.dice.mean() * (1 - np.exp(-e / 2)), lr=1e-4, seconds=1.0))
-            config = dict(label=base, **label_params(base), **{f: v for f, v in named.items() if f != 'seed'}, fold=k, data=str(data),
-                          profile='fake', seed=named.get('seed', seed), **({'split_seed': seed} if 'seed' in named else {}),
+            config = dict(label=base, **label_params(base), **{f: v for f, v in named.items() if f != 'seed'}, fold=k,
+                          data=str(data),
+                          profile='fake', seed=named.get('seed', seed),
+                          **({'split_seed': seed} if 'seed' in named else {}),
                           out_dir=str(out), size=size, k_folds=k_folds, n_folds=n_folds, fake=True)
             atomic_write(run/CONFIG, json.dumps(config, indent=1))
             atomic_write(run/ENV, json.dumps(dict(fake=True), indent=1))
@@ -93,7 +101,8 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
             np.savez_compressed(run/PREDICTIONS, ids=np.array([d.ids[i] for i in test]),
                                 masks=np.packbits(preds.astype(bool)), shape=np.array(preds.shape))
             if (label, k) in set(map(tuple, incomplete)): continue
-            metrics = dict(label=base, run=label, fold=k, dice_mean=float(per_image.dice.mean()), dice_std=float(per_image.dice.std(ddof=0)),
+            metrics = dict(label=base, run=label, fold=k, dice_mean=float(per_image.dice.mean()),
+                           dice_std=float(per_image.dice.std(ddof=0)),
                            iou_mean=float(per_image.iou.mean()), n_test=len(per_image),
                            params=params, regressor_params=12_345 if base.startswith('HReg') else 0,
                            best_epoch=int(np.argmin(val_loss)) + 1, epochs_run=epochs, seconds=float(epochs),
@@ -107,9 +116,11 @@ def fake_execute(
     out: str|Path,  # results folder
     teacher_seconds: float = 2.0,  # how long a Teacher "trains": a KD run started too early would see no teacher
 ) -> None:
-    "Stand-in for `kdbus.jobs.execute_job` (tests, lessons): `teacher_seen`, then `best.pt` and `metrics.json` in the run folder."
+    """Stand-in for `kdbus.jobs.execute_job` (tests, lessons): `teacher_seen`, then `best.pt` and `metrics.json` in
+    the run folder."""
     import time
     d = job.run_dir(out)
-    (d / 'teacher_seen').write_text(str((Path(out) / (job.teacher or 'Teacher') / f"fold{job.fold}" / METRICS).is_file()))
+    (d / 'teacher_seen').write_text(
+        str((Path(out) / (job.teacher or 'Teacher') / f"fold{job.fold}" / METRICS).is_file()))
     if job.label.startswith('Teacher'): time.sleep(teacher_seconds)
     for f in (BEST, METRICS): (d / f).write_text('{}')

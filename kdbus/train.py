@@ -39,8 +39,10 @@ def pick_device(
     if device == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     d = torch.device(device)
     if d.type == 'cuda' and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"device={device!r}: no such CUDA device ({torch.cuda.device_count()} visible); use device='auto' or 'cpu'")
-    if d.type == 'mps' and not torch.backends.mps.is_available(): raise ValueError(f"device={device!r}: MPS is not available; use 'auto' or 'cpu'")
+        raise ValueError(f"device={device!r}: no such CUDA device ({torch.cuda.device_count()} visible); use "
+                         "device='auto' or 'cpu'")
+    if d.type == 'mps' and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r}: MPS is not available; use 'auto' or 'cpu'")
     return d
 
 def loader_workers(
@@ -55,7 +57,8 @@ def amp_dtype(
     cfg: RunConfig,  # the run (`amp`)
     device: torch.device,  # where it trains
 ) -> torch.dtype|None:  # the autocast dtype, or None: float32 throughout
-    "Mixed precision of a run: for `amp='auto'` bf16 on a CUDA GPU that has it, else fp16 (with a gradient scaler), and none off CUDA."
+    """Mixed precision of a run: for `amp='auto'` bf16 on a CUDA GPU that has it, else fp16 (with a gradient scaler),
+    and none off CUDA."""
     if cfg.amp == 'off' or (cfg.amp == 'auto' and device.type != 'cuda'): return None
     if cfg.amp == 'fp16' or (cfg.amp == 'auto' and not torch.cuda.is_bf16_supported()): return torch.float16
     return torch.bfloat16
@@ -64,8 +67,10 @@ def memory_format(
     cfg: RunConfig,  # the run (`channels_last`)
     device: torch.device,  # where it trains
 ) -> torch.memory_format:
-    "The layout of a run's models and batches: channels-last for `'on'`, or `'auto'` on CUDA (where cuDNN's convolutions prefer it); else contiguous."
-    return torch.channels_last if cfg.channels_last == 'on' or (cfg.channels_last == 'auto' and device.type == 'cuda') else torch.contiguous_format
+    """The layout of a run's models and batches: channels-last for `'on'`, or `'auto'` on CUDA (where cuDNN's
+    convolutions prefer it); else contiguous."""
+    return (torch.channels_last if cfg.channels_last == 'on'
+            or (cfg.channels_last == 'auto' and device.type == 'cuda') else torch.contiguous_format)
 
 # %% ../nbs/07_train.ipynb #b15669eb
 def weights_hash(
@@ -76,7 +81,8 @@ def weights_hash(
     h = hashlib.sha256()
     for k in sorted(state):
         t = state[k].detach().cpu().contiguous()
-        h.update(f"{k}:{tuple(t.shape)}:{t.dtype};".encode()); h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b'')
+        h.update(f"{k}:{tuple(t.shape)}:{t.dtype};".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b'')
     return h.hexdigest()
 
 # %% ../nbs/07_train.ipynb #dc52821a
@@ -106,7 +112,8 @@ def build_step(
 ) -> nn.Module:  # `Baseline` or `Distiller`; the trained model is `.student`
     "Build the run's model(s) from `torch.manual_seed(cfg.seed)` and wrap them for `fit`."
     tspec, sspec = cfg.specs()
-    if cfg.is_kd and teacher is None: raise ValueError(f"run {cfg.label} distils: pass its trained teacher (see kdbus.experiment.ensure_teacher)")
+    if cfg.is_kd and teacher is None:
+        raise ValueError(f"run {cfg.label} distils: pass its trained teacher (see kdbus.experiment.ensure_teacher)")
     torch.manual_seed(cfg.seed)
     if cfg.path == 'teacher': return Baseline(build_model(tspec, device), cfg.sup_loss)
     student = build_model(sspec, device)
@@ -124,7 +131,8 @@ def load_model(
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: checkpoint not found")
     ck = torch.load(path, map_location='cpu', weights_only=True)
-    if not isinstance(ck, dict) or not {'model', 'spec'} <= set(ck): raise ValueError(f"{path}: not a kdbus best.pt checkpoint (expected the keys 'model' and 'spec')")
+    if not isinstance(ck, dict) or not {'model', 'spec'} <= set(ck):
+        raise ValueError(f"{path}: not a kdbus best.pt checkpoint (expected the keys 'model' and 'spec')")
     spec = ModelSpec.from_dict(ck['spec'])
     model = build_model(spec.replace(encoder_weights=None), device)
     model.load_state_dict(ck['model'])
@@ -137,7 +145,8 @@ def validate(
     model: nn.Module,  # the trained model
     loader: DataLoader,  # validation batches (`KDDataset(..., train=False)`)
     sup: str = 'ce',  # the loss: the run's `L_sup` (`kdbus.losses.sup_loss`)
-) -> tuple[float, float, float]:  # (L_sup over all pixels, mean per-image Dice, share of images with a predicted lesion)
+# (L_sup over all pixels, mean per-image Dice, share of images with a predicted lesion)
+) -> tuple[float, float, float]:
     "Validation loss (`L_sup`), mean Dice and share of non-empty predictions of `model`, in eval mode."
     was = model.training; model.eval()
     device = next(model.parameters()).device
@@ -153,7 +162,8 @@ def validate(
     return loss / max(n, 1), float(torch.cat(dice).mean()) if dice else float('nan'), found / n if n else float('nan')
 
 # %% ../nbs/07_train.ipynb #a669e4d1
-HISTORY_COLUMNS = ('epoch', 'train_loss', 'train_sup', 'train_kd', 'val_loss', 'val_dice', 'val_nonempty', 'lr', 'seconds')
+HISTORY_COLUMNS = ('epoch', 'train_loss', 'train_sup', 'train_kd', 'val_loss', 'val_dice', 'val_nonempty', 'lr',
+                   'seconds')
 
 class NonFiniteLoss(FloatingPointError):
     "A loss term became NaN or infinite; the run stopped before using it."
@@ -166,7 +176,9 @@ class FitResult:
     best_epoch: int  # epoch of the kept checkpoint (from 1): the best `cfg.select` score among non-collapsed epochs
     best_val_loss: float  # the validation loss of that epoch
     best_val_dice: float  # the validation Dice of that epoch
-    collapsed: bool  # the kept model finds no lesion on the validation part (though it has lesions), or none better than the full mask: see `Selector`
+    # the kept model finds no lesion on the validation part (though it
+    # has lesions), or none better than the full mask: see `Selector`
+    collapsed: bool
     epochs_run: int  # epochs trained, over all resumptions
     stopped: str  # 'early' (patience ran out) or 'max_epochs'
     seconds: float  # training time over all resumptions (sum of the epochs' seconds)
@@ -182,7 +194,8 @@ def batch_order(
     return np.random.default_rng([seed, epoch]).permutation(n).tolist()
 
 class EpochOrder(torch.utils.data.Sampler):
-    "`batch_order` as a sampler of (epoch, index) pairs: the epoch travels with each index, so persistent DataLoader workers (which keep their own copy of the dataset) draw that epoch's augmentation."
+    """`batch_order` as a sampler of (epoch, index) pairs: the epoch travels with each index, so persistent
+    DataLoader workers (which keep their own copy of the dataset) draw that epoch's augmentation."""
     def __init__(self, seed: int, n: int): self.seed, self.n, self.epoch = seed, n, 1
     def set_epoch(self, epoch: int): self.epoch = int(epoch)
     def __len__(self): return self.n
@@ -191,9 +204,11 @@ class EpochOrder(torch.utils.data.Sampler):
 def _check_finite(values: dict, epoch: int, batch: int|str|None, terms: tuple, where: str):
     for k in terms:
         if not math.isfinite(values[k]):
-            at = (f"epoch {epoch}, validation" if batch is None else f"epoch {epoch}, batch {batch}" if isinstance(batch, int)
+            at = (f"epoch {epoch}, validation" if batch is None else f"epoch {epoch}, batch {batch}"
+                  if isinstance(batch, int)
                   else f"epoch {epoch}, {batch}")
-            shown = ', '.join(f"{t}={values[t]:.4g}" for t in values if t != k and not (t == 'kd' and 'kd' not in terms))
+            shown = ', '.join(f"{t}={values[t]:.4g}" for t in values if t != k
+                              and not (t == 'kd' and 'kd' not in terms))
             raise NonFiniteLoss(f"non-finite loss at {at}: {k}={values[k]} ({shown}); {where}")
 
 # %% ../nbs/07_train.ipynb #d0b385f3
@@ -202,25 +217,29 @@ def lr_at(
     step: int,  # optimiser step of the run, from 0
     steps_per_epoch: int,  # optimiser steps in one epoch
 ) -> float:
-    "The learning rate of optimiser step `step`: linear warm-up over `cfg.warmup_epochs`, then constant or cosine decay to 0 at `cfg.epochs`."
+    """The learning rate of optimiser step `step`: linear warm-up over `cfg.warmup_epochs`, then constant or cosine
+    decay to 0 at `cfg.epochs`."""
     warm, total = cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch
     if step < warm: return cfg.lr * (step + 1) / warm
     if cfg.lr_schedule == 'constant': return cfg.lr
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(total - warm, 1)))
 
 # %% ../nbs/07_train.ipynb #9236273e
-SEGMENTS_DICE = 0.05  # below this mean validation Dice a model counts as collapsed: it finds no lesion (uninformative specks score ~0.01)
+# below this mean validation Dice a model counts as collapsed: it finds no lesion (uninformative specks score ~0.01)
+SEGMENTS_DICE = 0.05
 
 def full_mask_dice(
     masks,  # validation masks, N x H x W (array or tensor; lesion = 1)
 ) -> float:  # the mean per-image Dice of marking every pixel as lesion
-    "The validation Dice of the trivial model that marks the whole image as lesion: a model must beat it to count as segmenting."
+    """The validation Dice of the trivial model that marks the whole image as lesion: a model must beat it to count
+    as segmenting."""
     m = torch.as_tensor(np.asarray(masks)) == 1
     return float(dice_iou(torch.ones_like(m), m)[0].mean()) if len(m) else 0.0
 
 @dataclass
 class Selector:
-    "Keeps the best epoch by `select` (a model that segments beats a collapsed one); counts patience after warm-up, once a model segments, while nothing improves."
+    """Keeps the best epoch by `select` (a model that segments beats a collapsed one); counts patience after warm-up,
+    once a model segments, while nothing improves."""
     select: str  # 'val_loss' (lowest) or 'val_dice' (highest)
     patience: int  # counted epochs without a better one before the run stops
     warmup_epochs: int = 0  # the first epochs, never counted for patience
@@ -232,7 +251,8 @@ class Selector:
 
     def score(self, row: dict) -> tuple[bool, float]:  # (segments, score), compared as a tuple: higher is better
         "How good the model of one history row is."
-        segments = not self.val_has_lesion or (row['val_nonempty'] > 0 and row['val_dice'] >= SEGMENTS_DICE and row['val_dice'] > self.full_dice)
+        segments = not self.val_has_lesion or (row['val_nonempty'] > 0 and row['val_dice'] >= SEGMENTS_DICE
+                                               and row['val_dice'] > self.full_dice)
         return segments, (row['val_dice'] if self.select == 'val_dice' else -row['val_loss'])
 
     def update(self, row: dict) -> bool:
@@ -240,7 +260,8 @@ class Selector:
         now, lower = self.score(row), row['val_loss'] < self.low_loss
         self.low_loss = min(self.low_loss, float(row['val_loss']))
         if self.best is None or now > tuple(self.best['score']):
-            self.best, self.bad = dict(epoch=int(row['epoch']), score=list(now), val_loss=float(row['val_loss']), val_dice=float(row['val_dice'])), 0
+            self.best, self.bad = dict(epoch=int(row['epoch']), score=list(now), val_loss=float(row['val_loss']),
+                                       val_dice=float(row['val_dice'])), 0
             return True
         if lower: self.bad = 0  # still learning: the validation loss (the paper's criterion) went down
         elif row['epoch'] > self.warmup_epochs and self.best['score'][0]: self.bad += 1
@@ -253,7 +274,8 @@ class Selector:
 
     @property
     def collapsed(self) -> bool:
-        "Whether the best model so far finds no lesion: it predicts none, nothing that overlaps them (validation Dice < `SEGMENTS_DICE`), or no better than marking every pixel (`full_dice`)."
+        """Whether the best model so far finds no lesion: it predicts none, nothing that overlaps them (validation
+        Dice < `SEGMENTS_DICE`), or no better than marking every pixel (`full_dice`)."""
         return self.best is not None and not self.best['score'][0]
 
 # %% ../nbs/07_train.ipynb #df283e7e
@@ -261,14 +283,18 @@ def saved_identity(
     identity: dict,  # the identity a checkpoint was saved with
     cfg: RunConfig,  # the run resuming from it
 ) -> dict:  # `identity` with the `LEGACY_FIELDS` it predates filled in (where they decide `cfg`'s run)
-    "A checkpoint's identity as the current kdbus reads it: a run started before a field existed resumes with the value it was made with."
+    """A checkpoint's identity as the current kdbus reads it: a run started before a field existed resumes with the
+    value it was made with."""
     now = cfg.identity()  # a field that no longer decides this run (e.g. T of an MSE run) is not compared
-    return {k: v for k, v in {**{k: v for k, v in LEGACY_FIELDS.items() if k in now and k not in identity}, **identity}.items() if k in now}
+    return {k: v for k, v in {**{k: v for k, v in LEGACY_FIELDS.items() if k in now and k not in identity},
+                              **identity}.items() if k in now}
 
-WEAK_ONLY = AugSettings(p_affine=0.0, p_noise=0.0, p_dropout=0.0)  # the strong transforms off: the weak augmentation (random crop) alone
+# the strong transforms off: the weak augmentation (random crop) alone
+WEAK_ONLY = AugSettings(p_affine=0.0, p_noise=0.0, p_dropout=0.0)
 
 def train_aug(cfg: RunConfig) -> AugSettings:
-    "The augmentation settings a run trains with: `WEAK_ONLY` for a Teacher run with `teacher_train_aug='weak'`, else the defaults (strong)."
+    """The augmentation settings a run trains with: `WEAK_ONLY` for a Teacher run with `teacher_train_aug='weak'`,
+    else the defaults (strong)."""
     return WEAK_ONLY if cfg.path == 'teacher' and cfg.teacher_train_aug == 'weak' else AugSettings()
 
 def fit(
@@ -287,10 +313,12 @@ def fit(
     opt = torch.optim.Adam(step.parameters(), lr=cfg.lr)
     workers, amp, fmt = loader_workers(cfg, device), amp_dtype(cfg, device), memory_format(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)  # fp16 only: bf16 has float32's range
-    if device.type == 'cuda': torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
+    # fixed input sizes: let cuDNN pick its fastest kernels
+    if device.type == 'cuda': torch.backends.cudnn.benchmark = True
     if fmt == torch.channels_last: step.to(memory_format=fmt)
     layout = lambda v: v.contiguous(memory_format=fmt) if v.ndim == 4 and fmt == torch.channels_last else v
-    train_ds = KDDataset(train.images, train.masks, teacher_aug=cfg.teacher_aug or 'strong', seed=cfg.seed, settings=train_aug(cfg))
+    train_ds = KDDataset(train.images, train.masks, teacher_aug=cfg.teacher_aug or 'strong', seed=cfg.seed,
+                         settings=train_aug(cfg))
     val_dl = DataLoader(KDDataset(val.images, val.masks, train=False), batch_size=cfg.batch_size, num_workers=workers)
     drop_last = len(train_ds) > cfg.batch_size and len(train_ds) % cfg.batch_size == 1
     per_epoch = len(train_ds) // cfg.batch_size if drop_last else math.ceil(len(train_ds) / cfg.batch_size)
@@ -305,12 +333,19 @@ def fit(
         saved, now = saved_identity(ck.get('identity', {}), cfg), cfg.identity()
         if saved != now:
             diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-            raise ValueError(f"{last_pt} belongs to a different run (differs in {diff}); delete the run folder or use another out_dir")
+            raise ValueError(f"{last_pt} belongs to a different run (differs in {diff}); delete the run folder "
+                             "or use another out_dir")
         step.load_state_dict(ck['model']); opt.load_state_dict(ck['optimizer']); torch.set_rng_state(ck['rng'])
-        history, epoch0, sel.best, sel.bad, sel.low_loss, stopped = (ck[k] for k in ('history', 'epoch', 'best', 'bad_epochs', 'low_loss', 'stopped'))
-        if not best_pt.exists(): raise FileNotFoundError(f"{best_pt} is missing but {last_pt} is there; delete the run folder to train it again")
-    where = lambda: f"run {cfg.label} fold {cfg.fold} stopped; " + (f"the last good checkpoint is {last_pt} (epoch {epoch0})" if epoch0 else "no epoch had finished, so there is no checkpoint")
-    bar = tqdm(total=cfg.epochs, initial=epoch0, desc=f"{cfg.label} fold{cfg.fold}", unit='epoch', disable=not progress, mininterval=1, dynamic_ncols=True)
+        history, epoch0, sel.best, sel.bad, sel.low_loss, stopped = (
+            ck[k] for k in ('history', 'epoch', 'best', 'bad_epochs', 'low_loss', 'stopped'))
+        if not best_pt.exists():
+            raise FileNotFoundError(f"{best_pt} is missing but {last_pt} is there; delete the run "
+                                    "folder to train it again")
+    where = lambda: f"run {cfg.label} fold {cfg.fold} stopped; " + (
+        f"the last good checkpoint is {last_pt} (epoch {epoch0})" if epoch0
+        else "no epoch had finished, so there is no checkpoint")
+    bar = tqdm(total=cfg.epochs, initial=epoch0, desc=f"{cfg.label} fold{cfg.fold}", unit='epoch', disable=not progress,
+               mininterval=1, dynamic_ncols=True)
     try:
         for epoch in range(epoch0 + 1, cfg.epochs + 1):
             if stopped: break
@@ -318,16 +353,20 @@ def fit(
             order.set_epoch(epoch)  # the sampler hands the epoch to the dataset with each index
             step.train()
             sums, n, lr0 = dict(total=0.0, sup=0.0, kd=0.0), 0, lr_at(cfg, (epoch - 1) * per_epoch, per_epoch)
-            on_device = torch.zeros(3, device=device)  # off the CPU: the epoch's loss sums stay on the device, read back once
-            batches = tqdm(dl, desc=f"epoch {epoch}", unit='batch', leave=False, disable=not progress, mininterval=2, dynamic_ncols=True)
+            # off the CPU: the epoch's loss sums stay on the device, read back once
+            on_device = torch.zeros(3, device=device)
+            batches = tqdm(dl, desc=f"epoch {epoch}", unit='batch', leave=False, disable=not progress, mininterval=2,
+                           dynamic_ncols=True)
             for b, batch in enumerate(batches, 1):
                 batch = {k: layout(v.to(device, non_blocking=True)) for k, v in batch.items()}
                 with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
                     _, losses = step(batch)
-                each = check_values(batch['mask'])  # read every step's losses back: on the CPU (free), or with KDBUS_CHECK_VALUES=1
+                # read every step's losses back: on the CPU (free), or with KDBUS_CHECK_VALUES=1
+                each = check_values(batch['mask'])
                 if each: vals = losses.log(); _check_finite(vals, epoch, b, terms, where())
                 for g in opt.param_groups: g['lr'] = lr_at(cfg, (epoch - 1) * per_epoch + b - 1, per_epoch)
-                opt.zero_grad(set_to_none=True); scaler.scale(losses.total).backward(); scaler.step(opt); scaler.update()
+                opt.zero_grad(set_to_none=True); scaler.scale(losses.total).backward(); scaler.step(opt)
+                scaler.update()
                 k = len(batch['mask']); n += k
                 if each:
                     for t in sums: sums[t] += vals[t] * k
@@ -335,24 +374,32 @@ def fit(
                 else: on_device += torch.stack([losses.total, losses.sup, losses.kd]).detach().float() * k
             if not each:
                 sums = dict(zip(sums, on_device.tolist()))
-                _check_finite({t: v / n for t, v in sums.items()}, epoch, 'the mean of its batches (KDBUS_CHECK_VALUES=1 names the batch)', terms, where())
-            val_loss, val_dice, val_nonempty = validate(model, val_dl, getattr(step, 'sup', 'ce'))  # a step of your own: the paper's L_sup
+                _check_finite({t: v / n for t, v in sums.items()}, epoch,
+                              'the mean of its batches (KDBUS_CHECK_VALUES=1 names the batch)', terms, where())
+            # a step of your own: the paper's L_sup
+            val_loss, val_dice, val_nonempty = validate(model, val_dl, getattr(step, 'sup', 'ce'))
             _check_finite(dict(val=val_loss), epoch, None, ('val',), where())
             history.append(dict(epoch=epoch, train_loss=sums['total'] / n, train_sup=sums['sup'] / n,
-                                train_kd=sums['kd'] / n if is_kd else float('nan'), val_loss=val_loss, val_dice=val_dice,
+                                train_kd=sums['kd'] / n if is_kd else float('nan'), val_loss=val_loss,
+                                val_dice=val_dice,
                                 val_nonempty=val_nonempty, lr=lr0, seconds=time.perf_counter() - t0))
             if sel.update(history[-1]):
-                atomic_save(dict(model=model.state_dict(), spec=model.kdbus_spec.to_dict(), epoch=epoch, val_loss=val_loss, val_dice=val_dice,
+                atomic_save(dict(model=model.state_dict(), spec=model.kdbus_spec.to_dict(), epoch=epoch,
+                                 val_loss=val_loss, val_dice=val_dice,
                                  select=cfg.select, label=cfg.label, identity=cfg.identity()), best_pt)
             stopped = 'early' if sel.stop else 'max_epochs' if epoch == cfg.epochs else None
-            atomic_save(dict(model=step.state_dict(), optimizer=opt.state_dict(), epoch=epoch, history=history, best=sel.best,
-                             bad_epochs=sel.bad, low_loss=sel.low_loss, stopped=stopped, identity=cfg.identity(), rng=torch.get_rng_state()), last_pt)
+            atomic_save(dict(model=step.state_dict(), optimizer=opt.state_dict(), epoch=epoch, history=history,
+                             best=sel.best,
+                             bad_epochs=sel.bad, low_loss=sel.low_loss, stopped=stopped, identity=cfg.identity(),
+                             rng=torch.get_rng_state()), last_pt)
             epoch0 = epoch
             atomic_write(run_dir/HISTORY, pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(index=False))
-            bar.set_postfix(val_loss=f"{val_loss:.4f}", val_dice=f"{val_dice:.3f}", best=sel.best['epoch'], refresh=False); bar.update(1)
+            bar.set_postfix(val_loss=f"{val_loss:.4f}", val_dice=f"{val_dice:.3f}", best=sel.best['epoch'],
+                            refresh=False); bar.update(1)
     finally: bar.close()
     if not history: raise RuntimeError(f"{run_dir}: no epoch was trained")  # cannot happen: epochs >= 1
-    if not (run_dir/HISTORY).exists(): atomic_write(run_dir/HISTORY, pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(index=False))
+    if not (run_dir/HISTORY).exists():
+        atomic_write(run_dir/HISTORY, pd.DataFrame(history, columns=HISTORY_COLUMNS).to_csv(index=False))
     model.load_state_dict(torch.load(best_pt, map_location='cpu', weights_only=True)['model'])
     model.eval()
     hist = pd.DataFrame(history, columns=HISTORY_COLUMNS)

