@@ -47,23 +47,34 @@ def test_papermill_model_preset_and_grid_refuses_mixing(tmp_path, capsys):
     assert not (out / "Student").exists()  # refused before anything ran
 
 def test_killed_grid_resumes(tmp_path):
-    "Kill a grid once its first run (the Teacher) is complete; started again, it skips that run and finishes the KD run."
-    out = tmp_path / "g"
-    code = ("from kdbus.grid import run_grid; "
-            f"run_grid('smoke', {DATA!r}, folds=(0,), out={str(out)!r}, labels=('Teacher', 'L_KLD_WAug'), report=False, epochs=1)")
+    """Kill a grid while its KD run is under way (its Teacher complete); started again, it skips the Teacher and runs the
+    KD run again, past the dead process's lock. The runs are `fake_execute`'s (a killed papermill run resuming at its next
+    epoch: tests/test_experiment.py); the grid's own process is killed, with everything it started."""
+    out, hold = tmp_path / "g", tmp_path / "hold"
+    code = ("import pathlib, time\n"
+            "from kdbus.grid import run_grid\n"
+            "from kdbus.testing import fake_execute\n"
+            "def execute(job, out):\n"
+            f"    while job.label != 'Teacher' and pathlib.Path({str(hold)!r}).exists(): time.sleep(0.05)  # killed here\n"
+            "    fake_execute(job, out, teacher_seconds=0)\n"
+            f"run_grid('smoke', {DATA!r}, folds=(0,), out={str(out)!r}, labels=('Teacher', 'L_KLD_WAug'), execute=execute, "
+            "report=False)")
+    hold.touch()
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
-    done = out / "Teacher" / "fold0" / "metrics.json"
+    kd = out / "L_KLD_WAug" / "fold0"
     t0 = time.time()
-    while not done.exists() and p.poll() is None and time.time() - t0 < 600: time.sleep(0.2)
-    assert done.exists(), "the first run never completed"
+    while not (kd / "grid_attempts.jsonl").exists() and p.poll() is None and time.time() - t0 < 600: time.sleep(0.05)
+    assert (out / "Teacher" / "fold0" / "metrics.json").exists() and (kd / "grid_attempts.jsonl").exists(), "no KD run started"
     os.killpg(p.pid, signal.SIGKILL); p.wait()
-    assert not (out / "L_KLD_WAug" / "fold0" / "metrics.json").exists(), "the grid finished before it was killed"
+    assert not (kd / "metrics.json").exists(), "the grid finished before it was killed"
+    hold.unlink()
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Teacher/fold0: complete, skipped" in r.stdout
     for label in ("Teacher", "L_KLD_WAug"): assert (out / label / "fold0" / "metrics.json").is_file()
-    assert [a["event"] for a in attempts(out / "Teacher" / "fold0")].count("start") == 1  # not started again
+    assert [a["event"] for a in attempts(out / "Teacher" / "fold0")] == ["start", "done"]  # not started again
+    assert [a["event"] for a in attempts(kd)] == ["start", "start", "done"]  # the killed attempt, then the one that finished
 
 
 # --- several local runs at once (--parallel N) --------------------------------------------------------------------

@@ -69,7 +69,11 @@ def notebook_page(p: Path, prev: Path | None, nxt: Path | None) -> str:
             c.source = re.sub(r'^#\|.*\n?', '', c.source, flags=re.M)
         cells.append(c)
     nb.cells = cells
-    ex = HTMLExporter(template_name='basic', exclude_input_prompt=True, exclude_output_prompt=True)
+    # nbconvert passes every highlighted code cell through bleach (`clean_html`), although Pygments has escaped it
+    # already: for these notebooks (our own, trusted) the pages come out byte for byte the same without it, in 60 % of
+    # the time (17.0 s -> 10.3 s for the whole site on 2 cores).
+    ex = HTMLExporter(template_name='basic', exclude_input_prompt=True, exclude_output_prompt=True,
+                      filters={'clean_html': lambda s: s.decode() if isinstance(s, bytes) else str(s)})
     body, _ = ex.from_notebook_node(nb)
     link = lambda q, s: f'<a href="{q.stem}.html">{s} {html.escape(q.stem)}</a>' if q else '<span></span>'
     nav = f'<nav><a href="index.html">kdbus: index</a>{link(prev, "previous:")}{link(nxt, "next:")}</nav>'
