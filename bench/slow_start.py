@@ -3,6 +3,7 @@ decoder block's channels that are zero on every validation pixel (dead ReLUs wou
 
     python bench/slow_start.py ../shared/data/busi-163 --seed 1 --fold 2 --epochs 25            # dead channels? (README: none)
     python bench/slow_start.py ../shared/data/busi-163 --seed 1 --fold 2 --epochs 60 --lr 1e-3  # the plain baseline's lr
+    python bench/slow_start.py ../shared/data/busi-163 --seed 2 --fold 2 --epochs 30 --student m --sup-loss dice_ce
 It trains into a temporary folder (about 1 min per 25 epochs on one thread) and keeps nothing.
 """
 import argparse, tempfile, warnings
@@ -18,12 +19,15 @@ def main():
     p.add_argument('busi', type=Path, help='a BUSI folder (benign/, malignant/)')
     p.add_argument('--seed', type=int, default=1); p.add_argument('--fold', type=int, default=2)
     p.add_argument('--epochs', type=int, default=25); p.add_argument('--lr', type=float, default=None, help="None: the quick profile's 3e-3")
+    p.add_argument('--student', default=None, help="a student size (xs, s, m, l); None: the quick profile's (s)")
+    p.add_argument('--sup-loss', default='ce', help="the supervised loss: ce (the paper's) or dice_ce")
     a = p.parse_args()
     if not a.busi.is_dir(): p.error(f"{a.busi}: no such folder; expected a BUSI folder such as ../shared/data/busi-163")
     warnings.simplefilter('ignore')
     with tempfile.TemporaryDirectory() as tmp:
         cfg = resolve_config('quick', path='none', data=f"busi:{a.busi.resolve()}", fold=a.fold, seed=a.seed, split_seed=0,
-                             epochs=a.epochs, out_dir=tmp, **({} if a.lr is None else dict(lr=a.lr)))
+                             epochs=a.epochs, out_dir=tmp, student=a.student, sup_loss=a.sup_loss,
+                             **({} if a.lr is None else dict(lr=a.lr)))
         data, fold = run_data(cfg)
         step = build_step(cfg)
         r = fit(step, cfg, data.subset(fold.train), data.subset(fold.val), progress=False)
