@@ -64,13 +64,15 @@ def amp_dtype(
     return torch.bfloat16
 
 def memory_format(
-    cfg: RunConfig,  # the run (`channels_last`)
+    cfg: RunConfig,  # the run (`channels_last`, `path`)
     device: torch.device,  # where it trains
 ) -> torch.memory_format:
-    """The layout of a run's models and batches: channels-last for `'on'`, or `'auto'` on CUDA (where cuDNN's
-    convolutions prefer it); else contiguous."""
-    return (torch.channels_last if cfg.channels_last == 'on'
-            or (cfg.channels_last == 'auto' and device.type == 'cuda') else torch.contiguous_format)
+    """The layout of a run's models (its student, and a KD run's frozen teacher) and batches: channels-last for
+    `'on'`; for `'auto'`, on CUDA (where cuDNN's convolutions prefer it) and, on the CPU, for every run but the
+    Teacher's (its training step gains nothing there: `bench/layouts.md`); else contiguous."""
+    if cfg.channels_last == 'on': return torch.channels_last
+    if cfg.channels_last == 'auto' and (device.type == 'cuda' or cfg.path != 'teacher'): return torch.channels_last
+    return torch.contiguous_format
 
 # %% ../nbs/07_train.ipynb #b15669eb
 def weights_hash(
@@ -315,7 +317,9 @@ def fit(
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)  # fp16 only: bf16 has float32's range
     # fixed input sizes: let cuDNN pick its fastest kernels
     if device.type == 'cuda': torch.backends.cudnn.benchmark = True
-    if fmt == torch.channels_last: step.to(memory_format=fmt)
+    # both ways: a teacher shared between runs in one process must not keep an earlier run's layout
+    step.to(memory_format=fmt)
+    if is_kd: step.teacher.to(memory_format=fmt)  # not a sub-module of the step
     layout = lambda v: v.contiguous(memory_format=fmt) if v.ndim == 4 and fmt == torch.channels_last else v
     train_ds = KDDataset(train.images, train.masks, teacher_aug=cfg.teacher_aug or 'strong', seed=cfg.seed,
                          settings=train_aug(cfg))

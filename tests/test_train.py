@@ -201,11 +201,11 @@ def test_the_paper_profiles_code_path_trains_on_the_cpu(parts, tmp_path):
 
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
-    "tools/cpu_reference.py, the committed reference, and the plain CPU run (AMP and channels-last off, no workers) made here."
+    "tools/cpu_reference.py, the committed reference, and the plain CPU run (AMP off, no workers, each run's layout spelled out) made here."
     import importlib.util, json
     spec = importlib.util.spec_from_file_location('cpu_reference', Path(__file__).resolve().parents[1]/'tools'/'cpu_reference.py')
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    plain = mod.train_reference(tmp_path_factory.mktemp('plain'), amp='off', channels_last='off')
+    plain = mod.train_reference(tmp_path_factory.mktemp('plain'), amp='off', layouts=mod.ROLE_LAYOUTS)
     return mod, json.loads(mod.OUT.read_text()), plain
 
 
@@ -217,7 +217,7 @@ def _bit_identical(got, want):
 
 @pytest.mark.parametrize('settings', [dict(), dict(num_workers=2)])
 def test_gpu_settings_leave_the_cpu_path_bit_identical(reference, tmp_path, settings):
-    "On this machine: AMP and channels-last ('auto') are no-ops on the CPU, and persistent DataLoader workers draw the same augmentation, bit for bit."
+    "On this machine: AMP ('auto') is a no-op on the CPU, channels-last ('auto') is the role's layout, and persistent DataLoader workers draw the same augmentation, bit for bit."
     mod, _, plain = reference
     _bit_identical(mod.train_reference(tmp_path, **settings), plain)
 
@@ -270,11 +270,27 @@ def test_mixed_precision_and_channels_last_train_and_change_the_numbers(script, 
 def test_precision_and_layout_choices():
     c = resolve_config('smoke', path='none')
     cpu, cuda = torch.device('cpu'), torch.device('cuda')
-    assert (c.amp, c.channels_last) == ('auto', 'auto') and kt.amp_dtype(c, cpu) is None and kt.memory_format(c, cpu) == torch.contiguous_format
-    assert kt.memory_format(c, cuda) == torch.channels_last and kt.memory_format(c.replace(channels_last='off'), cuda) == torch.contiguous_format
+    assert (c.amp, c.channels_last) == ('auto', 'auto') and kt.amp_dtype(c, cpu) is None
+    # on the CPU by role (bench/layouts.md): a student's run channels-last, the Teacher's own training contiguous
+    assert kt.memory_format(c, cpu) == torch.channels_last and kt.memory_format(c.replace(path='teacher'), cpu) == torch.contiguous_format
+    assert kt.memory_format(c.replace(path='teacher', channels_last='on'), cpu) == torch.channels_last
+    assert kt.memory_format(c.replace(channels_last='off'), cpu) == torch.contiguous_format
+    assert kt.memory_format(c, cuda) == kt.memory_format(c.replace(path='teacher'), cuda) == torch.channels_last
+    assert kt.memory_format(c.replace(channels_last='off'), cuda) == torch.contiguous_format
+    with pytest.raises(ValueError, match="channels_last='yes' is not valid; expected one of: 'auto', 'on', 'off'"): c.replace(channels_last='yes')
     assert kt.amp_dtype(c.replace(amp='fp16'), cpu) == torch.float16 and kt.amp_dtype(c.replace(amp='off'), cuda) is None
     assert 'amp' not in c.identity() and 'channels_last' not in c.identity()  # like `device`: a run resumes on another device
     with pytest.raises(ValueError, match="amp='fp8' is not valid; expected one of: 'auto', 'off', 'bf16', 'fp16'"): c.replace(amp='fp8')
+
+
+def test_a_kd_runs_teacher_takes_the_runs_layout(parts, tmp_path, teacher):
+    "The frozen teacher is no sub-module of the step: fit sets its layout too, both ways (the fixture's teacher is shared)."
+    conv = lambda m: next(p for p in m.parameters() if p.ndim == 4)
+    for layout, fmt in (('auto', torch.channels_last), ('off', torch.contiguous_format), ('on', torch.channels_last)):
+        c = cfg_for(tmp_path/layout, path='logits', loss='kld', epochs=1, channels_last=layout)
+        r = fit(build_step(c, teacher), c, *parts, progress=False)
+        assert conv(teacher).is_contiguous(memory_format=fmt) and conv(r.model).is_contiguous(memory_format=fmt), layout
+    teacher.to(memory_format=torch.contiguous_format)
 
 
 def test_off_the_cpu_the_losses_are_read_back_once_per_epoch(parts, tmp_path, monkeypatch):

@@ -2,8 +2,9 @@
 (1 thread), and the machine they were made on.
 
 tests/test_train.py checks two things with them:
-- on the machine the test runs on, the GPU-only switches (AMP and channels-last at 'auto', persistent DataLoader workers) leave
-  the CPU path bit-identical to a plain run made in the same test: the same kernels run, so every bit must agree;
+- on the machine the test runs on, the switches at 'auto' (AMP: off on the CPU; channels-last: by role, `ROLE_LAYOUTS`) and
+  persistent DataLoader workers give the same bits as a plain run made in the same test with AMP off, no workers and each
+  run's layout spelled out: the same kernels run, so every bit must agree;
 - against this committed reference, the histories agree within `TOLERANCE`, never bit for bit: floating-point kernels differ
   between CPU generations, instruction sets (ATEN_CPU_CAPABILITY) and even between hosts that report the same CPU model (the
   reference of 2026-12-01 and a machine of 2026-12-06, both "AMD EPYC (family 25, model 17)", AVX512, torch 2.14.1, differ
@@ -24,9 +25,12 @@ DATA, OUT = 'synth:n=24', Path(__file__).resolve().parents[1]/'tests'/'data'/'cp
 # how far a history may move on another machine: a few float roundings per step, compounded over the smoke epochs
 TOLERANCE = dict(rtol=1e-3, atol=1e-4, dice_atol=0.02)  # losses and learning rate: rtol/atol; val_dice, val_nonempty: dice_atol
 RUNS = dict(Teacher=dict(path='teacher'), Student=dict(path='none', epochs=3), HReg_KLD=dict(path='hidden_regressor', loss='kld', teacher_aug='weak'))
+# what `channels_last='auto'` resolves to on the CPU for each run, spelled out (kdbus.train.memory_format): the plain run's layouts
+ROLE_LAYOUTS = dict(Teacher='off', Student='on', HReg_KLD='on')
 
-def train_reference(out_dir, **settings) -> dict:
-    "Train the `RUNS` on fold 0 of DATA at 64 px with one thread; their history rows (without seconds) and weight hashes."
+def train_reference(out_dir, layouts: dict | None = None, **settings) -> dict:
+    """Train the `RUNS` on fold 0 of DATA at 64 px with one thread; their history rows (without seconds) and weight hashes.
+    `layouts`: a `channels_last` value per run name, over `settings`."""
     threads = torch.get_num_threads(); torch.set_num_threads(1)
     try:
         with warnings.catch_warnings():
@@ -34,7 +38,8 @@ def train_reference(out_dir, **settings) -> dict:
         f = make_folds(d.labels, k=5, seed=0)[0]
         parts, teacher, res = (d.subset(f.train), d.subset(f.val)), None, {}
         for name, kw in RUNS.items():
-            c = resolve_config('smoke', data=DATA, out_dir=str(Path(out_dir)/name), **kw, **settings)
+            layout = {} if layouts is None else dict(channels_last=layouts[name])
+            c = resolve_config('smoke', data=DATA, out_dir=str(Path(out_dir)/name), **kw, **{**settings, **layout})
             r = fit(build_step(c, teacher), c, *parts, progress=False)
             teacher = teacher or r.model
             res[name] = dict(history=r.history.drop(columns='seconds').to_dict('records'), weights=weights_hash(r.model))

@@ -1,0 +1,87 @@
+"""Study: do a run's results move when its models run channels-last on the CPU (issue 27)? The same runs of one fold,
+trained with `channels_last='off'` (everything contiguous, what every committed CPU run used) and `'auto'` (by role:
+the student and a KD run's frozen teacher channels-last), distilling from one Teacher checkpoint, compared with the
+spread of the same run over seeds 0-2 in a committed results folder.
+
+    OMP_NUM_THREADS=1 python bench/layout_results.py --data busi:/work/shared/data/busi-163 --teacher-from RESULTS \\
+        --out /tmp/layouts --layouts off            # and, beside it, the same with --layouts auto
+    python bench/layout_results.py --data busi:/work/shared/data/busi-163 --teacher-from RESULTS --out /tmp/layouts \\
+        --seeds-from results/quick-busi163 --md bench/layout_results.md   # both done: the table
+RESULTS is a results folder whose Teacher/fold<F> holds a complete Teacher run with its best.pt (checkpoints are not
+committed: a grid's worktree has them). Each run trains into OUT/<layout>/ (a killed run resumes); about 2.5 min for
+the Student and 7 min for L_KLD_WAug on busi-163 with one thread.
+"""
+import argparse, shutil, statistics, warnings
+from pathlib import Path
+import pandas as pd
+from scipy.stats import wilcoxon
+from kdbus.config import label_params, resolve_config
+from kdbus.experiment import run_experiment
+from kdbus.runfolder import BEST, METRICS, PER_IMAGE, read_json
+
+def train(label, layout, seed, a):
+    "Train (or read back) `label` of `seed` on fold `a.fold` with `channels_last=layout` in OUT/<layout>/; its metrics."
+    cfg = resolve_config('quick', **label_params(label), data=a.data, fold=a.fold, seed=seed,
+                         split_seed=None if seed == 0 else 0,  # a replicate keeps seed 0's folds (the grid's rule)
+                         out_dir=str(a.out/layout), channels_last=layout)
+    return run_experiment(cfg, progress=False)
+
+def run_dir(root: Path, label: str, seed: int, fold: int) -> Path:
+    "A run's folder under a results folder `root` (the grid's names: `label`, `label+seed=S`)."
+    return root/(label if seed == 0 else f"{label}+seed={seed}")/f"fold{fold}"
+
+def seed_spread(results: Path, label: str, fold: int) -> float|None:
+    "SD over seeds 0-2 of `label`'s test DSC (%) on `fold` in a results folder; None if a seed is missing."
+    runs = [run_dir(results, label, s, fold)/METRICS for s in (0, 1, 2)]
+    if not all(p.is_file() for p in runs): return None
+    return statistics.stdev(100 * read_json(p)['dice_mean'] for p in runs)
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--data', required=True); p.add_argument('--fold', type=int, default=0)
+    p.add_argument('--teacher-from', type=Path, required=True, help='a results folder with Teacher/fold<F>/best.pt')
+    p.add_argument('--out', type=Path, required=True); p.add_argument('--layouts', default='off,auto')
+    p.add_argument('--labels', default='Student,L_KLD_WAug')
+    p.add_argument('--seeds', default='0', help='comma-separated seeds (each KD seed distils from its own seed\'s Teacher)')
+    p.add_argument('--seeds-from', type=Path, default=None, help='a results folder with seeds 0-2 of the labels')
+    p.add_argument('--md', type=Path, default=None, help='also write the table here')
+    a = p.parse_args(argv)
+    layouts, labels, seeds = a.layouts.split(','), a.labels.split(','), [int(x) for x in a.seeds.split(',')]
+    for seed in seeds:
+        teacher = run_dir(a.teacher_from, 'Teacher', seed, a.fold)
+        if not (teacher/BEST).is_file() or not (teacher/METRICS).is_file():
+            p.error(f"--teacher-from {a.teacher_from}: {teacher} holds no complete Teacher run with its {BEST}")
+    warnings.simplefilter('ignore')
+    for layout in layouts:
+        for seed in seeds:
+            dst = run_dir(a.out/layout, 'Teacher', seed, a.fold)
+            if not dst.exists(): shutil.copytree(run_dir(a.teacher_from, 'Teacher', seed, a.fold), dst)
+            for label in labels:
+                print(label, layout, seed, f"{100 * train(label, layout, seed, a)['dice_mean']:.2f}", flush=True)
+    done = lambda lab, s: all((run_dir(a.out/lay, lab, s, a.fold)/METRICS).is_file() for lay in ('off', 'auto'))
+    rows = []
+    for label in labels:
+        both = [s for s in (0, 1, 2) if done(label, s)]
+        if not both: continue
+        dsc = {lay: [100 * read_json(run_dir(a.out/lay, label, s, a.fold)/METRICS)['dice_mean'] for s in both]
+               for lay in ('off', 'auto')}
+        per = {lay: pd.concat([pd.read_csv(run_dir(a.out/lay, label, s, a.fold)/PER_IMAGE).dice for s in both])
+               for lay in ('off', 'auto')}
+        d = 100 * (per['auto'].to_numpy() - per['off'].to_numpy())
+        sd = {lay: statistics.stdev(v) if len(v) > 1 else None for lay, v in dsc.items()}
+        ref = seed_spread(a.seeds_from, label, a.fold) if a.seeds_from else None
+        rows.append({'run': label, 'seeds': ','.join(map(str, both)),
+                     "DSC (%), 'off', per seed": ' / '.join(f"{v:.2f}" for v in dsc['off']),
+                     "'auto', per seed": ' / '.join(f"{v:.2f}" for v in dsc['auto']),
+                     'auto - off, mean': round(statistics.mean(dsc['auto']) - statistics.mean(dsc['off']), 2),
+                     'per-image Wilcoxon p': round(wilcoxon(d).pvalue, 3) if abs(d).sum() else 1.0,
+                     "seed SD 'off' / 'auto'": ' / '.join('-' if v is None else f"{v:.2f}" for v in sd.values()),
+                     'seed SD, committed runs': None if ref is None else round(ref, 2)})
+    table = pd.DataFrame(rows).to_markdown(index=False)
+    head = (f"channels_last 'off' against 'auto' on the CPU: data {a.data}, fold {a.fold}; each seed's KD run distils from "
+            f"that seed's Teacher checkpoint (from {a.teacher_from}) in both layouts; committed seed SD from {a.seeds_from}\n\n")
+    print(head + table)
+    if a.md: a.md.write_text(head + table + "\n")
+
+if __name__ == '__main__':
+    main()
