@@ -158,7 +158,7 @@ class RunConfig:
     num_workers: int|None  # DataLoader workers; None: 0 on the CPU, 4 on a GPU
     # mixed precision: 'auto' (bf16, else fp16 with a gradient scaler, on CUDA; off elsewhere), 'off', 'bf16', 'fp16'
     amp: str
-    channels_last: str  # channels-last memory layout of the models and batches: 'auto' (CUDA; by role on the CPU), 'on', 'off'
+    channels_last: str  # channels-last layout of the models and batches: 'auto' (CUDA; by role on the CPU), 'on', 'off'
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)
