@@ -5,6 +5,7 @@ then the distribution over runs.
     python bench/first_segmenting.py results/quick-busi163                    # cross-entropy students (the paper's L_sup)
     python bench/first_segmenting.py results/dice-ce-busi163 --runs Student   # sup_loss='dice_ce'
     python bench/first_segmenting.py results/quick-synth --runs Student --each  # and each run's own epoch
+    python bench/first_segmenting.py results/quick-busi163 --runs Student L_KLD_WAug H_MSE_WAug --student xs  # one size
 """
 import argparse
 from pathlib import Path
@@ -12,13 +13,19 @@ from pathlib import Path
 import pandas as pd
 
 
-def first_epochs(results: Path, runs: list[str] | None = None, above: float = 0.2) -> pd.DataFrame:
-    "One row per run folder and fold: `first` is the first epoch with validation Dice > `above` (NaN: never), `epochs` the run's length."
+def settings_of(name: str) -> list[str]:
+    "The named settings of a run folder, its seed left out: 'H_MSE+student=m+seed=1' -> ['student=m']."
+    return [p for p in name.split("+")[1:] if not p.startswith("seed=")]
+
+def first_epochs(results: Path, runs: list[str] | None = None, above: float = 0.2, student: str | None = None) -> pd.DataFrame:
+    """One row per run folder and fold: `first` is the first epoch with validation Dice > `above` (NaN: never), `epochs` the
+    run's length. `student`: only the folders of that student size and no other setting ('s': no named setting at all)."""
     rows = []
     for h in sorted(Path(results).glob("*/fold*/history.csv")):
         name, fold = h.parent.parent.name, h.parent.name
         label = name.split("+")[0]
         if label == "Teacher" or (runs and label not in runs): continue
+        if student and settings_of(name) != ([] if student == "s" else [f"student={student}"]): continue
         d = pd.read_csv(h)
         hit = d.epoch[d.val_dice > above]
         rows.append(dict(run=name, fold=fold, first=hit.iloc[0] if len(hit) else float("nan"), epochs=int(d.epoch.max())))
@@ -31,9 +38,10 @@ def main(argv=None):
     p.add_argument("results", type=Path); p.add_argument("--runs", nargs="*", help="labels to keep (seeds and sweeps included), e.g. Student")
     p.add_argument("--above", type=float, default=0.2, help="validation Dice threshold (0..1)")
     p.add_argument("--each", action="store_true", help="also print each run folder's first epoch")
+    p.add_argument("--student", default=None, help="only this student size's folders (xs, s, m, l; s: no named setting)")
     a = p.parse_args(argv)
     if not a.results.is_dir(): p.error(f"{a.results}: no such results folder")
-    df = first_epochs(a.results, a.runs, a.above)
+    df = first_epochs(a.results, a.runs, a.above, a.student)
     never = df[df["first"].isna()]
     q = df["first"].dropna().quantile([0, 0.25, 0.5, 0.75, 1]).tolist()
     print(f"{a.results}: {len(df)} student runs; first epoch with validation Dice > {100 * a.above:.0f} %: "
