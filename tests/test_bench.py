@@ -267,6 +267,10 @@ def test_first_segmenting_epoch_of_each_student_run(script, tmp_path, capsys):
     assert list(mod.main([str(tmp_path), "--runs", "Student"]).run) == ["Student"]
     capsys.readouterr(); mod.main([str(tmp_path), "--runs", "Student", "--each"])
     assert capsys.readouterr().out.splitlines()[-1].split() == ["Student", "fold0", "3", "4"]
+    _fake_run(tmp_path, "Student+student=m+seed=1", 0, val_dice=[0.3])
+    _fake_run(tmp_path, "Student+T=2", 0, val_dice=[0.3])  # another setting: in no size's count
+    assert list(mod.main([str(tmp_path), "--student", "m"]).run) == ["Student+student=m+seed=1"]
+    assert sorted(mod.main([str(tmp_path), "--student", "s"]).run) == ["H_MSE+seed=1", "Student"]
 
 
 def test_epoch_profile_splits_an_epoch_into_its_parts(script, tmp_path):
