@@ -11,11 +11,8 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
+from kdbus.results import settings_of
 
-
-def settings_of(name: str) -> list[str]:
-    "The named settings of a run folder, its seed left out: 'H_MSE+student=m+seed=1' -> ['student=m']."
-    return [p for p in name.split("+")[1:] if not p.startswith("seed=")]
 
 def first_epochs(results: Path, runs: list[str] | None = None, above: float = 0.2, student: str | None = None) -> pd.DataFrame:
     """One row per run folder and fold: `first` is the first epoch with validation Dice > `above` (NaN: never), `epochs` the
@@ -25,7 +22,7 @@ def first_epochs(results: Path, runs: list[str] | None = None, above: float = 0.
         name, fold = h.parent.parent.name, h.parent.name
         label = name.split("+")[0]
         if label == "Teacher" or (runs and label not in runs): continue
-        if student and settings_of(name) != ([] if student == "s" else [f"student={student}"]): continue
+        if student and settings_of(name)[1] != (() if student == "s" else (("student", student),)): continue
         d = pd.read_csv(h)
         hit = d.epoch[d.val_dice > above]
         rows.append(dict(run=name, fold=fold, first=hit.iloc[0] if len(hit) else float("nan"), epochs=int(d.epoch.max())))

@@ -80,6 +80,7 @@ def main(argv=None):
             + ("; compiled_ratio = contiguous / compiled" if a.compile else "") + ".\n\n")
     (a.out / 'layouts.md').write_text(head + df.to_markdown(index=False) + "\n")
     print(head + df.to_markdown(index=False))
+    return df
 
 if __name__ == '__main__':
     main()

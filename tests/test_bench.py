@@ -286,3 +286,14 @@ def test_epoch_profile_splits_an_epoch_into_its_parts(script, tmp_path):
     assert (kt.validate, kt.atomic_save, KDDataset.__getitem__, kt.Selector.update) == before  # the wrappers are gone
     assert '| H_KLD |' in (tmp_path / 'p.md').read_text()
     with pytest.raises(SystemExit, match='--epochs 0'): prof.main(['--epochs', '0'])
+
+
+def test_layouts_bench_times_each_model_both_ways(script, tmp_path):
+    "bench/layouts.py: one row per model and role, both layouts timed, the ratio their quotient; a bad size is refused."
+    mod = script('bench/layouts.py')
+    df = mod.main(['--rounds', '1', '--warmup', '0', '--size', '64', '--batch', '2', '--out', str(tmp_path)])
+    assert list(df.model) == ['Teacher', 'Teacher', 'student xs', 'student s', 'student m', 'student l']
+    assert (df[['contiguous_s', 'channels_last_s']] > 0).all().all()
+    assert ((df.contiguous_s / df.channels_last_s).round(2) - df.ratio).abs().max() <= 0.011
+    assert '| student m' in (tmp_path / 'layouts.md').read_text() and (tmp_path / 'layouts.csv').is_file()
+    with pytest.raises(SystemExit): mod.main(['--size', '8', '--out', str(tmp_path)])
