@@ -113,11 +113,12 @@ def _proc_status() -> dict[str, int]:
 def _job_model(job: dict) -> tuple[nn.Module, tuple]:
     "The model and input shape a memory job names."
     if job.get('checkpoint'): m = load_student(job['checkpoint'], allow_teacher=True)[0]
-    elif job['role'] == 'regressor':
-        t, s = (build_model(spec, 'meta') for spec in resolve_specs(job['preset']))
-        m = regressor_for(t, s)
-        m = m.to_empty(device='cpu')
-    else: m = build_model(resolve_specs(job['preset'])[BENCH_MODELS.index(job['role'])])
+    else:
+        # the teacher and the student the job names (its student size, else the preset's own)
+        specs = (resolve_specs(job['preset'])[0], _student_spec(job['preset'], job.get('student_size')))
+        if job['role'] == 'regressor':
+            m = regressor_for(*(build_model(spec, 'meta') for spec in specs)).to_empty(device='cpu')
+        else: m = build_model(specs[BENCH_MODELS.index(job['role'])])
     return m.eval(), tuple(job['shape'])
 
 def _memory_child(job: dict) -> dict:
@@ -158,6 +159,7 @@ def peak_memory(
     shape: Sequence[int],  # input shape, e.g. (1, 3, 224, 224)
     preset: str|None = None,  # with `role`: build the preset's model
     role: str|None = None,  # 'teacher', 'student' or 'regressor'
+    student_size: str|None = None,  # a `STUDENT_SIZES` name: the student (and so the regressor) of that size
     checkpoint: str|Path|None = None,  # or: a checkpoint (torch engine)
     onnx: str|Path|None = None,  # the ONNX file (onnx engine)
     threads: int|None = None,  # threads of the inference
@@ -165,7 +167,7 @@ def peak_memory(
 ) -> dict:  # peak_MB (model + one inference, above the process's RSS before loading it), mem_MB (what the inference adds), rss_MB (process peak), mem_method
     "Peak memory of one inference, measured in a fresh Python process."
     if engine not in ('torch', 'onnx'): raise ValueError(f"engine={engine!r}: expected 'torch' or 'onnx'")
-    job = dict(engine=engine, shape=list(shape), preset=preset, role=role, threads=threads,
+    job = dict(engine=engine, shape=list(shape), preset=preset, role=role, student_size=student_size, threads=threads,
                checkpoint=str(checkpoint) if checkpoint else None, onnx=str(onnx) if onnx else None)
     code = "import json, sys; from kdbus.bench import _memory_child; print('KDBUS-MEM', json.dumps(_memory_child(json.loads(sys.argv[1]))))"
     env = {**os.environ, **({'OMP_NUM_THREADS': str(threads)} if threads else {})}
@@ -254,7 +256,7 @@ def int8_dice(
     d = {k: float(dice_iou(torch.from_numpy(v), gt)[0].mean()) * 100 for k, v in masks.items()}
     return dict(dice_fp32=d['fp32'], dice_int8=d['int8'], dice_change=d['int8'] - d['fp32'],
                 mask_agree_int8=float((masks['fp32'] == masks['int8']).mean()), n_test=len(test),
-                dice_set=f"{cfg.get('label')} fold {cfg.get('config', {}).get('fold')} test part ({len(test)} images of {cfg.get('config', {}).get('data')}, {data.images.shape[1]} px)")
+                dice_set=f"{Path(checkpoint).parent.parent.name} fold {cfg.get('config', {}).get('fold')} test part ({len(test)} images of {cfg.get('config', {}).get('data')}, {data.images.shape[1]} px)")
 
 def _student_spec(preset: str, size: str|None):
     "The student `ModelSpec` of `preset` at `size` (None: the preset's own), without its weights."
@@ -349,7 +351,8 @@ def bench_preset(
         for role, row in rows.items() if memory else ():
             say(f"{preset} {role}: peak memory (fresh processes)")
             shape = tuple(calls[role, 'ort'][1].shape)
-            src = dict(checkpoint=student) if (role == 'student' and student) else dict(preset=preset, role=role)
+            src = (dict(checkpoint=student) if (role == 'student' and student)
+                   else dict(preset=preset, role=role, student_size=student_size))
             mem = dict(torch=peak_memory('torch', shape, threads=threads, **src) if (role, 'torch') in calls else None,
                        ort=peak_memory('onnx', shape, onnx=row['onnx'], threads=threads))
             for k in ('peak_MB', 'mem_MB', 'rss_MB'): row.update({f'{k}_{e}': m[k] for e, m in mem.items() if m})

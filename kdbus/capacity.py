@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import matplotlib as mpl
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
@@ -46,7 +47,7 @@ def capacity_runs(
 # %% ../nbs/10e_capacity.ipynb #2252ec91
 def capacity_table(
     results: str|Path|pd.DataFrame,  # a results folder, or `collect`'s rows
-    bench: pd.DataFrame|None = None,  # `kdbus bench --student-sizes` (bench.csv): latencies per size
+    bench: pd.DataFrame|None = None,  # `kdbus bench --student-sizes` (bench.csv): latencies (and int8 Dice) per size
     family: int = 2 * len(STUDENT_SIZES),  # the KD lifts Holm's correction is over (the plan's: 2 rows x 4 sizes)
 ) -> pd.DataFrame:  # one row per (size, model), sizes smallest first
     """Each size's rows: mean Dice with run-level CIs, KD lifts over the same-size Student, Holm, verdicts, the
@@ -84,7 +85,11 @@ def capacity_table(
         b = b.rename(columns={'student': 'cpu_ms_ort', 'student_int8_static': 'cpu_ms_ort_int8'})
         pt = bench[bench.model == 'student'].set_index('student_size').cpu_ms_torch.rename('cpu_ms_torch')
         teacher = bench[bench.model == 'teacher'].set_index('student_size').cpu_ms_ort.rename('teacher_ms_ort')
-        t = t.merge(pd.concat([pt, b, teacher], axis=1), left_on='size', right_index=True, how='left')
+        cols = [pt, b, teacher]
+        if 'dice_change' in bench:  # the static int8 student's Dice change, where bench had a trained student
+            cols.append(bench[bench.model == 'student_int8_static'].set_index('student_size').dice_change
+                        .rename('int8_dice_change'))
+        t = t.merge(pd.concat(cols, axis=1), left_on='size', right_index=True, how='left')
         t['speedup_vs_teacher'] = t.teacher_ms_ort / t.cpu_ms_ort
     return t.reset_index(drop=True)
 
@@ -112,7 +117,11 @@ def capacity_plot(
     for (_, r), xv in zip(t[t.model == 'Student'].iterrows(), x[t.model == 'Student']):
         a.annotate(r['size'], (xv, r.dsc), xytext=(0, -14), textcoords='offset points', ha='center', fontsize=8)
     if teacher_dsc is not None: a.axhline(teacher_dsc, color='tab:red', ls='--', lw=1, label='Teacher')
-    a.set_xscale('log'); b.set_xscale('log'); b.axhline(0, color='0.4', lw=1, ls=':')
+    for ax in (a, b):  # plain numbers on the log axes, no crowded minor labels
+        ax.set_xscale('log'); ax.xaxis.set_major_formatter(mpl.ticker.FormatStrFormatter('%g'))
+        ax.xaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+        ax.set_xticks(sorted(set((x if ax is a else t.params / 1e6).round(3 if ax is b else 1))))
+    b.axhline(0, color='0.4', lw=1, ls=':')
     a.set_xlabel('student CPU latency, ms per image (ONNX Runtime, log)' if lat else 'student parameters (M, log)')
     a.set_ylabel('test DSC (%), run-level 95 % CI'); a.legend(fontsize=8); a.grid(alpha=0.3)
     b.set_xlabel('student parameters (M, log)'); b.set_ylabel('lift over the same-size Student (points)')
@@ -132,8 +141,10 @@ def capacity_markdown(
     lines = ['# The student-size curve', '',
              '| size | params (M) | model | runs | DSC (%) [95 % CI] | lift vs same-size Student [95 % CI] | p | '
              'p (Holm) | verdict |'
-             + (' ORT ms | int8 ORT ms | teacher / student latency |' if 'cpu_ms_ort' in t else ''),
-             '|---|---|---|---|---|---|---|---|---|' + ('---|---|---|' if 'cpu_ms_ort' in t else '')]
+             + (' ORT ms | int8 ORT ms | teacher / student latency |' if 'cpu_ms_ort' in t else '')
+             + (' int8 Dice change |' if 'int8_dice_change' in t else ''),
+             '|---|---|---|---|---|---|---|---|---|' + ('---|---|---|' if 'cpu_ms_ort' in t else '')
+             + ('---|' if 'int8_dice_change' in t else '')]
     for _, r in t.iterrows():
         row = (f"| {r['size']} | {r.params / 1e6:.3f} | {r.model} | {r.runs} | {r.dsc:.2f} [{r.dsc_low:.2f}, "
                f"{r.dsc_high:.2f}] | "
@@ -141,6 +152,8 @@ def capacity_markdown(
                f"{fmt_p(r.get('p', np.nan), r.get('lift', np.nan), self_row=r.model == 'Student')} | "
                f"{'-' if r.model == 'Student' else f'{r.p_holm:.4f}'} | {r.verdict} |")
         if 'cpu_ms_ort' in t: row += f" {r.cpu_ms_ort:.3g} | {r.cpu_ms_ort_int8:.3g} | {r.speedup_vs_teacher:.1f}x |"
+        if 'int8_dice_change' in t:
+            row += f" {'-' if pd.isna(r.int8_dice_change) else f'{r.int8_dice_change:+.2f}'} |"
         lines.append(row)
     lead = t[(t.model == 'Student') & t.get('teacher_lead', pd.Series(np.nan, index=t.index)).notna()]
     notes = ["**DSC**: the mean per-image test Dice over the runs (seeds x folds) and their test images, with a 95 % "
@@ -148,6 +161,11 @@ def capacity_markdown(
              "**lift**: the KD row minus the Student of the same size, runs paired by (fold, seed) and images by id; "
              "**p (Holm)**: over the plan's fixed family of the KD lifts; **verdict**: *lifts* / *lowers* where the "
              "Holm-adjusted p < 0.05, *not shown* otherwise."]
+    if 'cpu_ms_ort' in t: notes.append(
+        "**ORT ms**: the size's student at batch 1 in ONNX Runtime (float32; int8: static QDQ), the median of "
+        "`kdbus bench --student-sizes` rounds, its teacher timed beside it; **teacher / student latency**: the "
+        "ratio within that run" + ("; **int8 Dice change**: static int8 minus float32 ONNX, on the test part of "
+                                   "the run whose checkpoint was benched." if 'int8_dice_change' in t else "."))
     if len(lead): notes.append("**The Teacher's lead** over each size's Student: " + '; '.join(
         f"{r['size']} {ci(r.teacher_lead, r.teacher_lead_low, r.teacher_lead_high)}"
         for _, r in lead.iterrows()) + " points.")

@@ -290,7 +290,8 @@ def quantize_int8_static(
     batch: int = 8,  # calibration images per forward pass
 ) -> Path:
     """Static int8 quantisation of `src` (QDQ: uint8 activations with ranges calibrated on `calibration`, int8
-    per-channel weights), metadata kept."""
+    per-channel weights; the segmentation head, its last convolution, left in float32), metadata kept."""
+    import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     src, dst = Path(src), Path(dst)
@@ -300,6 +301,7 @@ def quantize_int8_static(
         raise ValueError("calibration must be a non-empty float32 N x 3 x S x S array of normalised images, "
                          f"got {x.dtype} {x.shape}")
     name = sess.get_inputs()[0].name
+    head = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node if n.op_type == 'Conv'][-1:]
 
     class Reader(CalibrationDataReader):
         def __init__(self): self.it = iter(range(0, len(x), batch))
@@ -311,13 +313,13 @@ def quantize_int8_static(
         return _quantize(src, dst, lambda s, t: quantize_static(s, t, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                                                                 activation_type=QuantType.QUInt8,
                                                                 weight_type=QuantType.QInt8,
-                                                                calibrate_method=CalibrationMethod.MinMax),
+                                                                calibrate_method=CalibrationMethod.MinMax,
+                                                                nodes_to_exclude=head),
                          f'static int8 QDQ (onnxruntime.quantization.quantize_static, MinMax on {len(x)} images, '
-                         'uint8 activations, int8 per-channel weights)')
+                         'uint8 activations, int8 per-channel weights, the segmentation head in float32)')
     finally:
         # older ORT leaves its calibration model here
         for f in Path('.').glob('augmented_model*.onnx'): f.unlink(missing_ok=True)
-
 
 # %% ../nbs/12_deploy.ipynb #eb38123e
 def export_student(

@@ -177,6 +177,19 @@ def test_student_sizes_are_benched_each_beside_the_teacher(tmp_path):
     assert '| student size |' in md and "`smoke`, student size `xs`: student 0." in md and "`smoke`, student size `m`: student 0.8" in md
     assert kdbus.bench.ratios(df).student_size.tolist() == ['xs', 'm']
 
+def test_memory_jobs_build_the_named_student_size():
+    "A memory job of `--student-sizes` builds that size's student and regressor, not the preset's own (the regressor's input is the size's hidden width)."
+    from kdbus.bench import _job_model
+    from kdbus.models import student_size
+    for s in ('xs', 'l'):
+        m, _ = _job_model(dict(preset='quick', role='student', student_size=s, shape=[1, 3, 64, 64]))
+        assert count_params(m) == count_params(build_model(student_size(s, 'quick'), 'meta'))
+        feat = preset_models('quick', 64, s)['regressor'][1]
+        reg, _ = _job_model(dict(preset='quick', role='regressor', student_size=s, shape=list(feat.shape)))
+        with torch.inference_mode(): reg(feat)                                 # the preset's own regressor refused xs's 176 channels
+    m = peak_memory('torch', tuple(feat.shape), preset='quick', role='regressor', student_size='l', threads=1)
+    assert 0 < m['peak_MB'] < 4000, m
+
 def test_student_sizes_are_refused_before_measuring(results, tmp_path):
     res, _ = results
     rc, _, err = cli('bench', '--preset', 'smoke', '--student-sizes', 'xs,xxl', '--out', tmp_path)
@@ -254,6 +267,21 @@ def test_paired_runs_pairs_images_and_averages_a_group_of_seeds(script, tmp_path
     assert (round(r['a'], 6), round(r['b'], 6), r['n'], r['folds']) == (40.0, 30.0, 3, '0')
     r = mod.compare(tmp_path / "a", tmp_path / "b", "Student,Student+seed=1")
     assert (round(r['a'], 6), round(r['b'], 6)) == (40.0, 20.0)  # per image: (0.3, 0.4, 0.5) against (0.1, 0.2, 0.3)
+
+def test_plain_split_pairs_the_plain_run_of_a_fold_with_each_kdbus_seed(script, tmp_path):
+    "bench/plain_split.py: the plain run of a fold (found by its test ids, in its own order) beside every kdbus seed; bad JSONs named."
+    mod = script('bench/plain_split.py')
+    _fake_run(tmp_path, "Student", 0, [0.2, 0.4, 0.6]); _fake_run(tmp_path, "Student+seed=1", 0, [0.4, 0.4, 0.4])
+    _fake_run(tmp_path, "Teacher", 0, [0.5, 0.5, 0.5])
+    plain = tmp_path / "plain0.json"
+    plain.write_text(json.dumps(dict(test_ids=list("cab"), student=[0.3, 0.1, 0.2], teacher=[0.6] * 3, L_KLD=[0.0] * 3)))
+    text = mod.main([str(tmp_path), str(plain), "--rows", "Student", "Teacher"])
+    assert "| Student | 2 | 40.00 | Student | 1 | 20.00 | +20.00 [" in text   # (0.4 per image) - (0.1, 0.2, 0.3)
+    assert "| Teacher | 1 | 50.00 | Teacher | 1 | 60.00 | -10.00 [" in text
+    (tmp_path / "bad.json").write_text(json.dumps(dict(student=[0.1] * 3)))
+    with pytest.raises(SystemExit, match="bad.json: no test_ids"): mod.main([str(tmp_path), str(tmp_path / "bad.json")])
+    (tmp_path / "other.json").write_text(json.dumps(dict(test_ids=list("xyz"), student=[0.1] * 3, teacher=[0.1] * 3, L_KLD=[0.1] * 3)))
+    with pytest.raises(SystemExit, match="other.json: its test ids are no fold"): mod.main([str(tmp_path), str(tmp_path / "other.json")])
 
 def test_first_segmenting_epoch_of_each_student_run(script, tmp_path, capsys):
     "bench/first_segmenting.py: the first epoch above the threshold per run (Teachers left out), and the runs that never got there."
