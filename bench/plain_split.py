@@ -10,7 +10,7 @@ usage: python bench/plain_split.py RESULTS PLAIN_JSON... [--rows ROW...] [--out 
 import argparse, json
 from pathlib import Path
 
-import numpy as np, pandas as pd
+import pandas as pd
 
 from kdbus.results import settings_of
 from kdbus.stats import run_lift
@@ -32,11 +32,12 @@ def kdbus_rows(results: Path) -> pd.DataFrame:
     "Every finished run's per-image Dice under `results`: row (the folder name without its seed), fold, seed, id, dice."
     frames = []
     for f in sorted(Path(results).glob("*/fold*/per_image.csv")):
-        name = f.parent.parent.name
-        _, _, seed = settings_of(name)
+        name, cfg = f.parent.parent.name, f.parent / "config.json"
+        # the run's own seed (a folder without +seed= has the results folder's, not always 0)
+        seed = json.loads(cfg.read_text())["config"]["seed"] if cfg.exists() else (settings_of(name)[2] or 0)
         frames.append(pd.read_csv(f, dtype={'id': str})[['id', 'dice']].assign(
             row='+'.join(p for p in name.split('+') if not p.startswith('seed=')), fold=int(f.parent.name[4:]),
-            seed=seed or 0))
+            seed=seed))
     if not frames: raise SystemExit(f"{results}: no run folder with a per_image.csv")
     return pd.concat(frames, ignore_index=True)
 
@@ -50,8 +51,14 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=None, help="also write the table here (Markdown)")
     a = p.parse_args(argv)
     df = kdbus_rows(a.results)
-    folds = {tuple(sorted(g.id)): int(f) for (f, _), g in df[df.row == 'Student'].groupby(['fold', 'seed'])}
-    plain = pd.concat([plain_rows(Path(j), folds) for j in a.plain], ignore_index=True)
+    folds = {tuple(sorted(g.id)): int(f) for (f, _, _), g in df.groupby(['fold', 'seed', 'row'])}
+    plain = [plain_rows(Path(j), folds) for j in a.plain]
+    seen = {}
+    for j, rows in zip(a.plain, plain):
+        f = int(rows.fold.iloc[0])
+        if f in seen: raise SystemExit(f"{j} and {seen[f]} both test fold {f}: expected one plain JSON per fold")
+        seen[f] = j
+    plain = pd.concat(plain, ignore_index=True)
     lines = [f"# kdbus against the plain loop on kdbus's folds ({a.results})", "",
              "| kdbus row | runs | kdbus DSC (%) | plain row | plain runs | plain DSC (%) | kdbus - plain [95 % CI] | p |",
              "|---|---|---|---|---|---|---|---|"]

@@ -167,6 +167,8 @@ def peak_memory(
 ) -> dict:  # peak_MB (model + one inference, above the process's RSS before loading it), mem_MB (what the inference adds), rss_MB (process peak), mem_method
     "Peak memory of one inference, measured in a fresh Python process."
     if engine not in ('torch', 'onnx'): raise ValueError(f"engine={engine!r}: expected 'torch' or 'onnx'")
+    if student_size is not None and student_size not in STUDENT_SIZES:
+        raise ValueError(f"student_size={student_size!r} is not a student size; expected one of: {', '.join(STUDENT_SIZES)}")
     job = dict(engine=engine, shape=list(shape), preset=preset, role=role, student_size=student_size, threads=threads,
                checkpoint=str(checkpoint) if checkpoint else None, onnx=str(onnx) if onnx else None)
     code = "import json, sys; from kdbus.bench import _memory_child; print('KDBUS-MEM', json.dumps(_memory_child(json.loads(sys.argv[1]))))"
@@ -256,7 +258,7 @@ def int8_dice(
     d = {k: float(dice_iou(torch.from_numpy(v), gt)[0].mean()) * 100 for k, v in masks.items()}
     return dict(dice_fp32=d['fp32'], dice_int8=d['int8'], dice_change=d['int8'] - d['fp32'],
                 mask_agree_int8=float((masks['fp32'] == masks['int8']).mean()), n_test=len(test),
-                dice_set=f"{Path(checkpoint).parent.parent.name} fold {cfg.get('config', {}).get('fold')} test part ({len(test)} images of {cfg.get('config', {}).get('data')}, {data.images.shape[1]} px)")
+                dice_set=f"{cfg.get('run') or cfg.get('label')} fold {cfg.get('config', {}).get('fold')} test part ({len(test)} images of {cfg.get('config', {}).get('data')}, {data.images.shape[1]} px)")
 
 def _student_spec(preset: str, size: str|None):
     "The student `ModelSpec` of `preset` at `size` (None: the preset's own), without its weights."

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import matplotlib as mpl
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FormatStrFormatter, NullFormatter
 from matplotlib.figure import Figure
 
 from .config import PROFILES
@@ -80,16 +80,22 @@ def capacity_table(
     t['verdict'] = [('-' if m == 'Student' else verdict(*((l, h) if ph < 0.05 else (np.nan, np.nan))))
                     for m, l, h, ph in zip(t.model, t.get('lift_low', np.nan), t.get('lift_high', np.nan), t.p_holm)]
     if bench is not None:
+        dup = bench[bench.duplicated(['student_size', 'model'], keep=False)]
+        if len(dup):
+            raise ValueError("bench: several rows for one (student_size, model), e.g. "
+                             f"{tuple(dup.iloc[0][['student_size', 'model']])}: expected one preset's "
+                             "`kdbus bench --student-sizes` table (one row per size and model)")
         b = bench[bench.model.isin(['student', 'student_int8_static'])].pivot_table(
             index='student_size', columns='model', values='cpu_ms_ort')
         b = b.rename(columns={'student': 'cpu_ms_ort', 'student_int8_static': 'cpu_ms_ort_int8'})
         pt = bench[bench.model == 'student'].set_index('student_size').cpu_ms_torch.rename('cpu_ms_torch')
         teacher = bench[bench.model == 'teacher'].set_index('student_size').cpu_ms_ort.rename('teacher_ms_ort')
         cols = [pt, b, teacher]
-        if 'dice_change' in bench:  # the static int8 student's Dice change, where bench had a trained student
+        if 'dice_change' in bench:  # the static int8 student's Dice change, where bench had a trained Student
             cols.append(bench[bench.model == 'student_int8_static'].set_index('student_size').dice_change
                         .rename('int8_dice_change'))
         t = t.merge(pd.concat(cols, axis=1), left_on='size', right_index=True, how='left')
+        if 'int8_dice_change' in t: t.loc[t.model != 'Student', 'int8_dice_change'] = np.nan  # measured on a Student run
         t['speedup_vs_teacher'] = t.teacher_ms_ort / t.cpu_ms_ort
     return t.reset_index(drop=True)
 
@@ -117,10 +123,9 @@ def capacity_plot(
     for (_, r), xv in zip(t[t.model == 'Student'].iterrows(), x[t.model == 'Student']):
         a.annotate(r['size'], (xv, r.dsc), xytext=(0, -14), textcoords='offset points', ha='center', fontsize=8)
     if teacher_dsc is not None: a.axhline(teacher_dsc, color='tab:red', ls='--', lw=1, label='Teacher')
-    for ax in (a, b):  # plain numbers on the log axes, no crowded minor labels
-        ax.set_xscale('log'); ax.xaxis.set_major_formatter(mpl.ticker.FormatStrFormatter('%g'))
-        ax.xaxis.set_minor_formatter(mpl.ticker.NullFormatter())
-        ax.set_xticks(sorted(set((x if ax is a else t.params / 1e6).round(3 if ax is b else 1))))
+    for ax, ticks in ((a, x), (b, t.params / 1e6)):  # a tick at each size, a plain number, no minor labels
+        ax.set_xscale('log'); ax.set_xticks(sorted(set(ticks)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter('%.3g')); ax.xaxis.set_minor_formatter(NullFormatter())
     b.axhline(0, color='0.4', lw=1, ls=':')
     a.set_xlabel('student CPU latency, ms per image (ONNX Runtime, log)' if lat else 'student parameters (M, log)')
     a.set_ylabel('test DSC (%), run-level 95 % CI'); a.legend(fontsize=8); a.grid(alpha=0.3)
@@ -164,8 +169,9 @@ def capacity_markdown(
     if 'cpu_ms_ort' in t: notes.append(
         "**ORT ms**: the size's student at batch 1 in ONNX Runtime (float32; int8: static QDQ), the median of "
         "`kdbus bench --student-sizes` rounds, its teacher timed beside it; **teacher / student latency**: the "
-        "ratio within that run" + ("; **int8 Dice change**: static int8 minus float32 ONNX, on the test part of "
-                                   "the run whose checkpoint was benched." if 'int8_dice_change' in t else "."))
+        "ratio within that run" + ("; **int8 Dice change**: the Student's static int8 minus its float32 ONNX, on "
+                                   "the test part of the one Student run whose checkpoint was benched (bench.md "
+                                   "names it)." if 'int8_dice_change' in t else "."))
     if len(lead): notes.append("**The Teacher's lead** over each size's Student: " + '; '.join(
         f"{r['size']} {ci(r.teacher_lead, r.teacher_lead_low, r.teacher_lead_high)}"
         for _, r in lead.iterrows()) + " points.")

@@ -282,6 +282,16 @@ def quantize_int8(
 
 
 # %% ../nbs/12_deploy.ipynb #ede81a73
+def _head_conv(graph) -> str:
+    "The name of the convolution that makes the model's output (walking back through shape-only ops such as Identity)."
+    made_by = {o: n for n in graph.node for o in n.output}
+    n = made_by.get(graph.output[0].name)
+    while n is not None and n.op_type != 'Conv': n = made_by.get(n.input[0]) if n.input else None
+    if n is None or not n.name:
+        raise ValueError(f"no named convolution makes the model's output {graph.output[0].name!r}: expected a "
+                         "segmentation model exported by kdbus (`export_onnx`)")
+    return n.name
+
 def quantize_int8_static(
     src: Path|str,  # a float32 .onnx file (from `export_onnx`)
     dst: Path|str,  # the int8 .onnx file to write (atomically)
@@ -301,7 +311,7 @@ def quantize_int8_static(
         raise ValueError("calibration must be a non-empty float32 N x 3 x S x S array of normalised images, "
                          f"got {x.dtype} {x.shape}")
     name = sess.get_inputs()[0].name
-    head = [n.name for n in onnx.load(str(src), load_external_data=False).graph.node if n.op_type == 'Conv'][-1:]
+    head = _head_conv(onnx.load(str(src), load_external_data=False).graph)
 
     class Reader(CalibrationDataReader):
         def __init__(self): self.it = iter(range(0, len(x), batch))
@@ -314,7 +324,7 @@ def quantize_int8_static(
                                                                 activation_type=QuantType.QUInt8,
                                                                 weight_type=QuantType.QInt8,
                                                                 calibrate_method=CalibrationMethod.MinMax,
-                                                                nodes_to_exclude=head),
+                                                                nodes_to_exclude=[head]),
                          f'static int8 QDQ (onnxruntime.quantization.quantize_static, MinMax on {len(x)} images, '
                          'uint8 activations, int8 per-channel weights, the segmentation head in float32)')
     finally:

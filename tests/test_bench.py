@@ -282,6 +282,7 @@ def test_plain_split_pairs_the_plain_run_of_a_fold_with_each_kdbus_seed(script, 
     with pytest.raises(SystemExit, match="bad.json: no test_ids"): mod.main([str(tmp_path), str(tmp_path / "bad.json")])
     (tmp_path / "other.json").write_text(json.dumps(dict(test_ids=list("xyz"), student=[0.1] * 3, teacher=[0.1] * 3, L_KLD=[0.1] * 3)))
     with pytest.raises(SystemExit, match="other.json: its test ids are no fold"): mod.main([str(tmp_path), str(tmp_path / "other.json")])
+    with pytest.raises(SystemExit, match="both test fold 0"): mod.main([str(tmp_path), str(plain), str(plain)])
 
 def test_first_segmenting_epoch_of_each_student_run(script, tmp_path, capsys):
     "bench/first_segmenting.py: the first epoch above the threshold per run (Teachers left out), and the runs that never got there."
