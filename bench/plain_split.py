@@ -49,6 +49,7 @@ def main(argv=None):
                                                  'H_MSE_WAug+student=m', 'Student+student=l'],
                    help="kdbus rows (run labels without +seed=) to pair with the plain Student (the Teacher with its Teacher)")
     p.add_argument("--out", type=Path, default=None, help="also write the table here (Markdown)")
+    p.add_argument("--per-seed", action="store_true", help="also a line per kdbus seed of each row")
     a = p.parse_args(argv)
     df = kdbus_rows(a.results)
     folds = {tuple(sorted(g.id)): int(f) for (f, _, _), g in df.groupby(['fold', 'seed', 'row'])}
@@ -62,9 +63,13 @@ def main(argv=None):
     lines = [f"# kdbus against the plain loop on kdbus's folds ({a.results})", "",
              "| kdbus row | runs | kdbus DSC (%) | plain row | plain runs | plain DSC (%) | kdbus - plain [95 % CI] | p |",
              "|---|---|---|---|---|---|---|---|"]
+    cells = []  # (kdbus row, its label in the table, its runs)
     for row in a.rows:
         ours = df[df.row == row][['fold', 'seed', 'id', 'dice']]
         if ours.empty: raise SystemExit(f"--rows: no runs labelled {row!r} in {a.results}")
+        cells.append((row, row, ours))
+        if a.per_seed: cells += [(row, f"{row}, seed {s}", g) for s, g in ours.groupby('seed')]
+    for row, name, ours in cells:
         ref_row = 'Teacher' if row == 'Teacher' else 'Student'
         ref = plain[(plain.row == ref_row) & plain.fold.isin(ours.fold.unique())]
         # the plain run of a fold stands beside each kdbus seed of it
@@ -72,9 +77,10 @@ def main(argv=None):
         r = run_lift(ours, ref[['fold', 'seed', 'id', 'dice']])
         mine = ours.merge(ref[['fold', 'seed', 'id']], on=['fold', 'seed', 'id'])
         theirs = ref.merge(ours[['fold', 'seed', 'id']], on=['fold', 'seed', 'id']).drop_duplicates(['fold', 'id'])
-        lines.append(f"| {row} | {r['runs']} | {100 * mine.dice.mean():.2f} | {ref_row} | {theirs.fold.nunique()} | "
-                     f"{100 * theirs.dice.mean():.2f} | {r['lift']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] | "
-                     f"{r['p']:.3g} |")
+        lines.append(f"| {name} | {r['runs']} | {100 * mine.dice.mean():.2f} | {ref_row} | {theirs.fold.nunique()} | "
+                     f"{100 * theirs.dice.mean():.2f} | {r['lift']:+.2f} "
+                     + (f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] | {r['p']:.3g} |" if r['ci_low'] == r['ci_low']
+                        else "(no CI: one run per fold) | - |"))
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out: a.out.write_text(text)

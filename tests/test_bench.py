@@ -277,7 +277,9 @@ def test_plain_split_pairs_the_plain_run_of_a_fold_with_each_kdbus_seed(script, 
     plain.write_text(json.dumps(dict(test_ids=list("cab"), student=[0.3, 0.1, 0.2], teacher=[0.6] * 3, L_KLD=[0.0] * 3)))
     text = mod.main([str(tmp_path), str(plain), "--rows", "Student", "Teacher"])
     assert "| Student | 2 | 40.00 | Student | 1 | 20.00 | +20.00 [" in text   # (0.4 per image) - (0.1, 0.2, 0.3)
-    assert "| Teacher | 1 | 50.00 | Teacher | 1 | 60.00 | -10.00 [" in text
+    assert "| Teacher | 1 | 50.00 | Teacher | 1 | 60.00 | -10.00 (no CI: one run per fold) | - |" in text
+    text = mod.main([str(tmp_path), str(plain), "--rows", "Student", "--per-seed"])
+    assert "| Student, seed 1 | 1 | 40.00 | Student | 1 | 20.00 | +20.00 (no CI" in text and "| Student, seed 0 | 1 | 40.00 |" in text
     (tmp_path / "bad.json").write_text(json.dumps(dict(student=[0.1] * 3)))
     with pytest.raises(SystemExit, match="bad.json: no test_ids"): mod.main([str(tmp_path), str(tmp_path / "bad.json")])
     (tmp_path / "other.json").write_text(json.dumps(dict(test_ids=list("xyz"), student=[0.1] * 3, teacher=[0.1] * 3, L_KLD=[0.1] * 3)))
