@@ -52,6 +52,7 @@ def capacity_table(
 ) -> pd.DataFrame:  # one row per (size, model), sizes smallest first
     """Each size's rows: mean Dice with run-level CIs, KD lifts over the same-size Student, Holm, verdicts, the
     Teacher's lead, costs."""
+    results = results_frame(results)
     runs, rows = capacity_runs(results), []
     sizes = [s for s in STUDENT_SIZES if ('Student', s) in runs]
     for s in sizes:
@@ -80,6 +81,12 @@ def capacity_table(
     t['verdict'] = [('-' if m == 'Student' else verdict(*((l, h) if ph < 0.05 else (np.nan, np.nan))))
                     for m, l, h, ph in zip(t.model, t.get('lift_low', np.nan), t.get('lift_high', np.nan), t.p_holm)]
     if bench is not None:
+        used = sorted({run_config(d).get('model_preset') or PROFILES['quick']['model_preset']
+                       for d in results.run_dir.unique()})
+        other = sorted(set(bench.get('preset', pd.Series(dtype=str)).dropna()) - set(used))
+        if other:  # another preset's teacher (and regressor) would stand beside the runs' students
+            raise ValueError(f"bench: the table benches preset {', '.join(map(repr, other))}, but the runs used "
+                             f"{', '.join(map(repr, used))}: run `kdbus bench --preset {used[0]} --student-sizes ...`")
         dup = bench[bench.duplicated(['student_size', 'model'], keep=False)]
         if len(dup):
             raise ValueError("bench: several rows for one (student_size, model), e.g. "

@@ -52,6 +52,9 @@ def test_kdbus_report_writes_the_capacity_files_with_the_costs(sizes_folder, tmp
     assert '| xs | 0.185 | Student |' in md and '| l | 2.675 | H_MSE_WAug |' in md and '20.0x |' in md   # the teacher 20 ms, xs 1 ms
     assert "**The Teacher's lead** over each size's Student: xs +" in md
     assert pd.read_csv(tmp_path/'rep'/'capacity.csv').speedup_vs_teacher.tolist()[:3] == [20.0] * 3
+    bench.assign(preset='paper').to_csv(tmp_path/'other.csv', index=False)     # another preset's teacher: refused
+    rc, _, err = cli('report', sizes_folder, '--out', tmp_path/'rep2', '--no-image', '--bench', tmp_path/'other.csv')
+    assert rc == 2 and "bench: the table benches preset 'paper', but the runs used" in err, err
 
 
 def test_a_folder_of_one_size_writes_no_curve_and_a_missing_bench_is_refused(tmp_path):
