@@ -12,11 +12,10 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import FormatStrFormatter, NullFormatter
 from matplotlib.figure import Figure
 
-from .config import PROFILES
 from .files import atomic_write
 from .figures import save_figure
 from .models import STUDENT_SIZES, preset_size
-from .results import results_frame, run_config, settings_of
+from .results import results_frame, run_preset, settings_of
 from .stats import fmt_p, holm, run_lift, verdict
 
 # %% auto #0
@@ -29,7 +28,7 @@ CAPACITY_ROWS = ('Student', 'L_KLD_WAug', 'H_MSE_WAug')
 
 def default_size(run_dir: str|Path) -> str|None:
     "The `STUDENT_SIZES` name of a run's student when its config names none: its model preset's own."
-    return preset_size(run_config(run_dir).get('model_preset') or PROFILES['quick']['model_preset'])
+    return preset_size(run_preset(run_dir))
 
 def capacity_runs(
     results: str|Path|pd.DataFrame,  # a results folder, or `collect`'s rows
@@ -81,8 +80,7 @@ def capacity_table(
     t['verdict'] = [('-' if m == 'Student' else verdict(*((l, h) if ph < 0.05 else (np.nan, np.nan))))
                     for m, l, h, ph in zip(t.model, t.get('lift_low', np.nan), t.get('lift_high', np.nan), t.p_holm)]
     if bench is not None:
-        used = sorted({run_config(d).get('model_preset') or PROFILES['quick']['model_preset']
-                       for d in results.run_dir.unique()})
+        used = sorted({run_preset(d) for d in results.run_dir.unique()})
         other = sorted(set(bench.get('preset', pd.Series(dtype=str)).dropna()) - set(used))
         if other:  # another preset's teacher (and regressor) would stand beside the runs' students
             raise ValueError(f"bench: the table benches preset {', '.join(map(repr, other))}, but the runs used "

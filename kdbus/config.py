@@ -92,7 +92,7 @@ def _float(name, v, lo=None, hi=None, lo_open=False, what=''):
 # where and how a run executes: not its identity (on the CPU, no change at all)
 RUNTIME_FIELDS = ('out_dir', 'device', 'num_workers', 'amp', 'channels_last')
 AMP_MODES = ('auto', 'off', 'bf16', 'fp16')  # `amp` values: 'auto' is bf16 (else fp16) on CUDA and off elsewhere
-SWITCHES = ('auto', 'on', 'off')  # `channels_last` values: 'auto' is on for CUDA, by role on the CPU
+SWITCHES = ('auto', 'on', 'off')  # `channels_last` values: 'auto' is on for CUDA, off on the CPU
 LR_SCHEDULES = ('constant', 'cosine')  # `lr_schedule` values
 SELECT_RULES = ('val_loss', 'val_dice')  # `select` values: what picks the checkpoint and drives early stopping
 TEACHER_TRAIN_AUGS = ('strong', 'weak')  # `teacher_train_aug` values: the augmentation the Teacher run trains with
@@ -158,7 +158,7 @@ class RunConfig:
     num_workers: int|None  # DataLoader workers; None: 0 on the CPU, 4 on a GPU
     # mixed precision: 'auto' (bf16, else fp16 with a gradient scaler, on CUDA; off elsewhere), 'off', 'bf16', 'fp16'
     amp: str
-    channels_last: str  # channels-last layout of the models and batches: 'auto' (CUDA; by role on the CPU), 'on', 'off'
+    channels_last: str  # channels-last layout of the models and batches: 'auto' (on for CUDA only), 'on', 'off'
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)

@@ -19,8 +19,8 @@ from .runfolder import CONFIG, ENV, HISTORY, METRICS, PER_IMAGE, read_json
 # %% auto #0
 __all__ = ['RUN_COLS', 'SPLIT_FIELDS', 'SETTING_COLS', 'CONVERGED_SHARE', 'HISTORY_COLS', 'ReportWarning', 'label_key',
            'find_runs', 'read_metrics', 'run_config', 'split_of', 'check_one_split', 'run_settings', 'collect',
-           'results_frame', 'run_summary', 'runs_line', 'settings_of', 'paper_setting_runs', 'results_preset',
-           'read_history']
+           'results_frame', 'run_summary', 'runs_line', 'settings_of', 'paper_setting_runs', 'run_preset',
+           'results_preset', 'read_history']
 
 # %% ../nbs/09a_results.ipynb #2846e5f9
 class ReportWarning(UserWarning):
@@ -208,19 +208,25 @@ def paper_setting_runs(
     return {b: g.drop(columns='row') for b, g in sorted(rows.groupby('row'), key=lambda x: label_key(x[0]))}
 
 # %% ../nbs/09a_results.ipynb #cc0432a9
+def run_preset(
+    run_dir: str|Path,  # a run folder OUT/<label>/fold<k>
+) -> str:
+    "The model preset a run was trained with: its config's `model_preset`, else its profile's."
+    from kdbus.models import PRESETS  # torch: only here, so reading results stays light
+    cfg = run_config(run_dir)
+    preset = cfg.get('model_preset') or PROFILES.get(cfg.get('profile'), {}).get('model_preset')
+    if preset not in PRESETS:
+        raise ValueError(f"{Path(run_dir)/CONFIG}: records no model preset (model_preset={cfg.get('model_preset')!r}, "
+                         f"profile={cfg.get('profile')!r}); expected one of {', '.join(PRESETS)}")
+    return preset
+
 def results_preset(
     results: str|Path,  # a results folder
 ) -> str:
     "The model preset the runs of a results folder were trained with."
-    from kdbus.models import PRESETS  # torch: only here, so reading results stays light
     done, _ = find_runs(results)
     if not done: raise ValueError(f"{results}: no complete run (a <label>/fold<k>/ folder with metrics.json)")
-    cfg = run_config(done[0])
-    preset = cfg.get('model_preset') or PROFILES.get(cfg.get('profile'), {}).get('model_preset')
-    if preset not in PRESETS:
-        raise ValueError(f"{done[0]/CONFIG}: records no model preset (model_preset={cfg.get('model_preset')!r}, "
-                         f"profile={cfg.get('profile')!r}); expected one of {', '.join(PRESETS)}")
-    return preset
+    return run_preset(done[0])
 
 # %% ../nbs/09a_results.ipynb #9866d53f
 # history.csv columns the plots use

@@ -54,6 +54,8 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
                  incomplete: Sequence[tuple[str, int]] = (), # (label, fold) runs written without metrics.json
                  k_folds: int = 5, # partition of `make_folds` (as the grid's)
                  seed: int = 0, # seed of the folds and of the made-up numbers
+                 # the model preset the runs record (None: none, as runs made before kdbus recorded it)
+                 model_preset: str|None = 'quick-pretrained',
                 ) -> Path:
     "Write a results folder of made-up runs that follows the run-folder contract; return `out`."
     out = Path(out)
@@ -92,6 +94,7 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
             config = dict(label=base, **label_params(base), **{f: v for f, v in named.items() if f != 'seed'}, fold=k,
                           data=str(data),
                           profile='fake', seed=named.get('seed', seed),
+                          **({'model_preset': model_preset} if model_preset else {}),
                           **({'split_seed': seed} if 'seed' in named else {}),
                           out_dir=str(out), size=size, k_folds=k_folds, n_folds=n_folds, fake=True)
             atomic_write(run/CONFIG, json.dumps(config, indent=1))

@@ -64,14 +64,14 @@ def amp_dtype(
     return torch.bfloat16
 
 def memory_format(
-    cfg: RunConfig,  # the run (`channels_last`, `path`)
+    cfg: RunConfig,  # the run (`channels_last`)
     device: torch.device,  # where it trains
 ) -> torch.memory_format:
     """The layout of a run's models (its student, and a KD run's frozen teacher) and batches: channels-last for
-    `'on'`; for `'auto'`, on CUDA (where cuDNN's convolutions prefer it) and, on the CPU, for every run but the
-    Teacher's (its training step gains nothing there: `bench/layouts.md`); else contiguous."""
+    `'on'`, and for `'auto'` on CUDA (where cuDNN's convolutions prefer it); else contiguous. On the CPU `'auto'`
+    is contiguous: PyTorch's channels-last batch norm in training mode loses precision there (below)."""
     if cfg.channels_last == 'on': return torch.channels_last
-    if cfg.channels_last == 'auto' and (device.type == 'cuda' or cfg.path != 'teacher'): return torch.channels_last
+    if cfg.channels_last == 'auto' and device.type == 'cuda': return torch.channels_last
     return torch.contiguous_format
 
 # %% ../nbs/07_train.ipynb #b15669eb

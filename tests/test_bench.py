@@ -328,3 +328,27 @@ def test_layouts_bench_times_each_model_both_ways(script, tmp_path):
     assert ((df.contiguous_s / df.channels_last_s).round(2) - df.ratio).abs().max() <= 0.011
     assert '| student m' in (tmp_path / 'layouts.md').read_text() and (tmp_path / 'layouts.csv').is_file()
     with pytest.raises(SystemExit): mod.main(['--size', '8', '--out', str(tmp_path)])
+
+def test_grid_rerun_compares_seed_0_beside_the_seed_spread(script, tmp_path):
+    "bench/grid_rerun.py: seed 0's Dice and cost per row in two folders, the before folder's seed SD; other settings and other splits refused."
+    from kdbus.synth import write_synth
+    from kdbus.testing import fake_results
+    mod = script('bench/grid_rerun.py')
+    data = f"udiat:{write_synth(tmp_path / 's', n=20, seed=0)}"
+    labels = ['Teacher', 'Teacher+seed=1', 'Teacher+seed=2', 'Student', 'L_KLD_WAug+T=2']
+    before = fake_results(tmp_path / 'before', data, labels=labels)
+    after = fake_results(tmp_path / 'after', data, labels=['Teacher', 'Student'])
+    for f in (after / 'Student').glob('fold*/per_image.csv'):  # the rerun's Student: every image perfect
+        f.write_text(pd.read_csv(f).assign(dice=1.0).to_csv(index=False))
+    run_dice = lambda root, label: [pd.read_csv(f).dice.mean() for f in sorted((root / label).glob('fold*/per_image.csv'))]
+    mod.main([str(before), str(after), '--md', str(tmp_path / 'rerun.md')])
+    t = mod.compare(mod.runs(str(before)), mod.runs(str(after))).set_index('row')
+    assert list(t.index) == ['Teacher', 'Student']                  # the +T=2 run is another question
+    assert t.loc['Teacher', 'diff'] == 0 and t.loc['Teacher', 'seeds'] == 3
+    seed_means = [100 * np.mean(run_dice(before, l)) for l in labels[:3]]
+    assert abs(t.loc['Teacher', 'seed_sd'] - np.std(seed_means, ddof=1)) < 1e-9
+    assert abs(t.loc['Student', 'diff'] - (100 - 100 * np.mean(run_dice(before, 'Student')))) < 1e-9
+    assert "Rows whose Dice moved by at most one seed SD: 1 of 2" in (tmp_path / 'rerun.md').read_text()
+    other = fake_results(tmp_path / 'other', data, labels=['Teacher'], k_folds=4)
+    with pytest.raises(SystemExit, match="do not share one split .*k_folds"): mod.main([str(before), str(other)])
+    with pytest.raises(SystemExit, match="nope: not a folder"): mod.main([str(before), str(tmp_path / 'nope')])

@@ -271,8 +271,9 @@ def test_precision_and_layout_choices():
     c = resolve_config('smoke', path='none')
     cpu, cuda = torch.device('cpu'), torch.device('cuda')
     assert (c.amp, c.channels_last) == ('auto', 'auto') and kt.amp_dtype(c, cpu) is None
-    # on the CPU by role (bench/layouts.md): a student's run channels-last, the Teacher's own training contiguous
-    assert kt.memory_format(c, cpu) == torch.channels_last and kt.memory_format(c.replace(path='teacher'), cpu) == torch.contiguous_format
+    # on the CPU contiguous for every run: channels-last batch norm trains imprecisely there (nbs/07_train.ipynb)
+    runs = [c, c.replace(path='teacher'), *(resolve_config('smoke', path=p, loss='kld') for p in ('logits', 'hidden', 'hidden_regressor'))]
+    assert all(kt.memory_format(r, cpu) == torch.contiguous_format for r in runs)
     assert kt.memory_format(c.replace(path='teacher', channels_last='on'), cpu) == torch.channels_last
     assert kt.memory_format(c.replace(channels_last='off'), cpu) == torch.contiguous_format
     assert kt.memory_format(c, cuda) == kt.memory_format(c.replace(path='teacher'), cuda) == torch.channels_last
@@ -286,7 +287,7 @@ def test_precision_and_layout_choices():
 def test_a_kd_runs_teacher_takes_the_runs_layout(parts, tmp_path, teacher):
     "The frozen teacher is no sub-module of the step: fit sets its layout too, both ways (the fixture's teacher is shared)."
     conv = lambda m: next(p for p in m.parameters() if p.ndim == 4)
-    for layout, fmt in (('auto', torch.channels_last), ('off', torch.contiguous_format), ('on', torch.channels_last)):
+    for layout, fmt in (('on', torch.channels_last), ('auto', torch.contiguous_format), ('off', torch.contiguous_format)):
         c = cfg_for(tmp_path/layout, path='logits', loss='kld', epochs=1, channels_last=layout)
         r = fit(build_step(c, teacher), c, *parts, progress=False)
         assert conv(teacher).is_contiguous(memory_format=fmt) and conv(r.model).is_contiguous(memory_format=fmt), layout
