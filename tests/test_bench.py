@@ -352,3 +352,11 @@ def test_grid_rerun_compares_seed_0_beside_the_seed_spread(script, tmp_path):
     other = fake_results(tmp_path / 'other', data, labels=['Teacher'], k_folds=4)
     with pytest.raises(SystemExit, match="do not share one split .*k_folds"): mod.main([str(before), str(other)])
     with pytest.raises(SystemExit, match="nope: not a folder"): mod.main([str(before), str(tmp_path / 'nope')])
+
+def test_layout_precision_measures_both_layouts_against_float64(script):
+    "bench/layout_precision.py: a contiguous float32 step within float32's rounding of float64's; a bad size refused."
+    mod = script('bench/layout_precision.py')
+    res = mod.errors('s')  # the quick student, batch 8 at 128 px (about 5 s)
+    assert set(res) == {'contiguous', 'channels_last'} and all(m <= p90 <= mx for m, p90, mx in res.values())
+    assert res['contiguous'][0] < 1e-4
+    with pytest.raises(SystemExit): mod.main(['--student', 'xxl'])
