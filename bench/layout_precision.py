@@ -3,6 +3,7 @@ channels-last on the CPU. The relative error ||g32 - g64|| / ||g64|| per paramet
 its median, 90th percentile and maximum, for one batch of 8 random images with a random mask, cross-entropy loss.
 
     OMP_NUM_THREADS=1 python bench/layout_precision.py --student s      # about 10 s
+    python bench/layout_precision.py --student s --device cuda           # the same on a GPU (not run here: none lent)
 
 Float32's own rounding puts the contiguous step near 1e-6; a layout that adds error shows above it.
 """
@@ -18,11 +19,14 @@ def step_grads(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict
     torch.nn.functional.cross_entropy(model(x), y).backward()
     return {n: p.grad.detach().double().clone() for n, p in model.named_parameters()}
 
-def errors(student: str = 's', size: int = 128, batch: int = 8, seed: int = 0) -> dict[str, tuple[float, float, float]]:
+def errors(student: str = 's', size: int = 128, batch: int = 8, seed: int = 0,
+           device: str = 'cpu') -> dict[str, tuple[float, float, float]]:
     "Per layout: (median, p90, max) relative gradient error against the same step in float64."
     torch.manual_seed(seed)
-    m = build_model(student_size(student, 'quick-pretrained'), 'cpu')
-    x, y = torch.randn(batch, 3, size, size), (torch.rand(batch, size, size) > 0.7).long()
+    if device.startswith('cuda'): torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    m = build_model(student_size(student, 'quick-pretrained'), device)
+    x = torch.randn(batch, 3, size, size).to(device)
+    y = (torch.rand(batch, size, size) > 0.7).long().to(device)
     ref = step_grads(copy.deepcopy(m).double(), x.double(), y)
     out = {}
     for name, fmt in (('contiguous', torch.contiguous_format), ('channels_last', torch.channels_last)):
@@ -35,11 +39,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--student', default='s', help=f"a student size: {', '.join(STUDENT_SIZES)}")
     p.add_argument('--size', type=int, default=128); p.add_argument('--batch', type=int, default=8)
+    p.add_argument('--device', default='cpu', help="'cpu' or a CUDA device (TF32 turned off there)")
     a = p.parse_args(argv)
     if a.student not in STUDENT_SIZES: p.error(f"--student {a.student}: expected one of {', '.join(STUDENT_SIZES)}")
-    res = errors(a.student, a.size, a.batch)
-    print(f"student {a.student}, batch {a.batch} at {a.size} px, torch {torch.__version__}, "
-          f"{torch.backends.cpu.get_cpu_capability()}: relative gradient error against float64")
+    if a.device != 'cpu' and not (a.device.startswith('cuda') and torch.cuda.is_available()):
+        p.error(f"--device {a.device}: expected 'cpu' or a visible CUDA device ({torch.cuda.device_count()} here)")
+    res = errors(a.student, a.size, a.batch, device=a.device)
+    where = torch.cuda.get_device_name(a.device) if a.device != 'cpu' else torch.backends.cpu.get_cpu_capability()
+    print(f"student {a.student}, batch {a.batch} at {a.size} px, torch {torch.__version__}, {where}: "
+          "relative gradient error against float64")
     for name, (med, p90, mx) in res.items(): print(f"{name:14s} median {med:.1e}  p90 {p90:.1e}  max {mx:.1e}")
     return res
 

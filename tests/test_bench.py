@@ -360,3 +360,5 @@ def test_layout_precision_measures_both_layouts_against_float64(script):
     assert set(res) == {'contiguous', 'channels_last'} and all(m <= p90 <= mx for m, p90, mx in res.values())
     assert res['contiguous'][0] < 1e-4
     with pytest.raises(SystemExit): mod.main(['--student', 'xxl'])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit): mod.main(['--device', 'cuda'])
