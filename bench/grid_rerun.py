@@ -11,6 +11,7 @@ Only runs at the paper's settings (no `+T=`, `+stage=`, `+student=` folder) are 
 import argparse, statistics, warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from kdbus.data import same_data
@@ -19,9 +20,10 @@ from kdbus.results import collect, label_key, run_summary, settings_of, split_of
 def runs(results: str) -> pd.DataFrame:
     "One row per complete run at the paper's settings: row, seed, fold, mean test Dice (%), epochs run, minutes."
     with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # incomplete runs are left out and counted below
+        warnings.simplefilter('ignore')  # incomplete runs are left out, and said so here
         df = collect(results)
     if df.empty: raise SystemExit(f"{results}: no complete run")
+    if df.attrs.get('incomplete'): print(f"{results}: {len(df.attrs['incomplete'])} incomplete run(s) left out")
     summary = run_summary(df).set_index(['label', 'fold'])
     rows = []
     for (label, fold), g in df.groupby(['label', 'fold']):
@@ -54,7 +56,7 @@ def compare(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
         per_seed = [g.dice.mean() for _, g in before[(before.row == row) & before.fold.isin(folds)].groupby('seed')
                     if sorted(g.fold) == folds]
         spe = lambda d: 60 * d.minutes.sum() / d.epochs.sum()
-        out.append(dict(row=row, folds=len(folds), s_epoch_before=spe(b), s_epoch_after=spe(a),
+        out.append(dict(row=row, folds=len(folds), fold_list=folds, s_epoch_before=spe(b), s_epoch_after=spe(a),
                         ratio=spe(a) / spe(b), min_run_before=b.minutes.mean(), min_run_after=a.minutes.mean(),
                         dsc_before=b.dice.mean(), dsc_after=a.dice.mean(), diff=a.dice.mean() - b.dice.mean(),
                         seed_sd=statistics.stdev(per_seed) if len(per_seed) > 1 else float('nan'),
@@ -68,14 +70,18 @@ def markdown(t: pd.DataFrame, before: pd.DataFrame, after: pd.DataFrame, names: 
             "after - before | seed SD before (seeds) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
     body = ''.join(f"| {r.row} | {r.folds} | {r.s_epoch_before:.1f} | {r.s_epoch_after:.1f} | {r.ratio:.2f} | "
                    f"{r.min_run_before:.1f} | {r.min_run_after:.1f} | {r.dsc_before:.2f} | {r.dsc_after:.2f} | "
-                   f"{r.diff:+.2f} | {r.seed_sd:.2f} ({r.seeds}) |\n" for r in t.itertuples())
-    b0, a0 = before[before.seed == 0], after[after.seed == 0]
-    within = (t['diff'].abs() <= t.seed_sd).sum()
+                   f"{r.diff:+.2f} | {'n/a' if r.seeds < 2 else f'{r.seed_sd:.2f}'} ({r.seeds}) |\n" for r in t.itertuples())
+    pairs = {(r.row, f) for r in t.itertuples() for f in r.fold_list}  # the (row, fold) runs compared, in both folders
+    only = lambda d: d[(d.seed == 0).to_numpy() & np.array([(r, f) in pairs for r, f in zip(d.row, d.fold)], dtype=bool)]
+    b0, a0 = only(before), only(after)
+    known = t[t.seed_sd.notna()]
+    within = f"{(known['diff'].abs() <= known.seed_sd).sum()} of {len(known)}" + (
+        f" ({len(t) - len(known)} row(s) with one seed before: no SD)" if len(known) < len(t) else '')
     return (f"Before: `{names[0]}`, after: `{names[1]}` (seed 0 of each; the seed SD is the SD over the before "
             f"folder's seeds of the row's mean Dice on the same folds).\n\n{head}{body}\n"
-            f"Training summed over seed 0's runs: before {b0.minutes.sum():.1f} min ({len(b0)} runs), after "
+            f"Training summed over the compared seed-0 runs: before {b0.minutes.sum():.1f} min ({len(b0)} runs), after "
             f"{a0.minutes.sum():.1f} min ({len(a0)} runs); epochs run {b0.epochs.sum()} / {a0.epochs.sum()}. "
-            f"Rows whose Dice moved by at most one seed SD: {within} of {len(t)}; mean difference "
+            f"Rows whose Dice moved by at most one seed SD: {within}; mean difference "
             f"{t['diff'].mean():+.2f} points.\n")
 
 def main(argv=None):

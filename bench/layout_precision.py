@@ -12,6 +12,7 @@ import argparse, copy
 import torch
 
 from kdbus.models import STUDENT_SIZES, build_model, student_size
+from kdbus.train import pick_device
 
 def step_grads(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     "The parameters' gradients (float64 copies) of one cross-entropy step of `model` in training mode."
@@ -23,7 +24,6 @@ def errors(student: str = 's', size: int = 128, batch: int = 8, seed: int = 0,
            device: str = 'cpu') -> dict[str, tuple[float, float, float]]:
     "Per layout: (median, p90, max) relative gradient error against the same step in float64."
     torch.manual_seed(seed)
-    if device.startswith('cuda'): torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     m = build_model(student_size(student, 'quick-pretrained'), device)
     x = torch.randn(batch, 3, size, size).to(device)
     y = (torch.rand(batch, size, size) > 0.7).long().to(device)
@@ -42,9 +42,10 @@ def main(argv=None):
     p.add_argument('--device', default='cpu', help="'cpu' or a CUDA device (TF32 turned off there)")
     a = p.parse_args(argv)
     if a.student not in STUDENT_SIZES: p.error(f"--student {a.student}: expected one of {', '.join(STUDENT_SIZES)}")
-    if a.device != 'cpu' and not (a.device.startswith('cuda') and torch.cuda.is_available()):
-        p.error(f"--device {a.device}: expected 'cpu' or a visible CUDA device ({torch.cuda.device_count()} here)")
-    res = errors(a.student, a.size, a.batch, device=a.device)
+    try: device = pick_device(a.device)
+    except ValueError as e: p.error(f"--device: {e}")
+    if device.type == 'cuda': torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # this process only
+    res = errors(a.student, a.size, a.batch, device=str(device))
     where = torch.cuda.get_device_name(a.device) if a.device != 'cpu' else torch.backends.cpu.get_cpu_capability()
     print(f"student {a.student}, batch {a.batch} at {a.size} px, torch {torch.__version__}, {where}: "
           "relative gradient error against float64")

@@ -15,6 +15,7 @@ the Student and 7 min for L_KLD_WAug on busi-163 with one thread.
 import argparse, shutil, statistics, warnings
 from pathlib import Path
 import pandas as pd
+import torch
 from kdbus.config import label_params, resolve_config
 from kdbus.experiment import run_experiment
 from kdbus.runfolder import BEST, METRICS, read_json
@@ -58,6 +59,9 @@ def main(argv=None):
         if not set(v) <= {'off', 'on', 'auto'} or len(v) != len(set(v)) or (name == '--compare' and len(v) != 2):
             p.error(f"{name} {','.join(v)}: expected {'two' if name == '--compare' else 'one or two'} of off, on, auto")
     x, y = pair
+    if 'auto' in layouts and not torch.cuda.is_available():
+        p.error("--layouts auto: on the CPU 'auto' is contiguous since d220f0c (it would train 'off' into OUT/auto, beside "
+                "runs made when it meant channels-last); train 'on' instead")
     kd = [l for l in labels if l not in ('Teacher', 'Student')]
     if kd and a.teacher_from is None: p.error(f"--teacher-from is needed for the KD label(s) {', '.join(kd)}")
     for seed in seeds if kd else ():
@@ -87,8 +91,9 @@ def main(argv=None):
                      f"seed SD '{x}' / '{y}'": ' / '.join('-' if v is None else f"{v:.2f}" for v in sd.values()),
                      'seed SD, committed runs': None if ref is None else round(ref, 2)})
     table = pd.DataFrame(rows).to_markdown(index=False)
-    head = (f"channels_last '{x}' against '{y}' on the CPU: data {a.data}, fold {a.fold}; each seed's KD run distils from "
-            f"that seed's Teacher checkpoint (from {a.teacher_from}) in both layouts; committed seed SD from {a.seeds_from}\n\n")
+    head = (f"channels_last '{x}' against '{y}' on the CPU: data {a.data}, fold {a.fold}; "
+            + (f"each seed's KD run distils from that seed's Teacher checkpoint (from {a.teacher_from}) in both layouts; "
+               if a.teacher_from else '') + f"committed seed SD from {a.seeds_from}\n\n")
     print(head + table)
     if a.md: a.md.write_text(head + table + "\n")
 

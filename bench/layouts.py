@@ -5,8 +5,8 @@ student size (its training step), times both memory layouts in interleaved round
 each round calls every one once) and reports the medians and contiguous / channels-last: above 1, channels-last
 is faster. With `--compile`, the Teacher's and the `s` student's training steps are also timed compiled
 (`torch.compile`, inductor, contiguous): the `compiled` columns, and the seconds the first call took. A training step is forward, the cross-entropy, backward and an Adam step on one batch; inference is
-a forward under `torch.no_grad` in eval mode. This is what `channels_last='auto'` decides on the CPU from
-(`kdbus.train.memory_format`).
+a forward under `torch.no_grad` in eval mode. It is what `channels_last='auto'` once chose on the CPU from
+(e22fee1..f213dd7); it is contiguous there since (`kdbus.train.memory_format`, `bench/layout_precision.py`).
 
     OMP_NUM_THREADS=1 python bench/layouts.py --out bench     # layouts.md, layouts.csv (about 3 min on 1 thread)
     OMP_NUM_THREADS=1 python bench/layouts.py --compile --out /tmp  # also torch.compile'd steps (inductor; minutes to compile)

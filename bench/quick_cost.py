@@ -77,7 +77,7 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=3); p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--out", help="also write the Markdown table here")
     p.add_argument("--compare", choices=sorted(COMPARISONS), default='recipe',
-                   help="recipe: before/after issue 16 (default); layout: channels_last 'off' against 'auto' (issue 27)")
+                   help="recipe: before/after issue 16 (default); layout: channels_last 'off' against 'on' (issue 27)")
     a = p.parse_args(argv)
     cmp = COMPARISONS[a.compare]
     recipes, budget, grids = cmp['recipes'], cmp['budget'], cmp['grids']

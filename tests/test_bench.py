@@ -335,7 +335,7 @@ def test_grid_rerun_compares_seed_0_beside_the_seed_spread(script, tmp_path):
     from kdbus.testing import fake_results
     mod = script('bench/grid_rerun.py')
     data = f"udiat:{write_synth(tmp_path / 's', n=20, seed=0)}"
-    labels = ['Teacher', 'Teacher+seed=1', 'Teacher+seed=2', 'Student', 'L_KLD_WAug+T=2']
+    labels = ['Teacher', 'Teacher+seed=1', 'Teacher+seed=2', 'Student', 'L_KLD_WAug+T=2', 'H_MSE']  # H_MSE: not rerun
     before = fake_results(tmp_path / 'before', data, labels=labels)
     after = fake_results(tmp_path / 'after', data, labels=['Teacher', 'Student'])
     for f in (after / 'Student').glob('fold*/per_image.csv'):  # the rerun's Student: every image perfect
@@ -348,7 +348,9 @@ def test_grid_rerun_compares_seed_0_beside_the_seed_spread(script, tmp_path):
     seed_means = [100 * np.mean(run_dice(before, l)) for l in labels[:3]]
     assert abs(t.loc['Teacher', 'seed_sd'] - np.std(seed_means, ddof=1)) < 1e-9
     assert abs(t.loc['Student', 'diff'] - (100 - 100 * np.mean(run_dice(before, 'Student')))) < 1e-9
-    assert "Rows whose Dice moved by at most one seed SD: 1 of 2" in (tmp_path / 'rerun.md').read_text()
+    text = (tmp_path / "rerun.md").read_text()
+    assert "Rows whose Dice moved by at most one seed SD: 1 of 1 (1 row(s) with one seed before: no SD)" in text
+    assert "| n/a (1) |" in text and text.count("(4 runs)") == 2  # totals over the compared runs only (not H_MSE)
     other = fake_results(tmp_path / 'other', data, labels=['Teacher'], k_folds=4)
     with pytest.raises(SystemExit, match="do not share one split .*k_folds"): mod.main([str(before), str(other)])
     with pytest.raises(SystemExit, match="nope: not a folder"): mod.main([str(before), str(tmp_path / 'nope')])

@@ -205,7 +205,7 @@ def reference(tmp_path_factory):
     import importlib.util, json
     spec = importlib.util.spec_from_file_location('cpu_reference', Path(__file__).resolve().parents[1]/'tools'/'cpu_reference.py')
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
-    plain = mod.train_reference(tmp_path_factory.mktemp('plain'), amp='off', layouts=mod.ROLE_LAYOUTS)
+    plain = mod.train_reference(tmp_path_factory.mktemp('plain'), amp='off', layouts=mod.PLAIN_LAYOUTS)
     return mod, json.loads(mod.OUT.read_text()), plain
 
 
@@ -217,7 +217,7 @@ def _bit_identical(got, want):
 
 @pytest.mark.parametrize('settings', [dict(), dict(num_workers=2)])
 def test_gpu_settings_leave_the_cpu_path_bit_identical(reference, tmp_path, settings):
-    "On this machine: AMP ('auto') is a no-op on the CPU, channels-last ('auto') is the role's layout, and persistent DataLoader workers draw the same augmentation, bit for bit."
+    "On this machine: AMP ('auto') is a no-op on the CPU, channels-last ('auto') is contiguous, and persistent DataLoader workers draw the same augmentation, bit for bit."
     mod, _, plain = reference
     _bit_identical(mod.train_reference(tmp_path, **settings), plain)
 

@@ -2,7 +2,7 @@
 (1 thread), and the machine they were made on.
 
 tests/test_train.py checks two things with them:
-- on the machine the test runs on, the switches at 'auto' (AMP: off on the CPU; channels-last: contiguous, `ROLE_LAYOUTS`) and
+- on the machine the test runs on, the switches at 'auto' (AMP: off on the CPU; channels-last: contiguous, `PLAIN_LAYOUTS`) and
   persistent DataLoader workers give the same bits as a plain run made in the same test with AMP off, no workers and each
   run's layout spelled out: the same kernels run, so every bit must agree;
 - against this committed reference, the histories agree within `TOLERANCE`, never bit for bit: floating-point kernels differ
@@ -25,8 +25,8 @@ DATA, OUT = 'synth:n=24', Path(__file__).resolve().parents[1]/'tests'/'data'/'cp
 # how far a history may move on another machine: a few float roundings per step, compounded over the smoke epochs
 TOLERANCE = dict(rtol=1e-3, atol=1e-4, dice_atol=0.02)  # losses and learning rate: rtol/atol; val_dice, val_nonempty: dice_atol
 RUNS = dict(Teacher=dict(path='teacher'), Student=dict(path='none', epochs=3), HReg_KLD=dict(path='hidden_regressor', loss='kld', teacher_aug='weak'))
-# what `channels_last='auto'` resolves to on the CPU for each run, spelled out (kdbus.train.memory_format): the plain run's layouts
-ROLE_LAYOUTS = dict(Teacher='off', Student='off', HReg_KLD='off')
+# the plain run's layouts, spelled out: what `channels_last='auto'` resolves to on the CPU (kdbus.train.memory_format)
+PLAIN_LAYOUTS = dict(Teacher='off', Student='off', HReg_KLD='off')
 
 def train_reference(out_dir, layouts: dict | None = None, **settings) -> dict:
     """Train the `RUNS` on fold 0 of DATA at 64 px with one thread; their history rows (without seconds) and weight hashes.
