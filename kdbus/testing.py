@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from .config import ALL_RUNS, NAMED_TYPES, label_params
+from .config import ALL_RUNS, NAMED_TYPES, PROFILES, label_params
 from .data import load_data
 from .folds import make_folds
 from .distill import TABLE3
@@ -55,7 +55,7 @@ def fake_results(out: str|Path, # the results folder OUT to write runs into
                  k_folds: int = 5, # partition of `make_folds` (as the grid's)
                  seed: int = 0, # seed of the folds and of the made-up numbers
                  # the model preset the runs record (None: none, as runs made before kdbus recorded it)
-                 model_preset: str|None = 'quick-pretrained',
+                 model_preset: str|None = PROFILES['quick']['model_preset'],
                 ) -> Path:
     "Write a results folder of made-up runs that follows the run-folder contract; return `out`."
     out = Path(out)
