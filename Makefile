@@ -40,7 +40,7 @@ test: $(STAMP)
 	  echo "nbdev_clean/nbdev_export changed files: run them and commit the result."; \
 	  git status --short; exit 1; fi
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 tests/test_grid.py tests/test_ray.py tests/test_papermill.py tests
-	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2
+	OMP_NUM_THREADS=1 $(BIN)/nbdev_test --n_workers 2 --timing
 
 # Every notebook of nbs/ executed in place (smoke profile, as nbdev_test runs them) and cleaned: commit the result.
 book: $(STAMP)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import os, uuid
 from pathlib import Path
 
-import torch
-
 # %% auto #0
 __all__ = ['temp_path', 'atomic_write', 'atomic_save']
 
@@ -42,8 +40,9 @@ def atomic_save(
     obj,  # anything `torch.save` takes
     path: Path|str,  # the checkpoint file
 ) -> Path:
-    "`torch.save(obj, path)` atomically."
+    """`torch.save(obj, path)` atomically. torch is imported here, not with the module: the run-folder locks, the grid's
+    bookkeeping and the reports write files with this module and start faster without it."""
+    import torch
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     _replace_with(temp_path(path), path, lambda f: torch.save(obj, f))
     return path
-

@@ -1,10 +1,11 @@
 """The grid through the `kdbus` command: a smoke grid of 5 of Table 4's runs, its files and Table 4, a second grid,
 and a sweep over its folder (seeds: tests/test_ray.py)."""
-import json, subprocess, sys
+import contextlib, io, json, subprocess, sys
 from pathlib import Path
 import pandas as pd, pytest
 
 from kdbus.config import label_params
+from kdbus.jobs import attempts
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -17,6 +18,16 @@ RUNS = ("--runs", ",".join(LABELS))
 
 def sh(*args, cwd=None, timeout=1200):
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+def kdbus(*args):
+    """`kdbus ARGS` in this process, as `sh` returns it (exit code, stdout, stderr): no Python start and imports to pay.
+    The console script itself, in its own process, runs the first grid below."""
+    from kdbus.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: code = main([str(a) for a in args])
+        except SystemExit as e: code = e.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
@@ -49,23 +60,16 @@ def test_table4_has_the_runs_in_table_order_and_range(grid):
     assert t["dsc_mean"].between(0, 100).all() and t["dsc_std"].between(0, 100).all()
 
 def test_second_grid_does_no_work(grid):
+    "Started again on a complete folder, the grid starts nothing (the same for Ray: with nothing to do no executor is built)."
     out, _ = grid
-    r = sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out, *RUNS)
-    assert r.returncode == 0
-    assert f"0 run, {len(LABELS)} already complete, 0 failed" in r.stdout
+    r = kdbus("grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out, *RUNS)
+    assert r.returncode == 0 and f"0 run, {len(LABELS)} already complete, 0 failed" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    assert all(len(attempts(out / l / "fold0")) == 2 for l in LABELS)  # nobody started again: each run's start and done only
 
-def cli(capsys, *args):
-    "`kdbus ARGS` in this process (a refusal needs no subprocess): (exit code, stderr)."
-    from kdbus.cli import main
-    capsys.readouterr()
-    try: code = main([str(a) for a in args])
-    except SystemExit as e: code = e.code
-    return code, capsys.readouterr().err
-
-def test_grid_refuses_a_folder_of_another_profile(grid, capsys):
+def test_grid_refuses_a_folder_of_another_profile(grid):
     out, _ = grid
-    code, err = cli(capsys, "grid", "--profile", "quick", "--data", DATA, "--folds", "0", "--out", out)
-    assert code == 2 and "profile" in err
+    r = kdbus("grid", "--profile", "quick", "--data", DATA, "--folds", "0", "--out", out)
+    assert r.returncode == 2 and "profile" in r.stderr
 
 # --- sweeps and seeds (issue: beyond Table 3) --------------------------------------------------------------------
 
@@ -78,7 +82,7 @@ def sweep(grid, tmp_path_factory):
     import shutil
     out = tmp_path_factory.mktemp("sweep") / "smoke"
     shutil.copytree(grid[0], out)
-    return out, sh(BIN / "kdbus", "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out, *SWEEP_ARGS)
+    return out, kdbus("grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out, *SWEEP_ARGS)
 
 def test_sweep_runs_in_named_folders_and_reuses_the_rest(sweep):
     out, r = sweep
@@ -103,13 +107,13 @@ def test_sweep_report_beside_an_unchanged_table4(sweep):
     assert (out / "sweep.png").stat().st_size > 10_000 and "p (Holm)" in (out / "sweep.md").read_text()
     assert not (out / "table4_seeds.csv").exists()  # one seed: no seed table
 
-def test_bad_sweeps_are_refused_before_anything_runs(grid, tmp_path, capsys):
+def test_bad_sweeps_are_refused_before_anything_runs(grid, tmp_path):
     for args, msg in ((("--sweep", "T=0"), "T=0.0 is out of range"), (("--sweep", "T=1,two"), "T='two' is not a number"),
                       (("--sweep", "lr=1,2"), "NAME one of T, alpha, stage, kd_axis, student"), (("--sweep", "stage=7"), "stage=7"),
                       (("--sweep", "kd_axis=pixel"), "kd_axis='pixel'"), (("--runs", "Student", "--sweep", "T=2"), "no chosen run uses T"),
                       (("--seeds", "0,x"), "--seeds '0,x'"), (("--runs", "L_KL"), "'L_KL' is not a run of Table 4"),
                       (("--sweep", "student=s,xxl"), "student='xxl' is not valid; expected one of: 'xs', 's', 'm', 'l'"),
                       (("--runs", "Teacher", "--sweep", "student=m"), "student applies to every run but the Teacher")):
-        code, err = cli(capsys, "grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--out", tmp_path / "g", *args)
-        assert code == 2 and msg in err, (args, err[-1500:])
+        r = kdbus("grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--out", tmp_path / "g", *args)
+        assert r.returncode == 2 and msg in r.stderr, (args, r.stderr[-1500:])
         assert not (tmp_path / "g").exists(), args
