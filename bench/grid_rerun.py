@@ -1,7 +1,8 @@
 """Study (issue 27): the same grid run twice, before and after a runtime-only change (e.g. channels-last by role),
 compared row by row: seconds per epoch and minutes per run, and the test Dice of each Table 4 row beside the
 spread of that row over the seeds of the folder made before (the yardstick of float noise: one seed's run moves
-by about that much between seeds).
+by about that much between seeds). Float noise moves rows both ways: the summary counts the rows that went down
+(a two-sided sign test over the rows) and places each rerun among the before folder's seeds, as one more seed.
 
     python bench/grid_rerun.py results/quick-busi163 results/grid-timing-busi163 --md results/grid-timing-busi163/rerun.md
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import binomtest
 
 from kdbus.data import same_data
 from kdbus.results import collect, label_key, run_summary, settings_of, split_of
@@ -60,7 +62,7 @@ def compare(before: pd.DataFrame, after: pd.DataFrame) -> pd.DataFrame:
                         ratio=spe(a) / spe(b), min_run_before=b.minutes.mean(), min_run_after=a.minutes.mean(),
                         dsc_before=b.dice.mean(), dsc_after=a.dice.mean(), diff=a.dice.mean() - b.dice.mean(),
                         seed_sd=statistics.stdev(per_seed) if len(per_seed) > 1 else float('nan'),
-                        seeds=len(per_seed)))
+                        seeds=len(per_seed), seed_min=min(per_seed), seed_max=max(per_seed)))
     if not out: raise SystemExit("no Table 4 row of seed 0 is in both folders on the same folds")
     return pd.DataFrame(out)
 
@@ -77,12 +79,19 @@ def markdown(t: pd.DataFrame, before: pd.DataFrame, after: pd.DataFrame, names: 
     known = t[t.seed_sd.notna()]
     within = f"{(known['diff'].abs() <= known.seed_sd).sum()} of {len(known)}" + (
         f" ({len(t) - len(known)} row(s) with one seed before: no SD)" if len(known) < len(t) else '')
+    lower, moved = int((t['diff'] < 0).sum()), int((t['diff'] != 0).sum())
+    sign_p = binomtest(lower, moved).pvalue if moved else float('nan')
+    several = t[t.seeds > 1]
+    below, above = int((several.dsc_after < several.seed_min).sum()), int((several.dsc_after > several.seed_max).sum())
     return (f"Before: `{names[0]}`, after: `{names[1]}` (seed 0 of each; the seed SD is the SD over the before "
             f"folder's seeds of the row's mean Dice on the same folds).\n\n{head}{body}\n"
             f"Training summed over the compared seed-0 runs: before {b0.minutes.sum():.1f} min ({len(b0)} runs), after "
             f"{a0.minutes.sum():.1f} min ({len(a0)} runs); epochs run {b0.epochs.sum()} / {a0.epochs.sum()}. "
             f"Rows whose Dice moved by at most one seed SD: {within}; mean difference "
-            f"{t['diff'].mean():+.2f} points.\n")
+            f"{t['diff'].mean():+.2f} points. Lower after than before: {lower} of {moved} rows that moved (two-sided sign "
+            f"test p = {sign_p:.3g}; float noise moves rows both ways). As one more seed of the before folder: below "
+            f"all its seeds in {below} of {len(several)} rows, above all in {above}, within their range in "
+            f"{len(several) - below - above}.\n")
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])

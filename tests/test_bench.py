@@ -351,6 +351,9 @@ def test_grid_rerun_compares_seed_0_beside_the_seed_spread(script, tmp_path):
     text = (tmp_path / "rerun.md").read_text()
     assert "Rows whose Dice moved by at most one seed SD: 1 of 1 (1 row(s) with one seed before: no SD)" in text
     assert "| n/a (1) |" in text and text.count("(4 runs)") == 2  # totals over the compared runs only (not H_MSE)
+    assert "Lower after than before: 0 of 1 rows that moved (two-sided sign test p = 1;" in text  # the Teacher did not move
+    teacher_above = int(100 * np.mean(run_dice(after, 'Teacher')) > max(seed_means))
+    assert f"below all its seeds in 0 of 1 rows, above all in {teacher_above}, within their range in {1 - teacher_above}" in text
     other = fake_results(tmp_path / 'other', data, labels=['Teacher'], k_folds=4)
     with pytest.raises(SystemExit, match="do not share one split .*k_folds"): mod.main([str(before), str(other)])
     with pytest.raises(SystemExit, match="nope: not a folder"): mod.main([str(before), str(tmp_path / 'nope')])
