@@ -89,7 +89,7 @@ def markdown(t: pd.DataFrame, before: pd.DataFrame, after: pd.DataFrame, names: 
             f"{a0.minutes.sum():.1f} min ({len(a0)} runs); epochs run {b0.epochs.sum()} / {a0.epochs.sum()}. "
             f"Rows whose Dice moved by at most one seed SD: {within}; mean difference "
             f"{t['diff'].mean():+.2f} points. Lower after than before: {lower} of {moved} rows that moved (two-sided sign "
-            f"test p = {sign_p:.3g}; float noise moves rows both ways). As one more seed of the before folder: below "
+            f"test p = {sign_p:.3g}; under float noise alone rows go down and up equally often). As one more seed of the before folder: below "
             f"all its seeds in {below} of {len(several)} rows, above all in {above}, within their range in "
             f"{len(several) - below - above}.\n")
 

@@ -2,7 +2,7 @@
 import copy
 import numpy as np, pytest, torch
 from kdbus.augment import KDDataset
-from kdbus.distill import Distiller, TABLE3, parse_run_name, run_name
+from kdbus.distill import Distiller, TABLE3, parse_run_name
 from kdbus.models import build_models
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,21 @@ def test_each_experiment_trains_the_student_only(models, name):
     assert all(p.grad is None for p in teacher.parameters())
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before), "teacher weights or BatchNorm statistics changed"
+
+@pytest.mark.parametrize("path", ['hidden', 'hidden_regressor'])
+@pytest.mark.parametrize("stage", [1, 3])
+def test_hidden_paths_train_at_an_earlier_stage(models, path, stage):
+    "A `stage` sweep's runs (e.g. H_MSE+stage=3): one step distils the stage's features, the teacher untouched."
+    teacher, student = models
+    d = Distiller(teacher, student, path=path, loss='mse', teacher_aug='strong', stage=stage).train()
+    before = copy.deepcopy(teacher.state_dict())
+    _, terms = d(make_batch('strong'))
+    assert torch.isfinite(terms.total) and terms.kd.item() > 0
+    terms.kd.backward()  # the KD term alone reaches the student's encoder up to the stage
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.encoder.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    student.zero_grad(set_to_none=True)
 
 @pytest.mark.parametrize("path", ['logits', 'hidden'])
 @pytest.mark.parametrize("loss", ['mse', 'kld'])

@@ -19,7 +19,7 @@ RUNS = ("--runs", ",".join(LABELS))
 def sh(*args, cwd=None, timeout=1200):
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
-def kdbus(*args):
+def kdbus_cli(*args):
     """`kdbus ARGS` in this process, as `sh` returns it (exit code, stdout, stderr): no Python start and imports to pay.
     The console script itself, in its own process, runs the first grid below."""
     from kdbus.cli import main
@@ -62,13 +62,13 @@ def test_table4_has_the_runs_in_table_order_and_range(grid):
 def test_second_grid_does_no_work(grid):
     "Started again on a complete folder, the grid starts nothing (the same for Ray: with nothing to do no executor is built)."
     out, _ = grid
-    r = kdbus("grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out, *RUNS)
+    r = kdbus_cli("grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out, *RUNS)
     assert r.returncode == 0 and f"0 run, {len(LABELS)} already complete, 0 failed" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
     assert all(len(attempts(out / l / "fold0")) == 2 for l in LABELS)  # nobody started again: each run's start and done only
 
 def test_grid_refuses_a_folder_of_another_profile(grid):
     out, _ = grid
-    r = kdbus("grid", "--profile", "quick", "--data", DATA, "--folds", "0", "--out", out)
+    r = kdbus_cli("grid", "--profile", "quick", "--data", DATA, "--folds", "0", "--out", out)
     assert r.returncode == 2 and "profile" in r.stderr
 
 # --- sweeps and seeds (issue: beyond Table 3) --------------------------------------------------------------------
@@ -84,7 +84,7 @@ def sweep(grid, tmp_path_factory):
     import shutil
     out = tmp_path_factory.mktemp("sweep") / "smoke"
     shutil.copytree(grid[0], out)
-    return out, kdbus("grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out, *SWEEP_ARGS)
+    return out, kdbus_cli("grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--epochs", "1", "--out", out, *SWEEP_ARGS)
 
 def test_sweep_runs_in_named_folders_and_reuses_the_rest(sweep):
     out, r = sweep
@@ -116,6 +116,19 @@ def test_bad_sweeps_are_refused_before_anything_runs(grid, tmp_path):
                       (("--seeds", "0,x"), "--seeds '0,x'"), (("--runs", "L_KL"), "'L_KL' is not a run of Table 4"),
                       (("--sweep", "student=s,xxl"), "student='xxl' is not valid; expected one of: 'xs', 's', 'm', 'l'"),
                       (("--runs", "Teacher", "--sweep", "student=m"), "student applies to every run but the Teacher")):
-        r = kdbus("grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--out", tmp_path / "g", *args)
+        r = kdbus_cli("grid", "--profile", "smoke", "--data", DATA, "--folds", "0", "--out", tmp_path / "g", *args)
         assert r.returncode == 2 and msg in r.stderr, (args, r.stderr[-1500:])
         assert not (tmp_path / "g").exists(), args
+
+def test_a_seeds_grid_started_again_does_no_work(tmp_path):
+    "A replicated grid (`--seeds 0,1`) started again skips every run, the `+seed=1` ones and their teacher included."
+    import functools
+    from kdbus.grid import run_grid
+    from kdbus.testing import fake_execute
+    kw = dict(folds=(0,), out=tmp_path, labels=("Teacher", "L_KLD_WAug"), seeds=(0, 1), report=False, log=lambda *a: None,
+              execute=functools.partial(fake_execute, teacher_seconds=0))
+    first = run_grid("smoke", DATA, **kw)
+    assert not first.failed and len(first.done) == 4, first
+    again = run_grid("smoke", DATA, **kw)
+    assert (again.done, again.failed, len(again.skipped)) == ([], [], 4), again
+    assert ("L_KLD_WAug+seed=1", 0) in again.skipped
